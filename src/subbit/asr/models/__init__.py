@@ -1,0 +1,1 @@
+"""subbit.asr.models."""

@@ -1,0 +1,1 @@
+"""subbit.quant."""

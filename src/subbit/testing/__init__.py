@@ -1,0 +1,1 @@
+"""Builders of tiny synthetic models and data shared by the tests (lhotse's `testing` habit)."""
