@@ -1,0 +1,85 @@
+"""The contract every weight quantizer (GQ and each baseline) fulfils.
+
+One :class:`WeightQuantizer` owns one weight tensor ("kernel"). ``prepare`` attaches it to the
+module holding the tensor; the module then computes with ``quantizer(latent_weight)``. Export
+only needs :meth:`WeightQuantizer.encode`: integer indices plus a codebook, whatever the method.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+GRANULARITIES = ("tensor", "channel")
+
+
+class WeightQuantizer(nn.Module):
+    """Base class: fake-quantizes one weight tensor for training and encodes it for export.
+
+    Groups: ``granularity="tensor"`` gives one codebook for the whole tensor (G = 1);
+    ``"channel"`` gives one per output channel, i.e. per slice along dim 0 (G = shape[0]).
+    """
+
+    method: ClassVar[str] = "base"
+
+    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor") -> None:
+        super().__init__()
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
+            raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if weight.dim() < 1 or weight.numel() == 0:
+            raise ValueError(f"cannot quantize an empty or scalar tensor of shape {tuple(weight.shape)}")
+        self.bits = bits
+        self.granularity = granularity
+        self.shape = tuple(weight.shape)
+        self.register_buffer("converted", torch.zeros((), dtype=torch.bool))
+
+    # -- sizes -------------------------------------------------------------------------
+    @property
+    def levels(self) -> int:
+        return 2**self.bits
+
+    @property
+    def num_groups(self) -> int:
+        return self.shape[0] if self.granularity == "channel" else 1
+
+    def grouped(self, w: Tensor) -> Tensor:
+        """View ``w`` as ``[G, N/G]`` (rows = groups)."""
+        return w.reshape(self.num_groups, -1)
+
+    # -- what subclasses implement -------------------------------------------------------
+    def forward(self, w: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Training forward: differentiable fake-quantized weight, same shape as ``w``."""
+        raise NotImplementedError
+
+    def encode(self, w: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """Hard assignment for export: ``(indices int64 shaped like w, codebook [G, 2**bits])``.
+
+        ``codebook.gather(1, indices.reshape(G, -1)).reshape(w.shape) == self.hard(w)``.
+        """
+        raise NotImplementedError
+
+    # -- shared behaviour ----------------------------------------------------------------
+    @torch.no_grad()
+    def hard(self, w: Tensor) -> Tensor:
+        """The deployed weight: every value is a codebook entry of its group."""
+        idx, codebook = self.encode(w)
+        flat = idx.reshape(self.num_groups, -1)
+        return codebook.gather(1, flat).reshape(w.shape).to(w.dtype)
+
+    def regularization(self, w: Tensor) -> Tensor:
+        """Loss term the training loop adds (only S8BQAT has one; GQ is regularization-free)."""
+        return w.new_zeros(())
+
+    def set_tau(self, tau: float) -> None:
+        """Softmax temperature from the schedule; methods without one ignore it."""
+
+    def hardness(self, w: Tensor) -> float:
+        """Mean probability of the most likely centroid (1.0 = one-hot); hard methods give 1."""
+        return 1.0
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, bits={self.bits}, granularity={self.granularity}, shape={self.shape}"
