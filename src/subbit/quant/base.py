@@ -37,6 +37,13 @@ class WeightQuantizer(nn.Module):
         self.shape = tuple(weight.shape)
         self.register_buffer("converted", torch.zeros((), dtype=torch.bool))
 
+    @classmethod
+    def check_options(cls, options: dict) -> dict:
+        """Validate method options before any tensor exists (configs call it); ValueError names the
+        option. The default accepts anything: a subclass that takes options overrides it, and its
+        constructor still rejects what it does not know."""
+        return dict(options)
+
     # -- sizes -------------------------------------------------------------------------
     @property
     def levels(self) -> int:

@@ -1,0 +1,238 @@
+"""The training run directory, atomic checkpoints, and :func:`load_run`.
+
+A run directory holds everything needed to rebuild, resume or evaluate a model::
+
+    RUN/config.json          model config, tokenizer kind, quant config (or null), train args
+    RUN/tokenizer.model      Tokenizer.save
+    RUN/checkpoints/last.pt  full training state (model, optimizer, schedules, RNG, data position)
+    RUN/checkpoints/best.pt  same, at the best dev WER (when --eval-every is used)
+    RUN/final.pt             the finished model's state dict (after subbit.quant.convert for QAT)
+    RUN/log.csv              one row per step
+
+Every file is written to a temporary name in the same directory and then ``os.replace``d, so a
+run killed at any moment leaves either the old or the new file, never half of one. Nothing is
+ever unpickled: checkpoints are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCHEMA_VERSION = 1
+CONFIG_KEYS = ("schema_version", "model", "tokenizer", "quant", "train_args", "data")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Names of the files in a run directory (one place, so nobody spells them twice)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer.model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.csv"
+
+    @property
+    def eval_log(self) -> Path:
+        return self.root / "eval.csv"
+
+    def periodic(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}.pt"
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temp file in the same directory, then rename over ``path``."""
+    _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    _atomic_write(Path(path), lambda fh: fh.write(text), mode="w")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint or state dict without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt, truncated or not a torch file
+        raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def write_run_config(
+    paths: RunPaths,
+    *,
+    model_config: dict[str, Any],
+    tokenizer_kind: str,
+    vocab_size: int,
+    quant: dict[str, Any] | None,
+    train_args: dict[str, Any],
+    data_dir: str,
+) -> dict[str, Any]:
+    config = {
+        "schema_version": SCHEMA_VERSION,
+        "model": model_config,
+        "tokenizer": {"kind": tokenizer_kind, "vocab_size": int(vocab_size)},
+        "quant": quant,
+        "train_args": train_args,
+        "data": data_dir,
+    }
+    atomic_write_json(paths.config, config)
+    return config
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """Load and check ``RUN/config.json`` (errors name the file and the field)."""
+    path = RunPaths(Path(run_dir)).config
+    if not path.is_file():
+        raise FileNotFoundError(f"not a run directory (no config.json): {run_dir}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {missing}")
+    if config["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema_version {config['schema_version']!r} is not supported (expected {SCHEMA_VERSION})"
+        )
+    if not isinstance(config["model"], dict):
+        raise ValueError(f"{path}: field 'model' must be an object")
+    return config
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory a path belongs to: RUN, RUN/final.pt or RUN/checkpoints/x.pt."""
+    path = Path(path)
+    for cand in (path, path.parent, path.parent.parent):
+        if (cand / "config.json").is_file():
+            return cand
+    raise FileNotFoundError(f"{path}: no config.json in it or its parents (not a subbit run)")
+
+
+def model_state_from(path: Path) -> dict[str, torch.Tensor]:
+    """The model state dict stored in a checkpoint (``{"model": ...}``) or a bare state dict."""
+    obj = load_checkpoint(path)
+    state = obj.get("model", obj)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: does not hold a model state dict")
+    return state
+
+
+@dataclass
+class LoadedRun:
+    """A model rebuilt from a run directory, ready for eval, export or benchmarking."""
+
+    model: torch.nn.Module
+    config: dict[str, Any]
+    tokenizer: Any
+    quantized: bool
+    converted: bool
+    run_dir: Path
+    which: str
+
+
+def build_from_config(config: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the (fp32 or quant-prepared) model described by a run config, untrained."""
+    from subbit.asr.models import Transducer
+
+    model = Transducer.from_config(config["model"])
+    if config.get("quant"):
+        import subbit.quant as sq
+
+        model = sq.prepare(model, sq.QuantConfig.from_dict(config["quant"]))
+    return model
+
+
+def load_run(run_dir: str | Path, which: str = "final", map_location: str = "cpu") -> LoadedRun:
+    """Rebuild a run's model from its config and load its weights.
+
+    ``which``: "final" (RUN/final.pt: the finished, converted model), "last" or "best"
+    (the model in that training checkpoint; for QAT runs still soft, not converted).
+    """
+    from subbit.asr.tokenizer import Tokenizer
+
+    if which not in ("final", "last", "best"):
+        raise ValueError(f"which must be 'final', 'last' or 'best', got {which!r}")
+    paths = RunPaths(Path(run_dir))
+    config = read_run_config(paths.root)
+    weights = {"final": paths.final, "last": paths.last, "best": paths.best}[which]
+    if not weights.is_file():
+        hint = " (training not finished? try which='last')" if which == "final" else ""
+        raise FileNotFoundError(f"{weights} not found{hint}")
+    model = build_from_config(config)
+    state = model_state_from(weights)
+    model.load_state_dict(state, strict=True)
+    model.to(map_location)
+    model.eval()
+    if not paths.tokenizer.is_file():
+        raise FileNotFoundError(f"{paths.tokenizer} not found")
+    tokenizer = Tokenizer.load(paths.tokenizer)
+    quantized = bool(config.get("quant"))
+    converted = False
+    if quantized:
+        from subbit.quant.base import WeightQuantizer
+
+        qs = [m for m in model.modules() if isinstance(m, WeightQuantizer)]
+        converted = bool(qs) and all(bool(q.converted) for q in qs)
+    return LoadedRun(model, config, tokenizer, quantized, converted, paths.root, which)

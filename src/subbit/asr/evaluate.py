@@ -1,0 +1,221 @@
+"""Word error rate of a transducer on a manifest, with per-utterance errors.
+
+Scoring uses ``jiwer.process_words`` per utterance, so every utterance carries its own error
+count for the errors file; the corpus WER is the sum of errors over the sum of reference words,
+which is exactly what jiwer computes on the whole list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class UttResult:
+    id: str
+    ref: str
+    hyp: str
+    errors: int
+    ref_words: int
+    substitutions: int
+    deletions: int
+    insertions: int
+
+
+@dataclass
+class EvalResult:
+    """Corpus-level scores plus the per-utterance rows they were summed from."""
+
+    utts: list[UttResult]
+    method: str = "greedy"
+    split: str = ""
+    run: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def substitutions(self) -> int:
+        return sum(u.substitutions for u in self.utts)
+
+    @property
+    def deletions(self) -> int:
+        return sum(u.deletions for u in self.utts)
+
+    @property
+    def insertions(self) -> int:
+        return sum(u.insertions for u in self.utts)
+
+    @property
+    def ref_words(self) -> int:
+        return sum(u.ref_words for u in self.utts)
+
+    @property
+    def wer(self) -> float:
+        errors = self.substitutions + self.deletions + self.insertions
+        n = self.ref_words
+        if n == 0:
+            return 0.0 if errors == 0 else float("inf")
+        return errors / n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "wer": self.wer,
+            "wer_percent": 100.0 * self.wer,
+            "utterances": len(self.utts),
+            "ref_words": self.ref_words,
+            "split": self.split,
+            "substitutions": self.substitutions,
+            "deletions": self.deletions,
+            "insertions": self.insertions,
+            "method": self.method,
+            "run": self.run,
+            **self.extra,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"{self.split or 'eval'}: WER {100 * self.wer:.2f}% on {len(self.utts)} utterances "
+            f"({self.ref_words} words; sub {self.substitutions}, del {self.deletions}, "
+            f"ins {self.insertions}; {self.method}{' streaming' if self.extra.get('streaming') else ''})"
+        )
+
+
+def score(ids: Sequence[str], refs: Sequence[str], hyps: Sequence[str]) -> list[UttResult]:
+    """Per-utterance word errors (jiwer.process_words on each pair)."""
+    import jiwer
+
+    if not len(ids) == len(refs) == len(hyps):
+        raise ValueError(f"ids, refs and hyps differ in length: {len(ids)}, {len(refs)}, {len(hyps)}")
+    rows = []
+    for uid, ref, hyp in zip(ids, refs, hyps):
+        out = jiwer.process_words(ref, hyp)
+        s, d, i = out.substitutions, out.deletions, out.insertions
+        rows.append(UttResult(uid, ref, hyp, s + d + i, s + d + out.hits, s, d, i))
+    return rows
+
+
+def write_errors(path: str | Path, result: EvalResult) -> None:
+    """Per-utterance rows sorted by errors (most first): JSON lines for .jsonl, else TSV."""
+    rows = sorted(result.utts, key=lambda u: (-u.errors, u.id))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        if path.suffix in (".jsonl", ".json"):
+            for u in rows:
+                fh.write(json.dumps({k: v for k, v in asdict(u).items()}) + "\n")
+        else:
+            fh.write("id\tref\thyp\terrors\n")
+            for u in rows:
+                fh.write(f"{u.id}\t{u.ref}\t{u.hyp}\t{u.errors}\n")
+
+
+def _chunk_frames(model: torch.nn.Module, chunk_frames: int | None) -> int:
+    if chunk_frames:
+        return int(chunk_frames)
+    enc = getattr(model, "encoder", None)
+    for name in ("chunk_frames", "default_chunk_frames"):
+        value = getattr(enc, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 32
+
+
+@torch.inference_mode()
+def transcribe(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    utts: Sequence[Any],
+    *,
+    method: str = "greedy",
+    beam: int = 4,
+    streaming: bool = False,
+    chunk_frames: int | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[list[str], list[str], list[str]]:
+    """Decode ``utts``; returns (ids, refs, hyps) in the manifest's order."""
+    from tqdm import tqdm
+
+    from subbit.asr import decode
+    from subbit.asr.dataset import make_loader
+
+    if method not in ("greedy", "beam"):
+        raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
+    if streaming and method != "greedy":
+        raise ValueError("streaming decoding is greedy only (use --method greedy)")
+    was_training = model.training
+    model.eval()
+    loader = make_loader(list(utts), tokenizer, batch_size=batch_size, shuffle=False, augment=False, seed=0)
+    out: dict[str, tuple[str, str]] = {}
+    chunk = _chunk_frames(model, chunk_frames)
+    bar = tqdm(total=len(utts), desc="decode", unit="utt", disable=not progress, leave=False)
+    for batch in loader:
+        feats = batch["feats"].to(device)
+        lens = batch["feat_lens"].to(device)
+        if streaming:
+            token_lists = []
+            for b in range(feats.shape[0]):
+                dec = decode.StreamingGreedyDecoder(model)
+                x = feats[b : b + 1, : int(lens[b])]
+                for t0 in range(0, x.shape[1], chunk):
+                    dec.accept_features(x[:, t0 : t0 + chunk])
+                token_lists.append(list(dec.finalize()))
+        else:
+            token_lists = decode.decode_batch(model, feats, lens, method=method, beam=beam)
+        for uid, ref, toks in zip(batch["ids"], batch["texts"], token_lists):
+            out[uid] = (ref, tokenizer.decode([int(t) for t in toks]))
+        bar.update(len(batch["ids"]))
+    bar.close()
+    model.train(was_training)
+    ids = [u.id for u in utts]
+    missing = [i for i in ids if i not in out]
+    if missing:
+        raise RuntimeError(f"{len(missing)} utterances were not decoded, e.g. {missing[:3]}")
+    return ids, [out[i][0] for i in ids], [out[i][1] for i in ids]
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    utts: Sequence[Any],
+    *,
+    method: str = "greedy",
+    beam: int = 4,
+    streaming: bool = False,
+    chunk_frames: int | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    device: str | torch.device = "cpu",
+    split: str = "",
+    run: str = "",
+    progress: bool = False,
+) -> EvalResult:
+    """Decode and score; ``limit`` keeps the first N utterances of the manifest."""
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        utts = list(utts)[:limit]
+    if not utts:
+        raise ValueError(f"nothing to evaluate (split {split or '?'} is empty)")
+    ids, refs, hyps = transcribe(
+        model,
+        tokenizer,
+        utts,
+        method=method,
+        beam=beam,
+        streaming=streaming,
+        chunk_frames=chunk_frames,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    extra: dict[str, Any] = {"streaming": bool(streaming)}
+    if method == "beam":
+        extra["beam"] = int(beam)
+    return EvalResult(score(ids, refs, hyps), method=method, split=split, run=run, extra=extra)

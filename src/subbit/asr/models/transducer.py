@@ -1,0 +1,202 @@
+"""Transducer = encoder + predictor + joiner, kept as three swappable modules (icefall habit).
+
+The encoder (``rnnt.LSTMEncoder`` or ``conformer.ConformerEncoder``) maps features to frames;
+the predictor (an LSTM language model over emitted tokens) and the joiner are shared by both
+architectures and live here. Streaming states are plain dicts whose tensors all have the batch
+as dimension 0, so the helpers below can select or reorder them without knowing their layout.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+State = dict[str, Any]
+
+
+# -- helpers shared by the encoders and the decoders ----------------------------------------
+def stack_frames(x: Tensor, k: int) -> Tensor:
+    """``[B, T, F] -> [B, T // k, k * F]``: concatenate k consecutive frames, earliest first.
+
+    Frames past the last multiple of ``k`` are dropped, so a stream fed in pieces gives the same
+    result as long as every piece except the last holds a multiple of ``k`` frames.
+    """
+    b, t, f = x.shape
+    n = t // k
+    return x[:, : n * k].reshape(b, n, k * f)
+
+
+def state_map(fn: Any, *states: Any) -> Any:
+    """Apply ``fn`` leaf-wise to tensors of equally shaped state trees; other leaves are copied."""
+    first = states[0]
+    if isinstance(first, Tensor):
+        return fn(*states)
+    if isinstance(first, dict):
+        return {k: state_map(fn, *(s[k] for s in states)) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(state_map(fn, *items) for items in zip(*states))
+    return copy.copy(first)
+
+
+def state_select(mask: Tensor, new: Any, old: Any) -> Any:
+    """Per batch row: ``new`` where ``mask`` [B] is true, else ``old``."""
+
+    def pick(a: Tensor, b: Tensor) -> Tensor:
+        m = mask.reshape(-1, *([1] * (a.dim() - 1)))
+        return torch.where(m, a, b)
+
+    return state_map(pick, new, old)
+
+
+def state_index(state: Any, index: Tensor) -> Any:
+    """Reorder / repeat batch rows of a state: ``leaf[index]``."""
+    return state_map(lambda a: a.index_select(0, index), state)
+
+
+def lstm_run(lstm: nn.LSTM, x: Tensor, h: Tensor | None, c: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Run a one-layer batch-first ``nn.LSTM``; states are ``[B, H]`` (batch first) in and out."""
+    if h is None or c is None:
+        y, (hn, cn) = lstm(x)
+    else:
+        y, (hn, cn) = lstm(x, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
+    return y, hn.squeeze(0), cn.squeeze(0)
+
+
+# -- predictor ---------------------------------------------------------------------------------
+class Predictor(nn.Module):
+    """LSTM "prediction network": embeds the previous token (blank = start), runs LSTM layers."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, layers: int,
+                 dropout: float = 0.0, blank: int = 0) -> None:
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"pred_layers must be >= 1, got {layers}")
+        self.blank = blank
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.lstms = nn.ModuleList(
+            nn.LSTM(embed_dim if i == 0 else hidden, hidden, batch_first=True) for i in range(layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.output_dim = hidden
+
+    def forward(self, targets: Tensor) -> Tensor:
+        """``targets [B, U]`` -> ``[B, U + 1, P]``; row u is the output after blank + targets[:u]."""
+        start = targets.new_full((targets.size(0), 1), self.blank)
+        x = self.dropout(self.embed(torch.cat([start, targets], dim=1)))
+        for lstm in self.lstms:
+            x, _, _ = lstm_run(lstm, x, None, None)
+            x = self.dropout(x)
+        return x
+
+    def init_state(self, batch_size: int) -> State:
+        p = self.embed.weight
+        z = p.new_zeros(batch_size, self.output_dim)
+        return {"h": [z.clone() for _ in self.lstms], "c": [z.clone() for _ in self.lstms]}
+
+    def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token per row: ``tokens [B]`` -> ``(out [B, P], new state)``."""
+        x = self.embed(tokens.reshape(-1, 1))
+        hs, cs = [], []
+        for i, lstm in enumerate(self.lstms):
+            x, h, c = lstm_run(lstm, x, state["h"][i], state["c"][i])
+            hs.append(h)
+            cs.append(c)
+        return x[:, 0], {"h": hs, "c": cs}
+
+
+# -- joiner ------------------------------------------------------------------------------------
+class Joiner(nn.Module):
+    """``out(tanh(enc_proj(enc) + pred_proj(pred)))``; projections are applied before broadcasting."""
+
+    def __init__(self, enc_dim: int, pred_dim: int, joiner_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        self.enc_proj = nn.Linear(enc_dim, joiner_dim)
+        self.pred_proj = nn.Linear(pred_dim, joiner_dim)
+        self.out = nn.Linear(joiner_dim, vocab_size)
+
+    def project_enc(self, enc: Tensor) -> Tensor:
+        return self.enc_proj(enc)
+
+    def project_pred(self, pred: Tensor) -> Tensor:
+        return self.pred_proj(pred)
+
+    def join(self, enc_p: Tensor, pred_p: Tensor) -> Tensor:
+        """Logits from already projected inputs (decoders project each frame / token once)."""
+        return self.out(torch.tanh(enc_p + pred_p))
+
+    def forward(self, enc: Tensor, pred: Tensor) -> Tensor:
+        """``enc [..., D]``, ``pred [..., P]`` (broadcastable leading dims) -> ``[..., V]``."""
+        return self.join(self.project_enc(enc), self.project_pred(pred))
+
+
+# -- the whole model ---------------------------------------------------------------------------
+class Transducer(nn.Module):
+    """RNN-T model. ``forward`` returns the training loss; ``config`` rebuilds it exactly."""
+
+    def __init__(self, encoder: nn.Module, predictor: Predictor, joiner: Joiner, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+        self.joiner = joiner
+        self._config = dict(config)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able dict with every hyperparameter (a copy: editing it changes nothing)."""
+        return copy.deepcopy(self._config)
+
+    @property
+    def blank(self) -> int:
+        return int(self._config.get("blank", 0))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._config["vocab_size"])
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Transducer":
+        from .presets import build_from_config
+
+        return build_from_config(config)
+
+    def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(feats, feat_lens)
+
+    def forward(self, feats: Tensor, feat_lens: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
+        """Scalar training loss.
+
+        Normalisation (config ``loss_norm``): ``"token"`` (default) = summed NLL of the batch
+        divided by the number of target tokens (+ one per utterance for the final blank), so
+        the loss is a per-symbol NLL whatever the batch composition; ``"utterance"`` = mean NLL
+        per utterance (torchaudio's "mean").
+        """
+        from ..loss import rnnt_loss
+
+        if targets.dim() != 2 or targets.size(0) != feats.size(0):
+            raise ValueError(f"targets must be [B, U] with B={feats.size(0)}, got {tuple(targets.shape)}")
+        u_max = int(target_lens.max()) if target_lens.numel() else 0
+        targets = targets[:, :u_max]
+        enc, enc_lens = self.encoder(feats, feat_lens)
+        if enc_lens.numel() and int(enc_lens.min()) < 1:
+            raise ValueError(
+                "feat_lens: some utterance is shorter than one encoder frame "
+                f"(subsampling {self.encoder.subsampling}); min feat_len={int(feat_lens.min())}"
+            )
+        pred = self.predictor(targets)
+        logits = self.joiner(enc.unsqueeze(2), pred.unsqueeze(1))
+        nll = rnnt_loss(logits, targets, enc_lens, target_lens, blank=self.blank, reduction="none")
+        norm = self._config.get("loss_norm", "token")
+        if norm == "token":
+            return nll.sum() / (target_lens.sum() + target_lens.numel()).clamp(min=1).to(nll.dtype)
+        if norm == "utterance":
+            return nll.mean()
+        raise ValueError(f"config loss_norm must be 'token' or 'utterance', got {norm!r}")
+
+
+__all__ = [
+    "Joiner", "Predictor", "State", "Transducer", "lstm_run", "stack_frames",
+    "state_index", "state_map", "state_select",
+]

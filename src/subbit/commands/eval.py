@@ -1,0 +1,81 @@
+"""``subbit eval``: WER of a run on a corpus split, as JSON plus a per-utterance errors file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "dev", "test_seen", "test_heldout")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="word error rate of a run on a corpus split",
+        description="Decode DIR/SPLIT.jsonl with the run's model and score it with jiwer.",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--data", help="corpus directory (default: the one the run was trained on)")
+    p.add_argument("--split", default="test_heldout", help=f"manifest name in DIR, e.g. {', '.join(SPLITS)}")
+    p.add_argument("--json", dest="json_out", help="write the result JSON here")
+    p.add_argument("--method", choices=("greedy", "beam"), default="greedy")
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--streaming", action="store_true", help="decode chunk by chunk through the encoder's step API")
+    p.add_argument("--chunk-frames", type=int, help="feature frames per streaming chunk (default: the model's)")
+    p.add_argument("--errors", help="per-utterance errors file (.tsv, or .jsonl), worst first")
+    p.add_argument("--limit", type=int, help="first N utterances only")
+    p.add_argument("--which", choices=("final", "last", "best"), default="final",
+                   help="weights: final.pt (default; falls back to last) or a training checkpoint")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from subbit.asr.checkpoint import RunPaths, load_run
+    from subbit.asr.data import read_manifest
+    from subbit.asr.evaluate import evaluate, write_errors
+
+    which = args.which
+    if which == "final" and not RunPaths(Path(args.run)).final.is_file() and RunPaths(Path(args.run)).last.is_file():
+        print(f"note: {args.run} has no final.pt yet; evaluating checkpoints/last.pt")
+        which = "last"
+    loaded = load_run(args.run, which=which, map_location=args.device)
+    data = Path(args.data or loaded.config["data"])
+    manifest = data / f"{args.split}.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no manifest {manifest} (--split {args.split})")
+    if args.beam < 1:
+        raise ValueError(f"--beam must be >= 1, got {args.beam}")
+    utts = read_manifest(manifest)
+    result = evaluate(
+        loaded.model,
+        loaded.tokenizer,
+        utts,
+        method=args.method,
+        beam=args.beam,
+        streaming=args.streaming,
+        chunk_frames=args.chunk_frames,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        device=args.device,
+        split=args.split,
+        run=str(args.run),
+        progress=args.progress,
+    )
+    result.extra.update({"which": which, "quantized": loaded.quantized, "data": str(data)})
+    print(result.summary())
+    if args.json_out:
+        out = Path(args.json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if args.errors:
+        write_errors(args.errors, result)
+        worst = sorted(result.utts, key=lambda u: -u.errors)[:3]
+        for u in worst:
+            if u.errors:
+                print(f"  {u.id}: {u.errors} errors\n    ref: {u.ref}\n    hyp: {u.hyp}")
+    return 0

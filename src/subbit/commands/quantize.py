@@ -1,0 +1,45 @@
+"""``subbit quantize``: quantization-aware fine-tune of an fp32 run (train with --init and --quant)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from subbit.commands.train import add_schedule_options, config_from_args, run_config
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "quantize",
+        help="QAT fine-tune of an fp32 run with a rules file (GQ or a baseline)",
+        description=(
+            "Warm-start from the fp32 RUN, prepare the model with RULES (subbit.quant.QuantConfig), "
+            "fine-tune while the temperature anneals, and write the converted model to QRUN/final.pt."
+        ),
+    )
+    p.add_argument("run", metavar="RUN", help="fp32 run directory (or a checkpoint inside it)")
+    p.add_argument("--rules", required=True, help="quantization rules (.json or .yaml)")
+    p.add_argument("--out", required=True, help="new run directory")
+    p.add_argument("--data", help="corpus directory (default: the one RUN was trained on)")
+    add_schedule_options(p)
+    p.set_defaults(func=run, lr=5e-4, warmup_steps=50)
+
+
+def run(args: argparse.Namespace) -> int:
+    from subbit.asr.checkpoint import read_run_config, run_dir_of
+
+    init_cfg = read_run_config(run_dir_of(args.run))
+    if init_cfg.get("quant"):
+        raise ValueError(f"RUN: {args.run} is already quantized; give an fp32 run")
+    stored = init_cfg["train_args"]
+    cfg = config_from_args(
+        args,
+        init=args.run,
+        quant=args.rules,
+        data=args.data or init_cfg["data"],
+        model=stored.get("model", "rnnt"),
+        preset=stored.get("preset", "small"),
+        tokenizer=init_cfg["tokenizer"]["kind"],
+        vocab_size=int(init_cfg["tokenizer"]["vocab_size"]),
+    )
+    return run_config(cfg)

@@ -1,0 +1,99 @@
+"""``subbit train``: train (or resume) an fp32 or quantization-aware transducer run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from subbit.asr.train import ARCHS, PRESETS, TrainConfig, TrainingDiverged
+
+#: exit code of a run stopped by a NaN/inf loss
+EXIT_DIVERGED = 3
+
+
+def add_schedule_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``quantize``: budget, optimizer, GQ schedule, session."""
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="time budget; sets the number of steps from measured speed")
+    budget.add_argument("--steps", type=int, help="number of optimizer steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-frames", type=int, help="cap on feature frames per batch (bucketing)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, warmup + cosine)")
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--grad-clip", type=float, default=5.0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (under torchrun: one GPU per rank)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no speed/noise/SpecAugment")
+    p.add_argument("--eval-every", type=int, default=0, help="dev WER every N steps (keeps checkpoints/best.pt)")
+    p.add_argument("--eval-limit", type=int, default=200, help="dev utterances used by --eval-every")
+    p.add_argument("--ckpt-every", type=int, default=200, help="write checkpoints/last.pt every N steps")
+    p.add_argument("--keep-every", type=int, default=0, help="also keep checkpoints/step-N.pt every N steps")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: stop as if killed
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g = p.add_argument_group("quantization schedule (with --quant)")
+    g.add_argument("--tau-start", type=float, default=1.0, help="relative softmax temperature at the start")
+    g.add_argument("--tau-end", type=float, default=1e-3, help="relative temperature at the end of the anneal")
+    g.add_argument("--anneal", choices=("exp", "cosine", "linear"), default="exp")
+    g.add_argument("--anneal-end", type=float, default=0.85, help="fraction of the steps at which tau reaches --tau-end")
+    g.add_argument("--quant-every", type=int, default=0, help="T_q: project weights every N steps (0 = never)")
+    g.add_argument("--quant-mode", choices=("project", "forward"), default="project")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train an RNN-T or Conformer transducer (fp32 or with --quant)",
+        description="Train a transducer on a corpus directory (DIR/{train,dev}.jsonl) into a run directory.",
+    )
+    p.add_argument("--model", choices=ARCHS, default="rnnt")
+    p.add_argument("--preset", choices=PRESETS, default="small")
+    p.add_argument("--data", help="corpus directory with train.jsonl (and dev.jsonl)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--quant", help="quantization rules (.json or .yaml, subbit.quant.QuantConfig)")
+    p.add_argument("--init", help="warm start from an fp32 run directory or checkpoint")
+    p.add_argument("--tokenizer", choices=("bpe", "char"), default="bpe")
+    p.add_argument("--vocab-size", type=int, default=128)
+    add_schedule_options(p)
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    """Build the TrainConfig; on --resume the stored config wins, so budget/data may be omitted."""
+    keys = {f for f in TrainConfig.__dataclass_fields__ if f != "model_overrides"}
+    values = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    values.update(overrides)
+    if values.get("resume"):
+        # placeholders: train() replaces them with RUN/config.json's train_args
+        values.setdefault("data", "")
+        if values.get("data") is None:
+            values["data"] = ""
+        if values.get("minutes") is None and values.get("steps") is None:
+            values["steps"] = 1
+    elif not values.get("data"):
+        raise ValueError("--data is required (unless --resume)")
+    return TrainConfig(**values)
+
+
+def run_config(cfg: TrainConfig) -> int:
+    """Run training and turn a divergence into a clear message and a non-zero exit code."""
+    from subbit.asr.train import train
+
+    try:
+        result = train(cfg)
+    except TrainingDiverged as exc:
+        print(f"subbit train: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    print(
+        f"run {result.run_dir}: {result.steps}/{result.total_steps} steps ({result.stopped}) in "
+        f"{result.elapsed / 60:.1f} min, last loss {result.last_loss:.4f}, "
+        f"{result.audio_sec_per_sec:.0f} audio s per s"
+    )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_config(config_from_args(args))

@@ -1,0 +1,149 @@
+"""Small helpers the baselines share: option checking, integer grids, 1-D nearest and k-means.
+
+Everything works on grouped views ``[G, N]`` (rows = quantization groups, see
+:meth:`subbit.quant.base.WeightQuantizer.grouped`) and never builds an ``N x K`` matrix, so an
+8-bit codebook over a million weights costs O(N) memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+TINY = 1e-12
+
+
+def merge_options(method: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``options`` over ``defaults``; an unknown name is a ValueError that names it."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"{method}: unknown option {unknown[0]!r}; known options: {sorted(defaults)}"
+        )
+    merged = dict(defaults)
+    merged.update(options)
+    return merged
+
+
+def positive_float(method: str, name: str, value: Any) -> float:
+    """Validate a strictly positive finite number option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{method}: option {name!r} must be a number, got {value!r}")
+    value = float(value)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{method}: option {name!r} must be positive and finite, got {value!r}")
+    return value
+
+
+def positive_int(method: str, name: str, value: Any, minimum: int = 1) -> int:
+    """Validate an integer option ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{method}: option {name!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+# -- symmetric integer grids (uniform QAT and uniform PTQ) ----------------------------------
+def int_levels(bits: int) -> Tensor:
+    """The ``2**bits`` integer levels of a symmetric signed grid, ascending.
+
+    ``bits >= 2``: ``-2**(bits-1) .. 2**(bits-1) - 1`` (int8 style, one extra negative level).
+    ``bits == 1``: ``{-1, +1}`` (a grid without zero: the two signs).
+    """
+    if bits == 1:
+        return torch.tensor([-1.0, 1.0])
+    half = 2 ** (bits - 1)
+    return torch.arange(-half, half, dtype=torch.float32)
+
+
+def qrange(bits: int) -> tuple[float, float]:
+    """Clamp range ``(qmin, qmax)`` of the integer grid."""
+    lv = int_levels(bits)
+    return float(lv[0]), float(lv[-1])
+
+
+@torch.no_grad()
+def max_step(wg: Tensor, bits: int) -> Tensor:
+    """Per-group step ``[G]`` that puts ``max|w|`` on the top level (``bits >= 2``).
+
+    For 1 bit the step is ``mean|w|``, the least-squares scale of ``sign(w)``.
+    """
+    a = wg.detach().abs()
+    step = a.mean(dim=1) if bits == 1 else a.amax(dim=1) / qrange(bits)[1]
+    return step.clamp_min(TINY)
+
+
+@torch.no_grad()
+def round_to_grid(wg: Tensor, step: Tensor, bits: int) -> Tensor:
+    """Integer level (as float) of each weight: round-to-nearest, clamped; sign for 1 bit."""
+    x = wg.detach() / step[:, None]
+    if bits == 1:
+        return torch.where(x >= 0, 1.0, -1.0).to(wg.dtype)
+    lo, hi = qrange(bits)
+    return torch.round(x).clamp_(lo, hi)
+
+
+def level_index(levels: Tensor, bits: int) -> Tensor:
+    """Codebook index of an integer level produced by :func:`round_to_grid`."""
+    if bits == 1:
+        return (levels > 0).long()
+    return (levels - qrange(bits)[0]).long()
+
+
+# -- sorted 1-D codebooks -----------------------------------------------------------------
+@torch.no_grad()
+def nearest_index(x: Tensor, codebook: Tensor) -> Tensor:
+    """Index of the nearest entry of each row's ascending ``codebook [G, K]`` for ``x [G, N]``.
+
+    Uses ``searchsorted``: O(N log K) time, O(N) memory. Ties go to the lower entry.
+    """
+    cb = codebook.detach().contiguous()
+    xs = x.detach().contiguous().to(cb.dtype)
+    k = cb.shape[1]
+    pos = torch.searchsorted(cb, xs)
+    right = pos.clamp(max=k - 1)
+    left = (pos - 1).clamp(min=0)
+    d_left = (xs - cb.gather(1, left)).abs()
+    d_right = (cb.gather(1, right) - xs).abs()
+    return torch.where(d_right < d_left, right, left)
+
+
+@torch.no_grad()
+def quantile_init(x: Tensor, k: int) -> Tensor:
+    """Deterministic centroids ``[G, k]``: the ``(j + 0.5) / k`` quantiles of each row.
+
+    Sort-and-gather instead of ``torch.quantile`` (which refuses rows above 2**24 values).
+    """
+    xs, _ = x.detach().sort(dim=1)
+    n = xs.shape[1]
+    q = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+    pos = (q * (n - 1)).round().long().clamp_(0, n - 1)
+    return xs[:, pos].contiguous()
+
+
+@torch.no_grad()
+def lloyd_1d(x: Tensor, k: int, iters: int, init: Tensor | None = None) -> Tensor:
+    """1-D Lloyd k-means per row of ``x [G, N]``; returns ascending centroids ``[G, k]``.
+
+    Starts from ``init`` or the quantiles (deterministic); an empty cluster keeps its centroid.
+    """
+    xd = x.detach()
+    c = (quantile_init(xd, k) if init is None else init.detach().clone()).to(xd.dtype)
+    c, _ = c.sort(dim=1)
+    for _ in range(iters):
+        idx = nearest_index(xd, c)
+        sums = torch.zeros_like(c).scatter_add_(1, idx, xd)
+        counts = torch.zeros_like(c).scatter_add_(1, idx, torch.ones_like(xd))
+        new = torch.where(counts > 0, sums / counts.clamp_min(1.0), c)
+        new, _ = new.sort(dim=1)
+        if torch.equal(new, c):
+            break
+        c = new
+    return c
+
+
+def gather_codebook(codebook: Tensor, idx: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``codebook [G, K]`` gathered at ``idx`` (any shape with ``G * n`` entries) -> ``shape``."""
+    return codebook.gather(1, idx.reshape(codebook.shape[0], -1)).reshape(shape)

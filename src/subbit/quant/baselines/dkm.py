@@ -1,0 +1,128 @@
+"""DKM-style differentiable k-means palettization (Cho et al., ICLR 2022, arXiv 2108.12659).
+
+Each forward: attention ``A_ij = softmax_j(-|w_i - c_j| / (s * tau))`` with a fixed ``tau``,
+``iters`` soft k-means updates ``c_j = sum_i A_ij w_i / sum_i A_ij`` (autograd runs through
+them), and the output ``w_i' = sum_j A_ij c_j``. No mu-law, no annealing, no regularizer.
+
+Normalisation: distances are divided by the group's current ``s = max|w|`` (detached), so
+``tau`` (default 1e-4) is a fraction of the weight range, whatever the layer's init scale.
+At that default the assignment is nearly one-hot except close to the midpoints between
+centroids; gradients reach the weights mostly through the centroid updates, as in DKM.
+
+Memory (DKM's weak point is the ``N x K`` attention): the centroids are sorted in 1-D, so each
+weight attends only to a ``window`` of its nearest centroids (default 4, found with
+``searchsorted``; ``window >= 2**bits`` is the exact full softmax; entries outside the window
+weigh below ``exp(-spacing / (s * tau))``). The k-means updates run on at most
+``max_samples`` weights per group, taken with a fixed stride (deterministic); only the final
+assignment covers every weight. So the cost is O(N * window), not O(N * 2**bits).
+
+Centroids (raw weight units, ascending) start at the weight quantiles and persist in the
+``centroids`` buffer: each training-mode forward starts from the previous result and stores the
+new one. ``encode`` is nearest-centroid on that buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from subbit.quant.base import WeightQuantizer
+from subbit.quant.baselines._common import (
+    TINY,
+    merge_options,
+    nearest_index,
+    positive_float,
+    positive_int,
+    quantile_init,
+)
+from subbit.quant.registry import register_method
+
+DEFAULTS = {"tau": 1e-4, "iters": 3, "window": 4, "max_samples": 65536}
+
+
+@register_method("dkm")
+class DKMQuantizer(WeightQuantizer):
+    """Soft k-means attention; options ``tau``, ``iters``, ``window``, ``max_samples``."""
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate ``options``; return them completed with defaults (ValueError names the option)."""
+        opts = merge_options("dkm", options, DEFAULTS)
+        opts["tau"] = positive_float("dkm", "tau", opts["tau"])
+        positive_int("dkm", "iters", opts["iters"], minimum=0)
+        positive_int("dkm", "window", opts["window"], minimum=2)
+        positive_int("dkm", "max_samples", opts["max_samples"], minimum=2)
+        return opts
+
+    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor", **options: Any) -> None:
+        super().__init__(weight, bits, granularity)
+        opts = self.check_options(options)
+        self.tau: float = opts["tau"]
+        self.iters: int = opts["iters"]
+        self.window = min(opts["window"], self.levels)
+        # the k-means updates need at least one sample per centroid
+        self.max_samples = max(opts["max_samples"], self.levels)
+        self.register_buffer("centroids", quantile_init(self.grouped(weight.detach()), self.levels))
+
+    # -- pieces ------------------------------------------------------------------------
+    def _attention(self, x: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Windowed attention of ``x [G, M]`` over ascending ``c [G, K]``: ``(A, idx) [G, M, W]``."""
+        k, win = c.shape[1], self.window
+        pos = torch.searchsorted(c.detach().contiguous(), x.detach().contiguous())
+        start = (pos - win // 2).clamp(0, k - win)
+        idx = start[..., None] + torch.arange(win, device=x.device)
+        cand = c.gather(1, idx.reshape(c.shape[0], -1)).reshape(idx.shape)
+        d = (x[..., None] - cand).abs() / s[..., None]
+        return torch.softmax(-d / self.tau, dim=-1), idx
+
+    def _samples(self, wg: Tensor) -> Tensor:
+        n = wg.shape[1]
+        if n <= self.max_samples:
+            return wg
+        stride = -(-n // self.max_samples)
+        return wg[:, ::stride]
+
+    def _kmeans(self, x: Tensor, c: Tensor, s: Tensor) -> Tensor:
+        """``iters`` differentiable soft k-means updates; an unattended centroid stays put."""
+        g, k = c.shape
+        for _ in range(self.iters):
+            a, idx = self._attention(x, c, s)
+            flat = idx.reshape(g, -1)
+            num = c.new_zeros(g, k).scatter_add(1, flat, (a * x[..., None]).reshape(g, -1))
+            den = c.new_zeros(g, k).scatter_add(1, flat, a.reshape(g, -1))
+            c = torch.where(den > TINY, num / den.clamp_min(TINY), c)
+            c = c.sort(dim=1).values
+        return c
+
+    def _scale(self, wg: Tensor) -> Tensor:
+        return wg.detach().abs().amax(dim=1, keepdim=True).clamp_min(TINY)
+
+    # -- contract ----------------------------------------------------------------------
+    def forward(self, w: Tensor) -> Tensor:
+        if bool(self.converted):
+            return self.hard(w)
+        wg = self.grouped(w)
+        s = self._scale(wg)
+        c = self._kmeans(self._samples(wg), self.centroids.to(wg.dtype), s)
+        if self.training:
+            with torch.no_grad():
+                self.centroids.copy_(c.detach())
+        a, idx = self._attention(wg, c, s)
+        cand = c.gather(1, idx.reshape(c.shape[0], -1)).reshape(idx.shape)
+        return (a * cand).sum(dim=-1).reshape(w.shape)
+
+    @torch.no_grad()
+    def encode(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        idx = nearest_index(self.grouped(w), self.centroids)
+        return idx.reshape(w.shape), self.centroids.clone()
+
+    @torch.no_grad()
+    def hardness(self, w: Tensor) -> float:
+        wg = self.grouped(w)
+        a, _ = self._attention(wg, self.centroids.to(wg.dtype), self._scale(wg))
+        return float(a.amax(dim=-1).mean())
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", tau={self.tau}, iters={self.iters}, window={self.window}"

@@ -1,0 +1,108 @@
+"""Uniform symmetric fake quantization with a straight-through estimator (the "8-bit QAT" baseline).
+
+The paper's memory and latency gains are measured against 8-bit QAT: that baseline is this
+method with ``bits=8`` and ``granularity="channel"`` (one step per output channel). The
+granularity is taken as the config gives it (the contract's default is ``"tensor"``), so a
+config for the baseline must say ``channel`` explicitly.
+
+Grid: integer levels ``-2**(b-1) .. 2**(b-1) - 1`` times a per-group ``step``; 1 bit uses
+``{-step, +step}``. Without ``lsq`` the step follows the current weights (``max|w| / qmax``;
+``mean|w|`` at 1 bit), as a min/max weight observer does. With ``lsq=True`` the step is a
+parameter (initialised the same way) trained with LSQ's gradient scale ``1 / sqrt(N_g * qmax)``.
+
+Gradients (b >= 2): ``dq/dw = 1`` inside the clamp range and 0 outside; with LSQ
+``dq/dstep = round(w/step) - w/step`` inside and the clamped level outside. At 1 bit
+``dq/dw = 1`` everywhere (the step is scaled to the mean, so a clamp would stop most weights)
+and ``dq/dstep = sign(w)``. The forward value is exactly ``level * step``, bit for bit the
+value :meth:`hard` gathers from the codebook.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from subbit.quant.base import WeightQuantizer
+from subbit.quant.baselines._common import (
+    TINY,
+    merge_options,
+    int_levels,
+    level_index,
+    max_step,
+    qrange,
+    round_to_grid,
+)
+from subbit.quant.registry import register_method
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the incoming gradient by ``scale`` (LSQ's step gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
+@register_method("uniform")
+class UniformQuantizer(WeightQuantizer):
+    """Symmetric uniform fake quantization with STE; option ``lsq`` (bool, default False)."""
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate ``options``; return them completed with defaults (ValueError names the option)."""
+        opts = merge_options("uniform", options, {"lsq": False})
+        if not isinstance(opts["lsq"], bool):
+            raise ValueError(f"uniform: option 'lsq' must be a bool, got {opts['lsq']!r}")
+        return opts
+
+    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor", **options: Any) -> None:
+        super().__init__(weight, bits, granularity)
+        self.lsq: bool = self.check_options(options)["lsq"]
+        self.register_buffer("levels_", int_levels(bits).to(weight.dtype))
+        if self.lsq:
+            init = max_step(self.grouped(weight.detach()), bits)
+            self.step = nn.Parameter(init.clone())
+            n = weight.numel() // self.num_groups
+            self._grad_scale = 1.0 / math.sqrt(n * max(qrange(bits)[1], 1.0))
+
+    def current_step(self, w: Tensor) -> Tensor:
+        """Per-group step ``[G]``: the learned one (LSQ, kept positive) or the observer's."""
+        if self.lsq:
+            return self.step.abs().clamp_min(TINY)
+        return max_step(self.grouped(w), self.bits)
+
+    def forward(self, w: Tensor) -> Tensor:
+        wg = self.grouped(w)
+        step = self.current_step(w)
+        if self.lsq:
+            step = _ScaleGrad.apply(step, self._grad_scale)
+        level = round_to_grid(wg, step.detach(), self.bits)
+        s = step[:, None]
+        if self.bits == 1:
+            # value = level * s exactly; d/dw = 1, d/ds = level
+            q = level * s + (wg - wg.detach())
+        else:
+            lo, hi = qrange(self.bits)
+            x = (wg / s).clamp(lo, hi)
+            # value = level * s exactly (x - x.detach() is 0); gradients as documented above
+            q = level * s + (x - x.detach()) * s.detach()
+        return q.reshape(w.shape)
+
+    @torch.no_grad()
+    def encode(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        step = self.current_step(w).detach()
+        level = round_to_grid(self.grouped(w), step, self.bits)
+        idx = level_index(level, self.bits).reshape(w.shape)
+        codebook = step[:, None] * self.levels_[None, :]
+        return idx, codebook
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", lsq={self.lsq}"

@@ -1,0 +1,231 @@
+/* AVX2 path: decode 32 b-bit indices per block in registers (vpsrlv + vpand), look them up in
+ * 16-entry int8 tables with vpshufb (bits > 4: one table per high value, merged with vpblendvb),
+ * and take the int8 dot product with maddubs. maddubs multiplies unsigned x signed and
+ * saturates pairs at int16, so we feed it |x| and sign(x) * w: every pair sum is at most
+ * 2 * 127 * 127 = 32258, exact. Four weight rows share each activation block.
+ * Compiled for AVX2 via target pragmas; only called after a runtime CPU check.
+ */
+#include <string.h>
+
+#include "subbit_kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#include <immintrin.h>
+
+#define AI static inline __attribute__((always_inline))
+
+AI __m256i plane1(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    __m256i b = _mm256_set1_epi32((int)v);
+    b = _mm256_srlv_epi32(b, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x01));
+}
+
+AI __m256i plane2(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    __m256i b = _mm256_set1_epi64x((long long)v);
+    b = _mm256_srlv_epi64(b, _mm256_setr_epi64x(0, 2, 4, 6));
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x03));
+}
+
+AI __m256i plane4(const uint8_t *p) {
+    __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    b = _mm256_srlv_epi64(b, _mm256_setr_epi64x(0, 0, 4, 4));
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+/* Low nibble (or the whole index for bits <= 4) and the high part (bits > 4) of 32 indices. */
+AI void decode_split(const uint8_t *blk, const int bits, __m256i *lo, __m256i *hi) {
+    switch (bits) {
+    case 1: *lo = plane1(blk); break;
+    case 2: *lo = plane2(blk); break;
+    case 3: *lo = _mm256_or_si256(plane2(blk), _mm256_slli_epi16(plane1(blk + 8), 2)); break;
+    case 4: *lo = plane4(blk); break;
+    case 5: *lo = plane4(blk); *hi = plane1(blk + 16); break;
+    case 6: *lo = plane4(blk); *hi = plane2(blk + 16); break;
+    case 7:
+        *lo = plane4(blk);
+        *hi = _mm256_or_si256(plane2(blk + 16), _mm256_slli_epi16(plane1(blk + 24), 2));
+        break;
+    default: { /* 8: raw bytes */
+        __m256i v = _mm256_loadu_si256((const __m256i *)blk);
+        *lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+        *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+    }
+    }
+}
+
+AI __m256i table16(const int8_t *t) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t));
+}
+
+/* 32 int8 weights of one block. */
+AI __m256i lookup(const uint8_t *blk, const int bits, const int8_t *lut) {
+    __m256i lo, hi = _mm256_setzero_si256();
+    decode_split(blk, bits, &lo, &hi);
+    __m256i r = _mm256_shuffle_epi8(table16(lut), lo);
+    if (bits > 4) {
+        for (int h = 1; h < (1 << (bits - 4)); h++) {
+            __m256i v = _mm256_shuffle_epi8(table16(lut + 16 * h), lo);
+            r = _mm256_blendv_epi8(r, v, _mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)h)));
+        }
+    }
+    return r;
+}
+
+AI int32_t hsum(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* R rows (1..4) starting at r0 against one quantized activation row. */
+AI void rows(const subbit_weight *w, const int8_t *xr, int64_t r0, const int R, const int bits,
+             int32_t *out) {
+    const int stride = SUBBIT_LUT_STRIDE(bits);
+    const int8_t *lut[4];
+    const uint8_t *src[4];
+    __m256i acc[4];
+    for (int r = 0; r < R; r++) {
+        lut[r] = w->lut + (w->groups == 1 ? 0 : (r0 + r)) * stride;
+        src[r] = w->packed + (r0 + r) * w->row_bytes;
+        acc[r] = _mm256_setzero_si256();
+    }
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t nblk = w->kp / SUBBIT_BLOCK;
+    for (int64_t b = 0; b < nblk; b++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(xr + b * SUBBIT_BLOCK));
+        __m256i ax = _mm256_sign_epi8(x, x);
+        for (int r = 0; r < R; r++) {
+            __m256i wv = lookup(src[r] + b * 4 * bits, bits, lut[r]);
+            __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, x));
+            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum(acc[r]);
+}
+
+#define DEFINE_BITS(B)                                                                           \
+    static void linear_b##B(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m, \
+                            const float *bias, float *y) {                                       \
+        int32_t acc[4];                                                                          \
+        for (int64_t i = 0; i < m; i++) {                                                        \
+            const int8_t *xr = xq + i * w->kp;                                                   \
+            int64_t r = 0;                                                                       \
+            for (; r + 4 <= w->n; r += 4) {                                                      \
+                rows(w, xr, r, 4, B, acc);                                                       \
+                for (int j = 0; j < 4; j++)                                                      \
+                    y[i * w->n + r + j] = subbit_epilogue(                                       \
+                        acc[j], sx[i], w->scales[w->groups == 1 ? 0 : r + j], bias, r + j);      \
+            }                                                                                    \
+            for (; r < w->n; r++) {                                                              \
+                rows(w, xr, r, 1, B, acc);                                                       \
+                y[i * w->n + r] =                                                                \
+                    subbit_epilogue(acc[0], sx[i], w->scales[w->groups == 1 ? 0 : r], bias, r);  \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+DEFINE_BITS(1)
+DEFINE_BITS(2)
+DEFINE_BITS(3)
+DEFINE_BITS(4)
+DEFINE_BITS(5)
+DEFINE_BITS(6)
+DEFINE_BITS(7)
+DEFINE_BITS(8)
+
+void subbit_linear_avx2(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
+                        const float *bias, float *y) {
+    switch (w->bits) {
+    case 1: linear_b1(w, xq, sx, m, bias, y); break;
+    case 2: linear_b2(w, xq, sx, m, bias, y); break;
+    case 3: linear_b3(w, xq, sx, m, bias, y); break;
+    case 4: linear_b4(w, xq, sx, m, bias, y); break;
+    case 5: linear_b5(w, xq, sx, m, bias, y); break;
+    case 6: linear_b6(w, xq, sx, m, bias, y); break;
+    case 7: linear_b7(w, xq, sx, m, bias, y); break;
+    default: linear_b8(w, xq, sx, m, bias, y); break;
+    }
+}
+
+float subbit_quantize_row_avx2(const float *x, int64_t k, int64_t kp, int8_t *xq) {
+    const __m256 signmask = _mm256_set1_ps(-0.0f);
+    __m256 vmax = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(signmask, _mm256_loadu_ps(x + i)));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmax);
+    float amax = 0.0f;
+    for (int j = 0; j < 8; j++)
+        if (lanes[j] > amax) amax = lanes[j];
+    for (; i < k; i++) {
+        float a = x[i] < 0 ? -x[i] : x[i];
+        if (a > amax) amax = a;
+    }
+    memset(xq, 0, (size_t)kp);
+    if (!(amax > 0.0f)) return 0.0f;
+    const float inv = 127.0f / amax;
+    const __m256 vinv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    for (i = 0; i + 32 <= k; i += 32) {
+        __m256i q[4];
+        for (int j = 0; j < 4; j++) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), vinv);
+            v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+            q[j] = _mm256_cvtps_epi32(v);
+        }
+        /* pack 4x8 int32 -> 32 int8; packs interleave 128-bit lanes, permute restores order */
+        __m256i a = _mm256_packs_epi32(q[0], q[1]);
+        __m256i b = _mm256_packs_epi32(q[2], q[3]);
+        __m256i c = _mm256_packs_epi16(a, b);
+        c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(xq + i), c);
+    }
+    for (; i < k; i++) {
+        float v = x[i] * inv;
+        float r = (float)_mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        if (r > 127.0f) r = 127.0f;
+        if (r < -127.0f) r = -127.0f;
+        xq[i] = (int8_t)r;
+    }
+    return amax / 127.0f;
+}
+
+uint64_t subbit_read_sum_avx2(const uint8_t *buf, int64_t nbytes) {
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 128 <= nbytes; i += 128) {
+        s0 = _mm256_add_epi64(s0, _mm256_loadu_si256((const __m256i *)(buf + i)));
+        s1 = _mm256_add_epi64(s1, _mm256_loadu_si256((const __m256i *)(buf + i + 32)));
+        s2 = _mm256_add_epi64(s2, _mm256_loadu_si256((const __m256i *)(buf + i + 64)));
+        s3 = _mm256_add_epi64(s3, _mm256_loadu_si256((const __m256i *)(buf + i + 96)));
+    }
+    s0 = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+    uint64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, s0);
+    uint64_t s = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    for (; i < nbytes; i++) s += buf[i];
+    return s;
+}
+
+#pragma GCC pop_options
+#else
+void subbit_linear_avx2(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
+                        const float *bias, float *y) {
+    subbit_linear_portable(w, xq, sx, m, bias, y);
+}
+float subbit_quantize_row_avx2(const float *x, int64_t k, int64_t kp, int8_t *xq) {
+    return subbit_quantize_row(x, k, kp, xq);
+}
+uint64_t subbit_read_sum_avx2(const uint8_t *buf, int64_t nbytes) {
+    uint64_t s = 0;
+    for (int64_t i = 0; i < nbytes; i++) s += buf[i];
+    return s;
+}
+#endif

@@ -1,0 +1,229 @@
+/* AVX-512 path (F, BW, VL, VNNI, VBMI): same block decode as AVX2, but
+ *  - the dot product is VNNI vpdpbusd on (xq + 128) as uint8 against int8 weights; the offset
+ *    is removed with the precomputed row sums: sum (x + 128) w = sum x w + 128 * rowsum;
+ *  - bits 5..8 look up their 32/64/128/256-entry tables with VBMI byte permutes (vpermb,
+ *    vpermi2b) instead of a chain of pshufb;
+ *  - bits <= 4 decode two blocks (64 weights) per zmm register.
+ * Compiled through target pragmas; only called after a runtime CPU check.
+ */
+#include <string.h>
+
+#include "subbit_kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#pragma GCC push_options
+#pragma GCC target("avx2,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")
+#include <immintrin.h>
+
+#define AI static inline __attribute__((always_inline))
+
+AI uint32_t ld32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+AI uint64_t ld64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* ---- 256-bit: one block of 32 indices -------------------------------------------------- */
+AI __m256i p1(const uint8_t *p) {
+    __m256i b = _mm256_srlv_epi32(_mm256_set1_epi32((int)ld32(p)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x01));
+}
+AI __m256i p2(const uint8_t *p) {
+    __m256i b = _mm256_srlv_epi64(_mm256_set1_epi64x((long long)ld64(p)), _mm256_setr_epi64x(0, 2, 4, 6));
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x03));
+}
+AI __m256i p4(const uint8_t *p) {
+    __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    b = _mm256_srlv_epi64(b, _mm256_setr_epi64x(0, 0, 4, 4));
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+AI __m256i decode32(const uint8_t *blk, const int bits) {
+    switch (bits) {
+    case 1: return p1(blk);
+    case 2: return p2(blk);
+    case 3: return _mm256_or_si256(p2(blk), _mm256_slli_epi16(p1(blk + 8), 2));
+    case 4: return p4(blk);
+    case 5: return _mm256_or_si256(p4(blk), _mm256_slli_epi16(p1(blk + 16), 4));
+    case 6: return _mm256_or_si256(p4(blk), _mm256_slli_epi16(p2(blk + 16), 4));
+    case 7:
+        return _mm256_or_si256(_mm256_or_si256(p4(blk), _mm256_slli_epi16(p2(blk + 16), 4)),
+                               _mm256_slli_epi16(p1(blk + 24), 6));
+    default: return _mm256_loadu_si256((const __m256i *)blk);
+    }
+}
+
+/* Per-row tables, loaded once per row group. */
+typedef struct {
+    __m512i t0, t1, t2, t3; /* 64 entries each (bits 8 uses all four, 7 two, 5-6 one) */
+} tables;
+
+AI void load_tables(const int8_t *lut, const int bits, tables *t) {
+    if (bits <= 4) {
+        t->t0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lut));
+    } else if (bits == 5) {
+        t->t0 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lut));
+    } else {
+        t->t0 = _mm512_loadu_si512((const void *)lut);
+        if (bits >= 7) t->t1 = _mm512_loadu_si512((const void *)(lut + 64));
+        if (bits == 8) {
+            t->t2 = _mm512_loadu_si512((const void *)(lut + 128));
+            t->t3 = _mm512_loadu_si512((const void *)(lut + 192));
+        }
+    }
+}
+
+AI __m256i lookup32(__m256i idx, const int bits, const tables *t) {
+    if (bits <= 4) return _mm256_shuffle_epi8(_mm512_castsi512_si256(t->t0), idx);
+    if (bits == 5) return _mm256_permutexvar_epi8(idx, _mm512_castsi512_si256(t->t0));
+    __m512i z = _mm512_castsi256_si512(idx);
+    if (bits == 6) return _mm512_castsi512_si256(_mm512_permutexvar_epi8(z, t->t0));
+    __m256i a = _mm512_castsi512_si256(_mm512_permutex2var_epi8(t->t0, z, t->t1));
+    if (bits == 7) return a;
+    __m256i b = _mm512_castsi512_si256(_mm512_permutex2var_epi8(t->t2, z, t->t3));
+    return _mm256_mask_blend_epi8(_mm256_movepi8_mask(idx), a, b);
+}
+
+/* ---- 512-bit: two consecutive blocks (64 indices), bits <= 4 ---------------------------- */
+AI __m512i q1(const uint8_t *p, int64_t step) {
+    __m512i b = _mm512_inserti64x4(_mm512_set1_epi32((int)ld32(p)), _mm256_set1_epi32((int)ld32(p + step)), 1);
+    b = _mm512_srlv_epi32(b, _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm512_and_si512(b, _mm512_set1_epi8(0x01));
+}
+AI __m512i q2(const uint8_t *p, int64_t step) {
+    __m512i b = _mm512_inserti64x4(_mm512_set1_epi64((long long)ld64(p)),
+                                   _mm256_set1_epi64x((long long)ld64(p + step)), 1);
+    b = _mm512_srlv_epi64(b, _mm512_setr_epi64(0, 2, 4, 6, 0, 2, 4, 6));
+    return _mm512_and_si512(b, _mm512_set1_epi8(0x03));
+}
+AI __m512i q4(const uint8_t *p, int64_t step) {
+    __m512i b;
+    if (step == 16) { /* 4 bits: the two 16-byte planes are adjacent */
+        __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p));
+        b = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(1, 1, 0, 0));
+    } else {
+        b = _mm512_inserti64x4(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)p)),
+                               _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + step))), 1);
+    }
+    b = _mm512_srlv_epi64(b, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+    return _mm512_and_si512(b, _mm512_set1_epi8(0x0F));
+}
+
+AI __m512i decode64(const uint8_t *blk, const int bits) {
+    const int64_t step = 4 * bits;
+    switch (bits) {
+    case 1: return q1(blk, step);
+    case 2: return q2(blk, step);
+    case 3: return _mm512_or_si512(q2(blk, step), _mm512_slli_epi16(q1(blk + 8, step), 2));
+    default: return q4(blk, step);
+    }
+}
+
+AI int32_t hsum256(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* R rows (1..4) from r0 against one activation row xu (= xq + 128, uint8, zero-padded xq). */
+AI void rows(const subbit_weight *w, const uint8_t *xu, int64_t r0, const int R, const int bits,
+             int32_t *out) {
+    const int stride = SUBBIT_LUT_STRIDE(bits);
+    const uint8_t *src[4];
+    tables tb[4];
+    const int64_t bb = 4 * bits, nblk = w->kp / SUBBIT_BLOCK;
+    for (int r = 0; r < R; r++) {
+        load_tables(w->lut + (w->groups == 1 ? 0 : (r0 + r)) * stride, bits, &tb[r]);
+        src[r] = w->packed + (r0 + r) * w->row_bytes;
+    }
+    int64_t b = 0;
+    if (bits <= 4) {
+        __m512i acc[4];
+        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_si512();
+        for (; b + 2 <= nblk; b += 2) {
+            __m512i x = _mm512_loadu_si512((const void *)(xu + b * SUBBIT_BLOCK));
+            for (int r = 0; r < R; r++) {
+                __m512i wv = _mm512_shuffle_epi8(tb[r].t0, decode64(src[r] + b * bb, bits));
+                acc[r] = _mm512_dpbusd_epi32(acc[r], x, wv);
+            }
+        }
+        for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_epi32(acc[r]);
+    } else {
+        for (int r = 0; r < R; r++) out[r] = 0;
+    }
+    __m256i acc[4];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_si256();
+    for (; b < nblk; b++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(xu + b * SUBBIT_BLOCK));
+        for (int r = 0; r < R; r++) {
+            __m256i wv = lookup32(decode32(src[r] + b * bb, bits), bits, &tb[r]);
+            acc[r] = _mm256_dpbusd_epi32(acc[r], x, wv);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] += hsum256(acc[r]) - 128 * w->rowsum[r0 + r];
+}
+
+#define DEFINE_BITS(B)                                                                           \
+    static void linear_b##B(const subbit_weight *w, const uint8_t *xu, const float *sx, int64_t m, \
+                            const float *bias, float *y) {                                       \
+        int32_t acc[4];                                                                          \
+        for (int64_t i = 0; i < m; i++) {                                                        \
+            const uint8_t *xr = xu + i * w->kp;                                                  \
+            int64_t r = 0;                                                                       \
+            for (; r + 4 <= w->n; r += 4) {                                                      \
+                rows(w, xr, r, 4, B, acc);                                                       \
+                for (int j = 0; j < 4; j++)                                                      \
+                    y[i * w->n + r + j] = subbit_epilogue(                                       \
+                        acc[j], sx[i], w->scales[w->groups == 1 ? 0 : r + j], bias, r + j);      \
+            }                                                                                    \
+            for (; r < w->n; r++) {                                                              \
+                rows(w, xr, r, 1, B, acc);                                                       \
+                y[i * w->n + r] =                                                                \
+                    subbit_epilogue(acc[0], sx[i], w->scales[w->groups == 1 ? 0 : r], bias, r);  \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+DEFINE_BITS(1)
+DEFINE_BITS(2)
+DEFINE_BITS(3)
+DEFINE_BITS(4)
+DEFINE_BITS(5)
+DEFINE_BITS(6)
+DEFINE_BITS(7)
+DEFINE_BITS(8)
+
+void subbit_linear_avx512(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
+                          const float *bias, float *y) {
+    /* xq -> xq + 128 as uint8, in place (the buffer is ours); flipping the sign bit does it */
+    uint8_t *xu = (uint8_t *)xq;
+    int64_t total = m * w->kp, i = 0;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (; i + 64 <= total; i += 64)
+        _mm512_storeu_si512((void *)(xu + i), _mm512_xor_si512(_mm512_loadu_si512((const void *)(xu + i)), flip));
+    for (; i < total; i++) xu[i] ^= 0x80;
+    switch (w->bits) {
+    case 1: linear_b1(w, xu, sx, m, bias, y); break;
+    case 2: linear_b2(w, xu, sx, m, bias, y); break;
+    case 3: linear_b3(w, xu, sx, m, bias, y); break;
+    case 4: linear_b4(w, xu, sx, m, bias, y); break;
+    case 5: linear_b5(w, xu, sx, m, bias, y); break;
+    case 6: linear_b6(w, xu, sx, m, bias, y); break;
+    case 7: linear_b7(w, xu, sx, m, bias, y); break;
+    default: linear_b8(w, xu, sx, m, bias, y); break;
+    }
+}
+
+#pragma GCC pop_options
+#else
+void subbit_linear_avx512(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
+                          const float *bias, float *y) {
+    subbit_linear_portable(w, xq, sx, m, bias, y);
+}
+#endif

@@ -1,0 +1,266 @@
+"""Packed RNN-T and Conformer transducers rebuilt from a ``.subbit`` file's arch config.
+
+Mirrors :mod:`subbit.asr.models` (docs/models.md) layer for layer, with the same parameter
+names, so a model exported from training runs here without any training code. Streaming
+states are plain dicts of NumPy arrays; one utterance at a time (no batch dimension).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from subbit.runtime.layers import (
+    Array,
+    ConformerBlock,
+    Embedding,
+    PackedLSTM,
+    WeightStore,
+)
+
+State = dict[str, Any]
+
+
+def _cfg_int(cfg: dict[str, Any], key: str) -> int:
+    if key not in cfg:
+        raise ValueError(f"arch config has no field {key!r}")
+    v = cfg[key]
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+        raise ValueError(f"arch config field {key!r} must be an integer, got {v!r}")
+    return int(v)
+
+
+def _stack(x: Array, k: int) -> Array:
+    """``[T, F] -> [T // k, k * F]`` (earliest frame first), like the torch model's stack_frames."""
+    n = x.shape[0] // k
+    return np.ascontiguousarray(x[: n * k].reshape(n, k * x.shape[1]))
+
+
+class LSTMEncoder:
+    """stack -> LSTM layers (second stacking before layer ``stack2_after``) -> Linear projection."""
+
+    def __init__(self, store: WeightStore, cfg: dict[str, Any], prefix: str = "encoder") -> None:
+        self.n_mels = _cfg_int(cfg, "n_mels")
+        self.stack = _cfg_int(cfg, "stack")
+        self.stack2 = int(cfg.get("stack2", 1))
+        self.stack2_after = int(cfg.get("stack2_after", 0)) if self.stack2 > 1 else -1
+        n_layers = _cfg_int(cfg, "enc_layers")
+        self.lstms = [PackedLSTM.from_store(store, f"{prefix}.lstms.{i}") for i in range(n_layers)]
+        self.proj = store.linear(f"{prefix}.proj")
+        self.output_dim = self.proj.out_features
+        self.subsampling = self.stack * self.stack2
+        self.chunk_frames = int(cfg.get("chunk_frames") or self.subsampling)
+
+    def init_state(self) -> State:
+        return {
+            "pending": np.zeros((0, self.n_mels), np.float32),
+            "pending2": np.zeros((0, self.lstms[0].hidden), np.float32),
+            "lstm": [lstm.init_state() for lstm in self.lstms],
+        }
+
+    def step(self, feats: Array, state: State) -> tuple[Array, State]:
+        """Consume any number of frames ``[t, n_mels]``; return the encoder frames they complete."""
+        x = np.concatenate([state["pending"], feats], axis=0)
+        n = x.shape[0] // self.stack * self.stack
+        new: State = {"pending": x[n:], "pending2": state["pending2"], "lstm": list(state["lstm"])}
+        x = _stack(x[:n], self.stack)
+        for i, lstm in enumerate(self.lstms):
+            if i == self.stack2_after:
+                x = np.concatenate([new["pending2"], x], axis=0)
+                n2 = x.shape[0] // self.stack2 * self.stack2
+                new["pending2"] = x[n2:]
+                x = _stack(x[:n2], self.stack2)
+            if x.shape[0] == 0:
+                return np.zeros((0, self.output_dim), np.float32), new
+            x, new["lstm"][i] = lstm(x, state["lstm"][i])
+        return self.proj(x), new
+
+    def flush(self, state: State) -> tuple[Array, State]:
+        """End of stream: frames short of one stack are dropped, as in the offline forward."""
+        return np.zeros((0, self.output_dim), np.float32), state
+
+    @property
+    def nbytes(self) -> int:
+        return sum(lstm.nbytes for lstm in self.lstms) + self.proj.nbytes
+
+
+class ConformerEncoder:
+    """stack -> Linear -> Conformer blocks with chunked attention caches and causal conv caches."""
+
+    def __init__(self, store: WeightStore, cfg: dict[str, Any], prefix: str = "encoder") -> None:
+        self.n_mels = _cfg_int(cfg, "n_mels")
+        self.stack = _cfg_int(cfg, "stack")
+        self.d = _cfg_int(cfg, "d_model")
+        self.heads = _cfg_int(cfg, "n_heads")
+        self.dh = self.d // self.heads
+        self.chunk_size = _cfg_int(cfg, "chunk_size")
+        self.left_chunks = _cfg_int(cfg, "left_chunks")
+        self.kernel = _cfg_int(cfg, "conv_kernel")
+        n_blocks = _cfg_int(cfg, "n_blocks")
+        rel_pos = bool(cfg.get("rel_pos", True))
+        self.inp = store.linear(f"{prefix}.inp")
+        self.blocks = [
+            ConformerBlock(store, f"{prefix}.blocks.{i}", self.d, self.heads, self.kernel, self.chunk_size,
+                           self.left_chunks, rel_pos)
+            for i in range(n_blocks)
+        ]
+        self.output_dim = self.d
+        self.subsampling = self.stack
+        self.chunk_frames = self.chunk_size * self.stack
+
+    def init_state(self) -> State:
+        empty = np.zeros((self.heads, 0, self.dh), np.float32)
+        return {
+            "pending": np.zeros((0, self.n_mels), np.float32),
+            "pos": 0,
+            "layers": [{"k": empty, "v": empty, "conv": np.zeros((self.kernel - 1, self.d), np.float32)}
+                       for _ in self.blocks],
+        }
+
+    def _advance(self, frames: Array, state: State) -> tuple[Array, State]:
+        x = self.inp(_stack(frames, self.stack))
+        pos = state["pos"]
+        keep = self.left_chunks * self.chunk_size
+        caches = []
+        for blk, cache in zip(self.blocks, state["layers"]):
+            x, k, v, conv = blk(x, cache, pos)
+            caches.append({"k": k[:, k.shape[1] - min(keep, k.shape[1]):],
+                           "v": v[:, v.shape[1] - min(keep, v.shape[1]):], "conv": conv})
+        return x, {"pending": state["pending"], "pos": pos + x.shape[0], "layers": caches}
+
+    def step(self, feats: Array, state: State) -> tuple[Array, State]:
+        """Consume frames; return the encoder frames of every chunk now complete."""
+        x = np.concatenate([state["pending"], feats], axis=0)
+        n = x.shape[0] // self.chunk_frames * self.chunk_frames
+        if n == 0:
+            return np.zeros((0, self.d), np.float32), {**state, "pending": x}
+        y, new = self._advance(x[:n], state)
+        new["pending"] = x[n:]
+        return y, new
+
+    def flush(self, state: State) -> tuple[Array, State]:
+        """End of stream: run the last partial chunk (frames short of one stack are dropped)."""
+        x = state["pending"]
+        n = x.shape[0] // self.stack * self.stack
+        if n == 0:
+            return np.zeros((0, self.d), np.float32), state
+        y, new = self._advance(x[:n], state)
+        new["pending"] = x[:0]
+        return y, new
+
+
+class Predictor:
+    """Embedding (blank = start) -> LSTM layers; one token per step."""
+
+    def __init__(self, store: WeightStore, cfg: dict[str, Any], prefix: str = "predictor") -> None:
+        self.blank = int(cfg.get("blank", 0))
+        self.embed = Embedding(store, f"{prefix}.embed.weight")
+        n_layers = _cfg_int(cfg, "pred_layers")
+        self.lstms = [PackedLSTM.from_store(store, f"{prefix}.lstms.{i}") for i in range(n_layers)]
+        self.output_dim = self.lstms[-1].hidden
+
+    def init_state(self) -> State:
+        return {"lstm": [lstm.init_state() for lstm in self.lstms]}
+
+    def step(self, token: int, state: State) -> tuple[Array, State]:
+        x = self.embed(int(token)).reshape(1, -1)
+        new = []
+        for lstm, s in zip(self.lstms, state["lstm"]):
+            x, s2 = lstm(x, s)
+            new.append(s2)
+        return x[0], {"lstm": new}
+
+
+class Joiner:
+    """``out(tanh(enc_proj(enc) + pred_proj(pred)))``; projections are applied once per frame/token."""
+
+    def __init__(self, store: WeightStore, prefix: str = "joiner") -> None:
+        self.enc_proj = store.linear(f"{prefix}.enc_proj")
+        self.pred_proj = store.linear(f"{prefix}.pred_proj")
+        self.out = store.linear(f"{prefix}.out")
+
+    def project_enc(self, enc: Array) -> Array:
+        return self.enc_proj(enc)
+
+    def project_pred(self, pred: Array) -> Array:
+        return self.pred_proj(pred.reshape(1, -1))[0]
+
+    def join(self, enc_p: Array, pred_p: Array) -> Array:
+        """Logits ``[..., V]`` from projected inputs ``[..., J]`` (broadcasting leading dims)."""
+        h = np.tanh(enc_p + pred_p).astype(np.float32)
+        shape = h.shape
+        return self.out(h.reshape(-1, shape[-1])).reshape(*shape[:-1], -1)
+
+
+class PackedTransducer:
+    """Encoder + predictor + joiner running on packed weights; ``from_file`` loads a ``.subbit``."""
+
+    def __init__(self, store: WeightStore, config: dict[str, Any], tokenizer_bytes: bytes | None = None,
+                 manifest: dict[str, Any] | None = None) -> None:
+        arch = config.get("arch")
+        if arch == "rnnt":
+            self.encoder: LSTMEncoder | ConformerEncoder = LSTMEncoder(store, config)
+        elif arch == "conformer":
+            self.encoder = ConformerEncoder(store, config)
+        else:
+            raise ValueError(f"arch config field 'arch' must be 'rnnt' or 'conformer', got {arch!r}")
+        self.predictor = Predictor(store, config)
+        self.joiner = Joiner(store)
+        self.config = dict(config)
+        self.store = store
+        self.tokenizer_bytes = tokenizer_bytes
+        self.manifest = manifest or {}
+        self.blank = int(config.get("blank", 0))
+        self.vocab_size = _cfg_int(config, "vocab_size")
+        self.n_mels = _cfg_int(config, "n_mels")
+        unused = store.unused()
+        if unused:
+            raise ValueError(f"model file has tensors the {arch} runtime does not use: {unused[:8]}")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> "PackedTransducer":
+        """Load a ``.subbit`` file (validated by :func:`subbit.export.load_packed`)."""
+        from subbit.export import load_packed
+
+        return cls.from_packed(load_packed(path))
+
+    @classmethod
+    def from_packed(cls, pm: Any) -> "PackedTransducer":
+        packed, floats, manifest, arch, tok = _unpack_model(pm)
+        return cls(WeightStore(packed, floats), arch, tok, manifest)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Resident bytes of every weight the runtime holds (packed indices, codebooks, floats)."""
+        return weight_bytes(self.store)
+
+
+def weight_bytes(store: WeightStore) -> int:
+    from subbit.runtime.layers import packed_nbytes
+
+    total = sum(packed_nbytes(p) for p in store.packed.values())
+    return total + sum(int(a.nbytes) for a in store.floats.values())
+
+
+def _unpack_model(pm: Any) -> tuple[dict[str, Any], dict[str, Array], dict[str, Any], dict[str, Any], bytes | None]:
+    """(packed tensors, float tensors, manifest, arch config, tokenizer bytes) of a PackedModel."""
+    packed = _first_attr(pm, ("packed", "tensors", "packed_tensors"))
+    floats = _first_attr(pm, ("floats", "float_tensors"))
+    manifest = _first_attr(pm, ("manifest",))
+    if packed is None or floats is None or manifest is None:
+        raise ValueError(f"not a PackedModel (needs packed tensors, float tensors, manifest): {type(pm).__name__}")
+    arch = manifest.get("arch") if isinstance(manifest, dict) else getattr(manifest, "arch", None)
+    if not isinstance(arch, dict):
+        raise ValueError("the .subbit manifest has no 'arch' config dict: export with arch=model.config")
+    tok = _first_attr(pm, ("tokenizer_bytes", "tokenizer"))
+    mdict = manifest if isinstance(manifest, dict) else dict(vars(manifest))
+    return dict(packed), {k: np.asarray(v) for k, v in dict(floats).items()}, mdict, arch, tok
+
+
+def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
+    for n in names:
+        if hasattr(obj, n):
+            return getattr(obj, n)
+    return None

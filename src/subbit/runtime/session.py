@@ -1,0 +1,109 @@
+"""Streaming recognition of one utterance: audio in, partial transcripts out, greedy decoding.
+
+:class:`StreamingSession` works with any model object that offers the runtime's streaming
+interface (NumPy in and out, batch 1):
+
+* ``encoder.init_state()``, ``encoder.step(feats [t, F], state) -> (enc [t', D], state)``,
+  ``encoder.flush(state)`` (end of stream);
+* ``predictor.init_state()``, ``predictor.step(token: int, state) -> (out [P], state)``;
+* ``joiner.project_enc(enc [t', D])``, ``joiner.project_pred(out [P])``, ``joiner.join(e, p) -> [V]``;
+* ``blank``, ``n_mels`` and optionally ``tokenizer_bytes``.
+
+:class:`subbit.runtime.models.PackedTransducer` is one; the benchmark wraps fp32 PyTorch, torch.ao
+int8 and onnxruntime models in the same interface so every variant runs this very loop. Greedy
+decoding follows :func:`subbit.asr.decode.greedy_search`: predictor primed with blank, then per
+encoder frame up to ``max_symbols_per_frame`` argmax tokens until blank.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from subbit.runtime.frontend import StreamingLogMel
+
+
+class StreamingSession:
+    """Feed 16 kHz float32 audio in pieces of any size; get the transcript so far back."""
+
+    def __init__(self, model: Any, max_symbols_per_frame: int = 3, tokenizer: Any | None = None,
+                 frontend: StreamingLogMel | None = None) -> None:
+        if max_symbols_per_frame < 1:
+            raise ValueError(f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame}")
+        self.model = model
+        self.max_symbols = int(max_symbols_per_frame)
+        self.blank = int(model.blank)
+        self.frontend = frontend or StreamingLogMel(n_mels=int(model.n_mels))
+        if tokenizer is None and getattr(model, "tokenizer_bytes", None):
+            tokenizer = _load_tokenizer(model.tokenizer_bytes)
+        self.tokenizer = tokenizer
+        self.reset()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the utterance: empty audio buffer, fresh encoder and predictor states."""
+        self.frontend.reset()
+        self.enc_state = self.model.encoder.init_state()
+        out, self.pred_state = self.model.predictor.step(self.blank, self.model.predictor.init_state())
+        self.pred_p = self.model.joiner.project_pred(out)
+        self.tokens: list[int] = []
+        self.finished = False
+
+    def accept_audio(self, samples: np.ndarray) -> str:
+        """Buffer ``samples`` (float32 mono 16 kHz, any length); return the partial transcript."""
+        x = np.asarray(samples)
+        if x.ndim != 1:
+            raise ValueError(f"samples must be a 1-D float array (mono), got shape {x.shape}")
+        if x.dtype.kind != "f":
+            raise ValueError(f"samples must be float (e.g. float32 in [-1, 1]), got dtype {x.dtype}")
+        return self.text(self.accept_features(self.frontend.accept(x.astype(np.float32, copy=False))))
+
+    def accept_features(self, feats: np.ndarray) -> list[int]:
+        """Feed log-mel frames ``[t, n_mels]``; returns the tokens decoded so far."""
+        if self.finished:
+            raise ValueError("accept after finalize(); call reset() to start a new utterance")
+        if feats.shape[0]:
+            enc, self.enc_state = self.model.encoder.step(np.asarray(feats, np.float32), self.enc_state)
+            self._decode(enc)
+        return list(self.tokens)
+
+    def finalize(self) -> str:
+        """End of utterance: run what the encoder still holds; returns the final transcript."""
+        return self.text(self.finalize_tokens())
+
+    def finalize_tokens(self) -> list[int]:
+        if not self.finished:
+            enc, self.enc_state = self.model.encoder.flush(self.enc_state)
+            self._decode(enc)
+            self.finished = True
+        return list(self.tokens)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _decode(self, enc: np.ndarray) -> None:
+        if enc.shape[0] == 0:
+            return
+        joiner, predictor = self.model.joiner, self.model.predictor
+        enc_p = joiner.project_enc(enc)
+        for t in range(enc_p.shape[0]):
+            frame = enc_p[t]
+            for _ in range(self.max_symbols):
+                tok = int(np.argmax(joiner.join(frame, self.pred_p)))
+                if tok == self.blank:
+                    break
+                self.tokens.append(tok)
+                out, self.pred_state = predictor.step(tok, self.pred_state)
+                self.pred_p = joiner.project_pred(out)
+
+    def text(self, tokens: list[int]) -> str:
+        """Transcript of ``tokens`` (token ids joined by spaces when the model has no tokenizer)."""
+        if self.tokenizer is not None:
+            return str(self.tokenizer.decode(list(tokens)))
+        return " ".join(str(t) for t in tokens)
+
+
+def _load_tokenizer(data: Any) -> Any:
+    from subbit.asr.tokenizer import Tokenizer
+
+    raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    return Tokenizer.from_bytes(raw)

@@ -1,0 +1,307 @@
+"""Baselines of subbit.quant: uniform (8-bit QAT), S8BQAT, DKM, PTQ."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from subbit.quant.baselines import DKMQuantizer, PTQQuantizer, S8BQATQuantizer, UniformQuantizer
+from subbit.quant.baselines._common import lloyd_1d, nearest_index, quantile_init
+from subbit.quant.mulaw import expand
+
+torch.set_num_threads(1)
+
+# (class, options) pairs covering every method and its main variants
+METHODS = [
+    (UniformQuantizer, {}),
+    (UniformQuantizer, {"lsq": True}),
+    (S8BQATQuantizer, {}),
+    (DKMQuantizer, {}),
+    (PTQQuantizer, {"algo": "uniform"}),
+    (PTQQuantizer, {"algo": "kmeans"}),
+]
+IDS = ["uniform", "uniform-lsq", "s8bqat", "dkm", "ptq-uniform", "ptq-kmeans"]
+
+
+def linear_weight(out_f: int = 24, in_f: int = 40, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(in_f)
+    return (torch.rand(out_f, in_f, generator=g) * 2 - 1) * bound
+
+
+@pytest.mark.parametrize(("cls", "opts"), METHODS, ids=IDS)
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_forward_backward_shapes_and_grads(cls, opts, granularity):
+    w0 = linear_weight()
+    q = cls(w0, 4, granularity, **opts)
+    w = w0.clone().requires_grad_(True)
+    y = q(w)
+    assert y.shape == w.shape and torch.isfinite(y).all()
+    loss = (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum() + q.regularization(w)
+    if cls is PTQQuantizer:  # documented: PTQ does not train, its forward carries no gradient
+        assert not y.requires_grad
+        return
+    loss.backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+    for p in q.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize(("cls", "opts"), METHODS, ids=IDS)
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_encode_hard_consistency_and_level_count(cls, opts, bits, granularity):
+    w = torch.randn(16, 300, generator=torch.Generator().manual_seed(bits)) * 0.05
+    q = cls(w, bits, granularity, **opts)
+    if cls is DKMQuantizer:
+        q(w)  # one training step moves the centroids; encode must follow the buffer
+    idx, codebook = q.encode(w)
+    groups = 16 if granularity == "channel" else 1
+    assert idx.dtype == torch.int64 and idx.shape == w.shape
+    assert codebook.shape == (groups, 2**bits)
+    assert int(idx.min()) >= 0 and int(idx.max()) < 2**bits
+    hard = q.hard(w)
+    assert torch.equal(codebook.gather(1, idx.reshape(groups, -1)).reshape(w.shape), hard)
+    for row in hard.reshape(groups, -1):
+        assert row.unique().numel() <= 2**bits
+    # the hard assignment is a fixed point: re-encoding the deployed weight changes nothing
+    # (uniform without LSQ re-derives its step from the weights; the top level survives rounding)
+    assert torch.allclose(q.hard(hard), hard, rtol=0, atol=1e-6 * float(w.abs().max()))
+
+
+@pytest.mark.parametrize(("cls", "opts"), METHODS, ids=IDS)
+def test_unknown_option_is_named(cls, opts):
+    with pytest.raises(ValueError, match="bogus_knob"):
+        cls(linear_weight(), 4, "tensor", bogus_knob=1, **opts)
+
+
+@pytest.mark.parametrize(
+    ("cls", "opts", "field"),
+    [
+        (UniformQuantizer, {"lsq": "yes"}, "lsq"),
+        (S8BQATQuantizer, {"mu": -1.0}, "mu"),
+        (S8BQATQuantizer, {"lam": 0.0}, "lam"),
+        (DKMQuantizer, {"tau": -1e-4}, "tau"),
+        (DKMQuantizer, {"iters": 1.5}, "iters"),
+        (DKMQuantizer, {"window": 1}, "window"),
+        (DKMQuantizer, {"max_samples": 3}, "max_samples"),
+        (PTQQuantizer, {"algo": "gptq"}, "algo"),
+        (PTQQuantizer, {"iters": -1}, "iters"),
+    ],
+)
+def test_bad_option_values_name_the_field(cls, opts, field):
+    with pytest.raises(ValueError, match=field):
+        cls(linear_weight(), 4, "tensor", **opts)
+
+
+def test_base_contract_checks_still_apply():
+    with pytest.raises(ValueError, match="bits"):
+        UniformQuantizer(linear_weight(), 9)
+    with pytest.raises(ValueError, match="granularity"):
+        PTQQuantizer(linear_weight(), 4, "row")
+
+
+# -- uniform ----------------------------------------------------------------------------
+@pytest.mark.parametrize("lsq", [False, True])
+def test_uniform_8bit_error_bound(lsq):
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
+    q = UniformQuantizer(w, 8, "channel", lsq=lsq)
+    step = q.current_step(w).detach()[:, None]
+    err = (q(w).detach() - w).reshape(32, -1).abs()
+    inside = (w.reshape(32, -1) / step).abs() <= 127
+    assert inside.float().mean() > 0.99
+    assert (err[inside] <= step.expand_as(err)[inside] / 2 * (1 + 1e-5)).all()
+    # per-channel steps differ when channel ranges differ
+    assert step.unique().numel() > 1
+
+
+def test_uniform_ste_gradient_is_identity_inside_zero_outside():
+    w = torch.tensor([[0.1, -0.3, 0.5, 2.0, -3.0]])
+    q = UniformQuantizer(w, 4, "tensor", lsq=True)
+    with torch.no_grad():
+        q.step.fill_(0.1)  # range [-0.8, 0.7]: last two weights are clipped
+    wv = w.clone().requires_grad_(True)
+    q(wv).sum().backward()
+    assert wv.grad.tolist() == [[1.0, 1.0, 1.0, 0.0, 0.0]]
+    # LSQ step gradient: (round(x) - x) inside, clamped level outside, times the grad scale
+    x = w / 0.1
+    inside = (x >= -8) & (x <= 7)
+    per = torch.where(inside, torch.round(x) - x, x.clamp(-8, 7))
+    expected = float(per.sum()) / math.sqrt(5 * 7)
+    assert q.step.grad.item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_uniform_one_bit_is_sign_times_mean():
+    w = linear_weight()
+    q = UniformQuantizer(w, 1, "channel")
+    expected = torch.sign(w) * w.abs().mean(dim=1, keepdim=True)
+    assert torch.allclose(q(w), expected)
+
+
+# -- s8bqat -----------------------------------------------------------------------------
+def test_s8bqat_grid_is_mulaw_of_max():
+    w = linear_weight()
+    q = S8BQATQuantizer(w, 3, "tensor", mu=50.0)
+    grid = float(w.abs().max()) * expand(torch.linspace(-1, 1, 8), 50.0)
+    assert torch.allclose(q.centroids[0], grid, atol=1e-7)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_s8bqat_regularizer_zero_at_centroids_max_midway(bits):
+    w = linear_weight()
+    q = S8BQATQuantizer(w, bits, "channel", lam=0.5)
+    c = q.centroids
+    cols = torch.arange(w.shape[1]) % c.shape[1]
+    on = c.gather(1, cols.expand(c.shape[0], -1))
+    assert q.penalty(on).abs().max() < 1e-4
+    assert float(q.regularization(on)) < 1e-4
+    mid = (c[:, :-1] + c[:, 1:]) / 2
+    assert torch.allclose(q.penalty(mid.gather(1, (cols % mid.shape[1]).expand(c.shape[0], -1))),
+                          torch.ones(w.shape), atol=1e-5)
+    # within a region the term rises to the midpoint and falls after it
+    qt = S8BQATQuantizer(w, bits, "tensor")
+    ct = qt.centroids[0]
+    path = ct[0] + torch.linspace(0, 1, 41) * (ct[1] - ct[0])
+    pen = qt.penalty(path)[0]
+    assert int(pen.argmax()) == 20
+    assert (pen[:21].diff() >= -1e-6).all() and (pen[20:].diff() <= 1e-6).all()
+
+
+def test_s8bqat_regularizer_pulls_stray_weights_back():
+    w = linear_weight()
+    q = S8BQATQuantizer(w, 2, "tensor")
+    far = torch.full_like(w, 5.0).requires_grad_(True)
+    q.regularization(far).backward()
+    assert (far.grad > 0).all()  # descending moves them down towards the top centroid
+
+
+def test_s8bqat_forward_identity_until_converted():
+    w = linear_weight()
+    q = S8BQATQuantizer(w, 3, "tensor")
+    assert torch.equal(q(w), w)
+    q.converted.fill_(True)
+    assert torch.equal(q(w), q.hard(w))
+
+
+def test_s8bqat_training_with_regularizer_lowers_it():
+    w0 = linear_weight()
+    q = S8BQATQuantizer(w0, 3, "tensor", lam=1.0)
+    w = w0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([w], lr=1e-4)
+    before = float(q.regularization(w).detach())
+    for _ in range(20):
+        opt.zero_grad()
+        q.regularization(w).backward()
+        opt.step()
+    assert float(q.regularization(w).detach()) < before
+
+
+# -- dkm --------------------------------------------------------------------------------
+def naive_dkm(w: torch.Tensor, c: torch.Tensor, tau: float, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full N x K reference of one DKM forward on one group."""
+    s = w.detach().abs().max()
+    for _ in range(iters):
+        a = torch.softmax(-(w[:, None] - c[None, :]).abs() / s / tau, dim=1)
+        c = (a * w[:, None]).sum(0) / a.sum(0)
+        c = c.sort().values
+    a = torch.softmax(-(w[:, None] - c[None, :]).abs() / s / tau, dim=1)
+    return (a * c[None, :]).sum(1), c
+
+
+def test_dkm_full_window_matches_naive_reference():
+    w0 = torch.randn(1, 200, generator=torch.Generator().manual_seed(3))
+    q = DKMQuantizer(w0, 3, "tensor", tau=0.05, window=8, iters=2)
+    c0 = q.centroids[0].clone()
+    w = w0.clone().requires_grad_(True)
+    y = q(w)
+    wr = w0[0].clone().requires_grad_(True)
+    yr, cr = naive_dkm(wr, c0, 0.05, 2)
+    assert torch.allclose(y[0], yr, atol=1e-5)
+    assert torch.allclose(q.centroids[0], cr, atol=1e-5)
+    gvec = torch.linspace(-1, 1, 200)
+    (y[0] * gvec).sum().backward()
+    (yr * gvec).sum().backward()
+    assert torch.allclose(w.grad[0], wr.grad, atol=1e-4)
+
+
+def test_dkm_window_approximates_full_softmax_at_default_tau():
+    w = torch.randn(8, 500, generator=torch.Generator().manual_seed(4))
+    full = DKMQuantizer(w, 4, "channel", window=16)
+    win = DKMQuantizer(w, 4, "channel")
+    assert torch.allclose(full(w), win(w), atol=1e-5)
+
+
+def test_dkm_centroids_move_toward_cluster_means():
+    g = torch.Generator().manual_seed(5)
+    w = torch.cat([torch.randn(400, generator=g) * 0.05 - 1.0, torch.randn(400, generator=g) * 0.05 + 1.5])
+    w = w[None, :]
+    q = DKMQuantizer(w, 1, "tensor", tau=0.02, iters=1)
+    with torch.no_grad():
+        q.centroids.copy_(torch.tensor([[-0.3, 0.4]]))
+    means = torch.tensor([w[0, :400].mean(), w[0, 400:].mean()])
+    dist = [float((q.centroids[0] - means).abs().max())]
+    for _ in range(3):
+        q(w)
+        dist.append(float((q.centroids[0] - means).abs().max()))
+    assert dist[1] < dist[0] and dist[-1] < 0.05
+
+
+def test_dkm_subsampled_kmeans_still_quantizes_everything():
+    w = torch.randn(2, 5000, generator=torch.Generator().manual_seed(6))
+    q = DKMQuantizer(w, 2, "channel", max_samples=64)
+    wv = w.clone().requires_grad_(True)
+    q(wv).sum().backward()
+    assert torch.isfinite(wv.grad).all()
+    assert q.hardness(w) > 0.9
+    assert torch.equal(q.encode(w)[1], q.centroids)
+
+
+def test_dkm_eval_mode_keeps_centroids():
+    w = linear_weight()
+    q = DKMQuantizer(w, 2, "tensor").eval()
+    before = q.centroids.clone()
+    q(w)
+    assert torch.equal(q.centroids, before)
+
+
+# -- ptq --------------------------------------------------------------------------------
+def test_ptq_kmeans_beats_uniform_on_laplace_at_3_bits():
+    w = torch.distributions.Laplace(0.0, 0.05).sample((64, 256))
+    rmse = {}
+    for algo in ("uniform", "kmeans"):
+        q = PTQQuantizer(w, 3, "channel", algo=algo)
+        rmse[algo] = float((q.hard(w) - w).pow(2).mean().sqrt())
+    assert rmse["kmeans"] < rmse["uniform"]
+
+
+def test_ptq_forward_is_hard_and_state_dict_round_trips():
+    w = linear_weight()
+    q = PTQQuantizer(w, 3, "tensor", algo="kmeans")
+    assert torch.equal(q(w), q.hard(w))
+    q2 = PTQQuantizer(torch.zeros_like(w) + 1.0, 3, "tensor", algo="kmeans")
+    q2.load_state_dict(q.state_dict())
+    assert torch.equal(q2.encode(w)[0], q.encode(w)[0])
+
+
+# -- helpers ----------------------------------------------------------------------------
+def test_nearest_index_matches_bruteforce():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 1000, generator=g)
+    cb = torch.randn(3, 16, generator=g).sort(dim=1).values
+    idx = nearest_index(x, cb)
+    brute = (x[:, :, None] - cb[:, None, :]).abs()
+    assert torch.equal(brute.gather(2, idx[..., None])[..., 0], brute.min(dim=2).values)
+
+
+def test_lloyd_never_worse_than_its_quantile_start():
+    x = torch.distributions.Laplace(0.0, 1.0).sample((2, 2000))
+
+    def mse(c: torch.Tensor) -> float:
+        return float((c.gather(1, nearest_index(x, c)) - x).pow(2).mean())
+
+    start = quantile_init(x, 8)
+    end = lloyd_1d(x, 8, 20)
+    assert (end.diff(dim=1) >= 0).all()
+    assert mse(end) < mse(start)
