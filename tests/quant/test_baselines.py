@@ -86,7 +86,7 @@ def test_unknown_option_is_named(cls, opts):
         (DKMQuantizer, {"tau": -1e-4}, "tau"),
         (DKMQuantizer, {"iters": 1.5}, "iters"),
         (DKMQuantizer, {"window": 1}, "window"),
-        (DKMQuantizer, {"max_samples": 3}, "max_samples"),
+        (DKMQuantizer, {"max_samples": 1}, "max_samples"),
         (PTQQuantizer, {"algo": "gptq"}, "algo"),
         (PTQQuantizer, {"iters": -1}, "iters"),
     ],
@@ -94,6 +94,16 @@ def test_unknown_option_is_named(cls, opts):
 def test_bad_option_values_name_the_field(cls, opts, field):
     with pytest.raises(ValueError, match=field):
         cls(linear_weight(), 4, "tensor", **opts)
+
+
+@pytest.mark.parametrize(("cls", "opts"), METHODS, ids=IDS)
+def test_check_options_without_a_weight(cls, opts):
+    """Configs validate options before any model exists (rules.LayerSpec calls this)."""
+    full = cls.check_options(dict(opts))
+    assert set(opts) <= set(full)
+    assert cls.check_options(full) == full
+    with pytest.raises(ValueError, match="nope"):
+        cls.check_options({**opts, "nope": 0})
 
 
 def test_base_contract_checks_still_apply():
@@ -230,7 +240,7 @@ def test_dkm_window_approximates_full_softmax_at_default_tau():
     w = torch.randn(8, 500, generator=torch.Generator().manual_seed(4))
     full = DKMQuantizer(w, 4, "channel", window=16)
     win = DKMQuantizer(w, 4, "channel")
-    assert torch.allclose(full(w), win(w), atol=1e-5)
+    assert torch.allclose(full(w), win(w), atol=1e-4)
 
 
 def test_dkm_centroids_move_toward_cluster_means():
@@ -305,3 +315,84 @@ def test_lloyd_never_worse_than_its_quantile_start():
     end = lloyd_1d(x, 8, 20)
     assert (end.diff(dim=1) >= 0).all()
     assert mse(end) < mse(start)
+
+
+# -- through the public API: prepare -> a few steps -> convert -----------------------------
+from torch import nn  # noqa: E402
+
+from subbit.quant.api import convert, prepare, quantized_tensors, regularization, report  # noqa: E402
+from subbit.quant.registry import get_method, known_methods  # noqa: E402
+from subbit.quant.rules import LayerSpec, QuantConfig  # noqa: E402
+from subbit.quant.schedule import GQScheduler  # noqa: E402
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 8, batch_first=True)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0])
+
+
+SPECS = [
+    ("uniform", 8, "channel", {}),
+    ("uniform", 3, "tensor", {"lsq": True}),
+    ("s8bqat", 4, "tensor", {"lam": 1.0}),
+    ("dkm", 3, "channel", {}),
+    ("ptq", 2, "channel", {"algo": "kmeans"}),
+]
+
+
+def test_registry_knows_the_baselines():
+    assert {"uniform", "s8bqat", "dkm", "ptq"} <= set(known_methods())
+    assert get_method("uniform") is UniformQuantizer and get_method("dkm") is DKMQuantizer
+    assert get_method("s8bqat") is S8BQATQuantizer and get_method("ptq") is PTQQuantizer
+
+
+def test_layer_spec_rejects_bad_baseline_options():
+    with pytest.raises(ValueError, match="lam"):
+        LayerSpec("s8bqat", 4, options={"lam": -1.0})
+    with pytest.raises(ValueError, match="algo"):
+        LayerSpec("ptq", 4, options={"algo": "round"})
+
+
+@pytest.mark.parametrize(("method", "bits", "gran", "opts"), SPECS, ids=[s[0] + str(s[1]) for s in SPECS])
+def test_prepare_train_convert(method, bits, gran, opts):
+    torch.manual_seed(0)
+    model = TinyNet()
+    prepare(model, QuantConfig(default=LayerSpec(method, bits, gran, opts)))
+    qts = list(quantized_tensors(model))
+    assert len(qts) == 3 and all(qt.quantizer.method == method for qt in qts)
+    latent0 = [qt.latent.detach().clone() for qt in qts]
+    sched = GQScheduler(model, total_steps=6, quant_every=3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(3, 5, 6, generator=g), torch.randn(3, 5, 4, generator=g)
+    reg0 = float(regularization(model).detach())
+    for _ in range(6):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y) + regularization(model)
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        sched.step()
+        # PTQ does not train its weights; every other method sends them a gradient
+        assert all((qt.latent.grad is None) == (method == "ptq") for qt in qts)
+    moved = any(not torch.equal(a, qt.latent.detach()) for a, qt in zip(latent0, qts))
+    assert moved
+    if method == "s8bqat":
+        # the last step (6) projected onto the grid: the regularizer is back to ~0
+        assert reg0 > 0 and float(regularization(model).detach()) < 1e-4
+    convert(model)
+    out = model(x)
+    assert torch.equal(out, model(x))
+    for qt in qts:
+        used = getattr(qt.module, qt.param_name)
+        assert torch.equal(used, qt.quantizer.hard(qt.latent))
+        for row in used.reshape(qt.quantizer.num_groups, -1):
+            assert row.unique().numel() <= 2**bits
+    rep = report(model)
+    assert [r.method for r in rep.rows] == [method] * 3
+    assert all(r.bits == bits for r in rep.rows)

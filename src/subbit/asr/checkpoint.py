@@ -2,7 +2,8 @@
 
 A run directory holds everything needed to rebuild, resume or evaluate a model::
 
-    RUN/config.json          model config, tokenizer kind, quant config (or null), train args
+    RUN/config.json          model config, tokenizer kind, quant config (or null), train args,
+                             feature settings with the train set's global mean/std
     RUN/tokenizer.model      Tokenizer.save
     RUN/checkpoints/last.pt  full training state (model, optimizer, schedules, RNG, data position)
     RUN/checkpoints/best.pt  same, at the best dev WER (when --eval-every is used)
@@ -35,6 +36,9 @@ class RunPaths:
     """Names of the files in a run directory (one place, so nobody spells them twice)."""
 
     root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
 
     @property
     def config(self) -> Path:
@@ -125,6 +129,7 @@ def write_run_config(
     quant: dict[str, Any] | None,
     train_args: dict[str, Any],
     data_dir: str,
+    features: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     config = {
         "schema_version": SCHEMA_VERSION,
@@ -133,6 +138,7 @@ def write_run_config(
         "quant": quant,
         "train_args": train_args,
         "data": data_dir,
+        "features": features,
     }
     atomic_write_json(paths.config, config)
     return config
@@ -179,6 +185,37 @@ def model_state_from(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def features_config(frontend: Any) -> dict[str, Any]:
+    """The log-mel frontend's settings and global mean/std, as stored in config.json."""
+    return {
+        "kind": "logmel",
+        "sample_rate": int(frontend.sample_rate),
+        "n_fft": int(frontend.n_fft),
+        "hop_length": int(frontend.hop_length),
+        "n_mels": int(frontend.n_mels),
+        "mean": [float(x) for x in frontend.mean],
+        "std": [float(x) for x in frontend.std],
+    }
+
+
+def frontend_from_config(config: dict[str, Any]) -> Any:
+    """The LogMel frontend a run was trained with (global normalisation included).
+
+    Runs without a ``features`` entry used the default LogMel without normalisation.
+    """
+    from subbit.asr.features import LogMel
+
+    feats = config.get("features")
+    if not feats:
+        return LogMel()
+    if feats.get("kind") != "logmel":
+        raise ValueError(f"config.json: features.kind {feats.get('kind')!r} is not supported (expected 'logmel')")
+    fe = LogMel(sample_rate=feats["sample_rate"], n_fft=feats["n_fft"], hop_length=feats["hop_length"],
+                n_mels=feats["n_mels"])
+    fe.set_stats(torch.tensor(feats["mean"]), torch.tensor(feats["std"]))
+    return fe
+
+
 @dataclass
 class LoadedRun:
     """A model rebuilt from a run directory, ready for eval, export or benchmarking."""
@@ -190,6 +227,7 @@ class LoadedRun:
     converted: bool
     run_dir: Path
     which: str
+    frontend: Any = None
 
 
 def build_from_config(config: dict[str, Any]) -> torch.nn.Module:
@@ -235,4 +273,5 @@ def load_run(run_dir: str | Path, which: str = "final", map_location: str = "cpu
 
         qs = [m for m in model.modules() if isinstance(m, WeightQuantizer)]
         converted = bool(qs) and all(bool(q.converted) for q in qs)
-    return LoadedRun(model, config, tokenizer, quantized, converted, paths.root, which)
+    frontend = frontend_from_config(config)
+    return LoadedRun(model, config, tokenizer, quantized, converted, paths.root, which, frontend)

@@ -115,14 +115,15 @@ def write_errors(path: str | Path, result: EvalResult) -> None:
 
 
 def _chunk_frames(model: torch.nn.Module, chunk_frames: int | None) -> int:
+    """Frames per streaming chunk: given, or the encoder's unit scaled up to at least 160 ms."""
     if chunk_frames:
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
         return int(chunk_frames)
-    enc = getattr(model, "encoder", None)
-    for name in ("chunk_frames", "default_chunk_frames"):
-        value = getattr(enc, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 32
+    unit = getattr(getattr(model, "encoder", None), "chunk_frames", None)
+    if not isinstance(unit, int) or unit < 1:
+        return 16
+    return unit * max(1, -(-16 // unit))
 
 
 @torch.inference_mode()
@@ -138,8 +139,13 @@ def transcribe(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    frontend: Any = None,
 ) -> tuple[list[str], list[str], list[str]]:
-    """Decode ``utts``; returns (ids, refs, hyps) in the manifest's order."""
+    """Decode ``utts``; returns (ids, refs, hyps) in the manifest's order.
+
+    ``frontend``: the run's LogMel (``LoadedRun.frontend``, with its global mean/std); the
+    default is an un-normalised LogMel.
+    """
     from tqdm import tqdm
 
     from subbit.asr import decode
@@ -151,7 +157,8 @@ def transcribe(
         raise ValueError("streaming decoding is greedy only (use --method greedy)")
     was_training = model.training
     model.eval()
-    loader = make_loader(list(utts), tokenizer, batch_size=batch_size, shuffle=False, augment=False, seed=0)
+    loader = make_loader(list(utts), tokenizer, batch_size=batch_size, shuffle=False, augment=False, seed=0,
+                         frontend=frontend)
     out: dict[str, tuple[str, str]] = {}
     chunk = _chunk_frames(model, chunk_frames)
     bar = tqdm(total=len(utts), desc="decode", unit="utt", disable=not progress, leave=False)
@@ -195,6 +202,7 @@ def evaluate(
     split: str = "",
     run: str = "",
     progress: bool = False,
+    frontend: Any = None,
 ) -> EvalResult:
     """Decode and score; ``limit`` keeps the first N utterances of the manifest."""
     if limit is not None:
@@ -214,6 +222,7 @@ def evaluate(
         batch_size=batch_size,
         device=device,
         progress=progress,
+        frontend=frontend,
     )
     extra: dict[str, Any] = {"streaming": bool(streaming)}
     if method == "beam":

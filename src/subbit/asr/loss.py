@@ -11,7 +11,7 @@ beyond the one log-softmax (``rnnt_loss_from_parts`` avoids even that).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -41,36 +41,115 @@ def _check(t_max: int, u: int, targets: Tensor, logit_lens: Tensor, target_lens:
         raise ValueError(f"blank={blank} is outside the vocabulary of {vocab}")
 
 
+class _GatherLogProbs(torch.autograd.Function):
+    """``log_softmax(logits)`` gathered at ``idx`` without materialising the log-softmax.
+
+    Forward keeps only ``logsumexp`` ([B, T, U+1]); backward writes the logits gradient in one
+    pass: ``-softmax * sum(grad) + scatter(grad)``. Autograd's version would allocate several
+    [B, T, U+1, V] tensors (log-softmax, two zero-filled scatter targets, their sum).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, idx: Tensor) -> Tensor:
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        ctx.save_for_backward(logits, lse, idx)
+        return logits.gather(-1, idx) - lse
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        logits, lse, idx = ctx.saved_tensors
+        g = torch.sub(logits, lse).exp_()
+        g.mul_(-grad.sum(-1, keepdim=True))
+        g.scatter_add_(-1, idx, grad)
+        return g, None
+
+
 def _gather_lp(logits: Tensor, targets: Tensor, blank: int) -> tuple[Tensor, Tensor]:
-    """log_softmax once, keep ``blank [B, T, U+1]`` and ``label [B, T, U]`` log-probs."""
-    lp = torch.log_softmax(logits, dim=-1)
-    b, t, u1, _ = lp.shape
-    blank_lp = lp[..., blank]
-    idx = targets[:, None, :, None].expand(b, t, u1 - 1, 1)
-    label_lp = lp[:, :, : u1 - 1].gather(-1, idx).squeeze(-1)
-    return blank_lp, label_lp
+    """Blank log-probs ``[B, T, U+1]`` and label log-probs ``[B, T, U]`` from logits."""
+    b, t, u1, _ = logits.shape
+    lab = torch.cat([targets, targets.new_full((b, 1), blank)], dim=1)  # last column unused
+    idx = torch.stack([torch.full_like(lab, blank), lab], dim=-1)[:, None].expand(b, t, u1, 2)
+    lp = _GatherLogProbs.apply(logits, idx.contiguous())
+    return lp[..., 0], lp[:, :, : u1 - 1, 1]
+
+
+def _log_zero(dtype: torch.dtype, steps: int) -> float:
+    """A "log 0" that stays finite even when added up ``steps`` times (no inf - inf = NaN)."""
+    return torch.finfo(dtype).min / (4.0 * (steps + 2))
+
+
+class _Alpha(torch.autograd.Function):
+    """Forward variables by the frame loop; backward from the backward variables (beta).
+
+    ``d nll / d blank[t, u] = -exp(alpha[t, u] + blank[t, u] + beta[t+1, u] - logZ)`` and
+    ``d nll / d label[t, u] = -exp(alpha[t, u] + label[t, u] + beta[t, u+1] - logZ)``; beta is
+    solved per frame like alpha (reversed over u). Per frame this is ~5 tensor ops each way,
+    instead of an autograd graph through every frame's ops.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, blank_lp: Tensor, label_lp: Tensor, t_lens: Tensor, u_lens: Tensor) -> Tensor:
+        b, t_max, u1 = blank_lp.shape
+        neg = _log_zero(blank_lp.dtype, t_max + u1)
+        # c[t, u] = sum_{k<u} label[t, k]: alpha[t] = c + logcumsumexp(a - c) with a from frame t-1
+        c = torch.cat([blank_lp.new_zeros(b, t_max, 1), torch.cumsum(label_lp, dim=2)], dim=2)
+        alphas = blank_lp.new_empty(b, t_max, u1)
+        a = torch.full((b, u1), neg, dtype=blank_lp.dtype, device=blank_lp.device)
+        a[:, 0] = 0.0
+        for t in range(t_max):
+            if t > 0:
+                a = alphas[:, t - 1] + blank_lp[:, t - 1]
+            torch.add(c[:, t], torch.logcumsumexp(a - c[:, t], dim=1), out=alphas[:, t])
+        rows = torch.arange(b, device=blank_lp.device)
+        t_last, u_last = t_lens.long() - 1, u_lens.long()
+        log_z = alphas[rows, t_last, u_last] + blank_lp[rows, t_last, u_last]
+        ctx.save_for_backward(blank_lp, label_lp, t_lens, u_lens, alphas, log_z)
+        return -log_z
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
+        blank_lp, label_lp, t_lens, u_lens, alphas, log_z = ctx.saved_tensors
+        b, t_max, u1 = blank_lp.shape
+        u_max = u1 - 1
+        dt, dev = blank_lp.dtype, blank_lp.device
+        neg = _log_zero(dt, t_max + u1)
+        t_lens, u_lens = t_lens.long(), u_lens.long()
+        t_idx = torch.arange(t_max, device=dev)[None, :, None]
+        u_idx = torch.arange(u1, device=dev)[None, None, :]
+        tl, ul = t_lens[:, None, None], u_lens[:, None, None]
+        u_ok = u_idx <= ul  # [B, 1, U+1]
+        lab_ok = (u_idx[..., :u_max] < ul) & (t_idx < tl)  # [B, T, U]
+        # beta[t+1] enters frame t as keep * beta_next + over: the end state after frame T_b - 1
+        # is log 1 at u = U_b, and every frame from T_b - 1 on ignores what comes after it.
+        keep = (t_idx < tl - 1).to(dt)  # [B, T, 1]
+        over = torch.full((b, t_max, u1), neg, dtype=dt, device=dev)
+        over.masked_fill_(((t_idx == tl - 1) & (u_idx == ul)) | (t_idx < tl - 1), 0.0)
+        blank_m = blank_lp.masked_fill(~u_ok, neg)
+        label_m = label_lp.masked_fill(~lab_ok, 0.0)
+        # reversed over u: d_r[t, j] = sum of labels from u = U - j to U - 1
+        d_r = torch.cat([blank_lp.new_zeros(b, t_max, 1), torch.cumsum(torch.flip(label_m, [2]), 2)], 2)
+        blank_r, over_r = torch.flip(blank_m, [2]), torch.flip(over, [2])
+        betas_r = torch.empty_like(blank_lp)
+        bvecs_r = torch.empty_like(blank_lp)
+        beta_next = blank_lp.new_zeros(b, u1)
+        for t in range(t_max - 1, -1, -1):
+            bn = torch.addcmul(over_r[:, t], beta_next, keep[:, t])
+            torch.add(blank_r[:, t], bn, out=bvecs_r[:, t])
+            dt_ = d_r[:, t]
+            torch.add(dt_, torch.logcumsumexp(bvecs_r[:, t] - dt_, dim=1), out=betas_r[:, t])
+            beta_next = betas_r[:, t]
+        bvecs, betas = torch.flip(bvecs_r, [2]), torch.flip(betas_r, [2])
+        scale = (-grad)[:, None, None]
+        nz = log_z[:, None, None]
+        live = (t_idx < tl) & u_ok
+        g_blank = torch.where(live, torch.exp(alphas + bvecs - nz), 0.0) * scale
+        g_label = torch.where(lab_ok, torch.exp(alphas[..., :u_max] + label_lp + betas[..., 1:] - nz), 0.0) * scale
+        return g_blank, g_label, None, None
 
 
 def rnnt_nll_from_logprobs(blank_lp: Tensor, label_lp: Tensor, logit_lens: Tensor, target_lens: Tensor) -> Tensor:
     """Per-utterance negative log-likelihood ``[B]`` from gathered log-probs."""
-    b, t_max, u1 = blank_lp.shape
-    neg = torch.finfo(blank_lp.dtype).min / 4  # "log 0" that keeps gradients finite
-    a = torch.full((b, u1), neg, dtype=blank_lp.dtype, device=blank_lp.device)
-    a[:, 0] = 0.0
-    zero = blank_lp.new_zeros(b, 1)
-    alphas = []
-    alpha = a
-    for t in range(t_max):
-        if t > 0:
-            a = alpha + blank_lp[:, t - 1]
-        c = torch.cat([zero, torch.cumsum(label_lp[:, t], dim=-1)], dim=-1)
-        alpha = c + torch.logcumsumexp(a - c, dim=-1)
-        alphas.append(alpha)
-    all_alpha = torch.stack(alphas, dim=1)  # [B, T, U+1]
-    rows = torch.arange(b, device=blank_lp.device)
-    t_last = (logit_lens - 1).long()
-    u_last = target_lens.long()
-    return -(all_alpha[rows, t_last, u_last] + blank_lp[rows, t_last, u_last])
+    return _Alpha.apply(blank_lp, label_lp, logit_lens, target_lens)
 
 
 def _reduce(nll: Tensor, reduction: str) -> Tensor:

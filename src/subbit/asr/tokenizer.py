@@ -144,6 +144,7 @@ def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 1
                 vocab_size=size, character_coverage=1.0, bos_id=-1, eos_id=-1, pad_id=-1,
                 unk_id=0, hard_vocab_limit=False, num_threads=1, minloglevel=2,
                 max_sentence_length=100000, split_digits=True,
+                normalization_rule_name="identity",  # text is pre-normalised; keeps the blob small
             )
             return Tokenizer("bpe", sp_model=model.getvalue())
         except RuntimeError as exc:

@@ -39,6 +39,8 @@ from torch import nn
 
 from subbit.asr.checkpoint import (
     RunPaths,
+    features_config,
+    frontend_from_config,
     atomic_torch_save,
     load_checkpoint,
     model_state_from,
@@ -228,6 +230,7 @@ def init_distributed(device: str) -> Dist:
         if not torch.cuda.is_available():
             raise ValueError("device: cuda requested but torch.cuda.is_available() is False")
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        # under torchrun each rank takes the GPU of its local rank; alone, the one asked for
         dev = torch.device(f"cuda:{local}" if world > 1 or device == "cuda" else device)
         torch.cuda.set_device(dev)
     else:
@@ -256,15 +259,22 @@ class BatchStream:
         self.epoch, self.index = 0, 0
         self._batches: list[list[int]] | None = None
 
-    def _epoch_batches(self) -> list[list[int]]:
+    def _epoch_batches(self) -> list[list[Any]]:
         sampler = self.loader.batch_sampler
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.epoch)
-        batches = [list(b) for b in sampler]
+        if hasattr(sampler, "batches"):  # subbit's BucketBatchSampler: a pure function of the epoch
+            batches = [list(b) for b in sampler.batches(self.epoch)]
+        else:
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)
+            batches = [list(b) for b in sampler]
         n = len(batches) // self.world * self.world
         if n == 0:
             raise ValueError(f"too few training batches ({len(batches)}) for {self.world} processes")
-        return batches[:n][self.rank :: self.world]
+        mine = list(range(n))[self.rank :: self.world]
+        if hasattr(sampler, "batches"):
+            # dataset keys (index, epoch, batch_no): augmentation is seeded per (seed, epoch, index)
+            return [[(i, self.epoch, b) for i in batches[b]] for b in mine]
+        return [batches[b] for b in mine]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self
@@ -400,8 +410,9 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
     from tqdm import tqdm
 
     from subbit.asr.data import read_manifest
-    from subbit.asr.dataset import make_loader
+    from subbit.asr.dataset import frontend_stats, make_loader
     from subbit.asr.models import Transducer, build_model
+    from subbit.asr.features import LogMel
     from subbit.asr.tokenizer import Tokenizer, train_tokenizer
 
     session = {k: getattr(cfg, k) for k in SESSION_FIELDS}
@@ -442,6 +453,12 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
         else:
             tokenizer = train_tokenizer([u.text for u in train_utts], kind=cfg.tokenizer, vocab_size=cfg.vocab_size)
             model = build_model(cfg.model, cfg.preset, vocab_size=tokenizer.vocab_size, **cfg.model_overrides)
+    if cfg.resume:
+        frontend = frontend_from_config(stored)
+    else:
+        frontend = LogMel()
+        mean, std = frontend_stats(train_utts, frontend, seed=cfg.seed)
+        frontend.set_stats(mean, std)
     quant_dict = None
     if cfg.quant:
         import subbit.quant as sq
@@ -466,6 +483,7 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
             quant=quant_dict,
             train_args=args,
             data_dir=str(data_dir),
+            features=features_config(frontend),
         )
     dist.barrier()
 
@@ -488,6 +506,7 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
         augment=cfg.augment,
         seed=cfg.seed,
         max_frames=cfg.max_frames,
+        frontend=frontend,
     )
     stream = BatchStream(loader, dist.rank, dist.world)
     frame_sec = _frame_seconds(loader)
@@ -631,7 +650,7 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
             elapsed = elapsed_before + (time.perf_counter() - t_start)
             if writer is not None:
                 writer.writerow(
-                    [step, stream.epoch, f"{last_loss:.6f}", f"{lr:.6g}", f"{tau:.6g}", f"{grad_norm.item():.4g}",
+                    [step, stream.epoch, repr(last_loss), f"{lr:.6g}", f"{tau:.6g}", f"{grad_norm.item():.4g}",
                      f"{speed:.1f}", f"{elapsed:.2f}"]
                 )
                 log_fh.flush()
@@ -662,7 +681,7 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
                     break
 
             if cfg.eval_every and step % cfg.eval_every == 0 and (total is None or step < total):
-                wer = _dev_eval(model, tokenizer, data_dir, cfg, dist, paths, step)
+                wer = _dev_eval(model, tokenizer, frontend, data_dir, cfg, dist, paths, step)
                 if wer is not None and wer < best_wer:
                     best_wer = wer
                     if dist.main:
@@ -731,7 +750,7 @@ def _on_divergence(model: nn.Module, paths: RunPaths, dist: Dist, save: Callable
     )
 
 
-def _dev_eval(model: nn.Module, tokenizer: Any, data_dir: Path, cfg: TrainConfig, dist: Dist,
+def _dev_eval(model: nn.Module, tokenizer: Any, frontend: Any, data_dir: Path, cfg: TrainConfig, dist: Dist,
               paths: RunPaths, step: int) -> float | None:
     """Greedy WER on the first ``eval_limit`` dev utterances (rank 0; others wait)."""
     from subbit.asr.data import read_manifest
@@ -742,7 +761,8 @@ def _dev_eval(model: nn.Module, tokenizer: Any, data_dir: Path, cfg: TrainConfig
     if dist.main and dev.is_file():
         utts = read_manifest(dev)
         if utts:
-            res = evaluate(model, tokenizer, utts, limit=cfg.eval_limit, device=dist.device, split="dev")
+            res = evaluate(model, tokenizer, utts, limit=cfg.eval_limit, device=dist.device, split="dev",
+                           frontend=frontend)
             wer = res.wer
             new = not paths.eval_log.is_file()
             with paths.eval_log.open("a", newline="") as fh:

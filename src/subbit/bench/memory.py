@@ -1,7 +1,9 @@
 """Memory figures of a benchmark run: peak RSS of this process and bytes of resident weights.
 
-Each variant runs in a fresh subprocess, so ``ru_maxrss`` is that variant's lifetime peak.
-Building a baseline (e.g. an fp32 model that torch.ao then quantizes) can set a peak that the
+Each variant runs in a fresh subprocess for a clean lifetime peak. On Linux ``ru_maxrss`` is
+carried over from the parent through fork + exec (a child of a 400 MB parent starts with a
+400 MB "peak"), so the peak is read from ``VmHWM`` of ``/proc/self/status`` (per process image),
+falling back to ``ru_maxrss`` where /proc is missing. Building a baseline (e.g. an fp32 model that torch.ao then quantizes) can set a peak that the
 deployed model never reaches, so the streaming phase is also measured on its own: Linux lets a
 process reset its high-water mark (``/proc/self/clear_refs`` <- ``5``) and read ``VmHWM`` after.
 """
@@ -17,6 +19,12 @@ def peak_rss_bytes() -> int:
     """Lifetime peak resident set of this process (``ru_maxrss``; KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def process_peak_rss_bytes() -> int:
+    """Peak resident set of this process image: ``VmHWM`` where available, else ``ru_maxrss``."""
+    hwm = hwm_bytes()
+    return hwm if hwm is not None else peak_rss_bytes()
 
 
 def _status_field(field: str) -> int | None:

@@ -94,6 +94,7 @@ def stage_eval_fp32(ctx: DemoContext) -> None:
         res = evaluate(
             loaded.model, loaded.tokenizer, read_manifest(ctx.data / f"{split}.jsonl"),
             limit=ctx.eval_limit, split=split, run=str(ctx.fp32_run), device=ctx.device, progress=True,
+            frontend=loaded.frontend,
         )
         (ctx.fp32_run / f"eval-{split}.json").write_text(json.dumps(res.to_dict(), indent=2) + "\n")
         write_errors(ctx.fp32_run / f"errors-{split}.tsv", res)

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         run=str(args.run),
         progress=args.progress,
+        frontend=loaded.frontend,
     )
     result.extra.update({"which": which, "quantized": loaded.quantized, "data": str(data)})
     print(result.summary())

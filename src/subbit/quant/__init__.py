@@ -1,1 +1,40 @@
-"""subbit.quant."""
+"""subbit.quant: sub-8-bit quantization-aware training for any PyTorch model.
+
+Typical use::
+
+    from subbit.quant import QuantConfig, GQScheduler, prepare, convert, report
+    model = prepare(model, QuantConfig.from_dict({"default": {"bits": 4}}))
+    sched = GQScheduler(model, total_steps)
+    for batch in data:          # loss.backward(); opt.step(); sched.step()
+        ...
+    convert(model); print(report(model))
+"""
+
+from subbit.quant.api import (
+    PrepareInfo,
+    QuantizedTensor,
+    QuantReport,
+    ReportRow,
+    convert,
+    get_config,
+    is_prepared,
+    packed_bytes,
+    prepare,
+    prepare_info,
+    quantized_tensors,
+    regularization,
+    report,
+)
+from subbit.quant.base import WeightQuantizer
+from subbit.quant.gq import GeneralQuantizer
+from subbit.quant.mulaw import compand, expand
+from subbit.quant.registry import get_method, known_methods, register_method
+from subbit.quant.rules import LayerSpec, QuantConfig
+from subbit.quant.schedule import GQScheduler
+
+__all__ = [
+    "GQScheduler", "GeneralQuantizer", "LayerSpec", "PrepareInfo", "QuantConfig", "QuantReport",
+    "QuantizedTensor", "ReportRow", "WeightQuantizer", "compand", "convert", "expand", "get_config",
+    "get_method", "is_prepared", "known_methods", "packed_bytes", "prepare", "prepare_info",
+    "quantized_tensors", "register_method", "regularization", "report",
+]

@@ -64,46 +64,67 @@ def companded(w: Tensor, s: Tensor, mu: Tensor) -> Tensor:
 def nearest(u: Tensor, theta: Tensor) -> Tensor:
     """Index of the nearest centroid of each ``u`` (``theta`` sorted per row); ties go low."""
     k = theta.shape[1]
-    if k == 1:
-        return torch.zeros_like(u, dtype=torch.long)
     p = torch.searchsorted(theta.contiguous(), u.contiguous()).clamp_(1, k - 1)
     left = theta.gather(1, p - 1)
     right = theta.gather(1, p)
     return torch.where(u - left <= right - u, p - 1, p)
 
 
-def window_index(u: Tensor, theta: Tensor, window: int) -> Tensor:
-    """``[G, C, W]`` indices of a window of ``W`` centroids around each ``u`` (nearest included)."""
+def window_start(u: Tensor, theta: Tensor, window: int) -> Tensor:
+    """First index of a window of ``window`` centroids around each ``u`` (the nearest is inside).
+
+    Returned as uint8 (K <= 256) so the forward can keep it for backward at 1 byte per weight.
+    """
     k = theta.shape[1]
-    offs = torch.arange(window, device=u.device)
     if window >= k:
-        return offs.expand(*u.shape, window)
+        return torch.zeros(u.shape, dtype=torch.uint8, device=u.device)
     p = torch.searchsorted(theta.contiguous(), u.contiguous())
-    start = (p - window // 2).clamp_(0, k - window)
-    return start.unsqueeze(-1) + offs
+    return (p - window // 2).clamp_(0, k - window).to(torch.uint8)
 
 
-def _logits(u: Tensor, cand: Tensor, cfg: AssignConfig) -> Tensor:
-    diff = u.unsqueeze(-1) - cand
-    d = diff * diff if cfg.distance == "squared" else diff.abs()
-    return d * (-1.0 / cfg.tau)
+def _rows(start: Tensor, k: int, window: int) -> Tensor:
+    """Flat row index into the ``[G * (K - W + 1), W]`` table of all windows (see :func:`_windows`)."""
+    g = start.shape[0]
+    base = torch.arange(g, device=start.device).mul_(k - window + 1).unsqueeze(1)
+    return start.long().add_(base).reshape(-1)
 
 
-def _gather3(table: Tensor, idx: Tensor) -> Tensor:
-    g, c, w = idx.shape
-    return table.gather(1, idx.reshape(g, c * w)).reshape(g, c, w)
+def _windows(table: Tensor, rows: Tensor, window: int) -> Tensor:
+    """``[G, C, W]`` window of ``table`` ``[G, K]`` for each weight: one row gather per weight,
+    cheaper than gathering ``C * W`` scattered entries."""
+    g = table.shape[0]
+    all_windows = table.unfold(1, window, 1).reshape(-1, window)
+    return all_windows.index_select(0, rows).reshape(g, -1, window)
 
 
-def soft_chunk(w: Tensor, s: Tensor, mu: Tensor, theta: Tensor, cfg: AssignConfig) -> Tensor:
-    """The soft-quantized value of one chunk ``w`` ``[G, C]``; plain autograd ops."""
-    u = companded(w, s, mu)
-    idx = window_index(u.detach(), theta.detach(), cfg.window)
-    a = torch.softmax(_logits(u, _gather3(theta, idx), cfg), dim=-1)
-    if cfg.domain == "companded":
-        v = (a * _gather3(theta, idx)).sum(-1)
-        return s * expand(v, mu)
-    codebook = s * expand(theta, mu)
-    return (a * _gather3(codebook, idx)).sum(-1)
+def _fold_windows(grad_rows: Tensor, k: int) -> Tensor:
+    """Adjoint of :func:`_windows`'s table: ``[G * (K - W + 1), W]`` window grads -> ``[G, K]``."""
+    window = grad_rows.shape[1]
+    n = k - window + 1
+    g3 = grad_rows.reshape(-1, n, window)
+    out = grad_rows.new_zeros(g3.shape[0], k)
+    for j in range(window):
+        out[:, j : j + n] += g3[:, :, j]
+    return out
+
+
+def _assign(u: Tensor, theta: Tensor, rows: Tensor, cfg: AssignConfig) -> tuple[Tensor, Tensor]:
+    """Window softmax: ``(a [G, C, W], u - theta_window)``; no autograd (backward is analytic)."""
+    diff = u.unsqueeze(-1) - _windows(theta, rows, cfg.window)
+    logits = diff.square() if cfg.distance == "squared" else diff.abs()
+    logits.mul_(-1.0 / cfg.tau)
+    logits.sub_(logits.amax(-1, keepdim=True)).exp_()
+    logits.div_(logits.sum(-1, keepdim=True))
+    return logits, diff
+
+
+def _values(theta: Tensor, s: Tensor, mu: Tensor, cfg: AssignConfig) -> Tensor:
+    """What the softmax averages: companded centroids, or the linear codebook."""
+    return theta if cfg.domain == "companded" else s * expand(theta, mu)
+
+
+def _output(y: Tensor, s: Tensor, mu: Tensor, cfg: AssignConfig) -> Tensor:
+    return s * expand(y, mu) if cfg.domain == "companded" else y
 
 
 @torch.no_grad()
@@ -112,50 +133,103 @@ def max_prob(w: Tensor, s: Tensor, mu: Tensor, theta: Tensor, cfg: AssignConfig)
     total = w.new_zeros(())
     for lo in range(0, w.shape[1], cfg.chunk):
         u = companded(w[:, lo : lo + cfg.chunk], s, mu)
-        idx = window_index(u, theta, cfg.window)
-        a = torch.softmax(_logits(u, _gather3(theta, idx), cfg), dim=-1)
+        rows = _rows(window_start(u, theta, cfg.window), theta.shape[1], cfg.window)
+        a, _ = _assign(u, theta, rows, cfg)
         total += a.amax(-1).sum()
     return total
 
 
 class SoftAssign(torch.autograd.Function):
-    """``w [G, M], s [G, 1], mu [G, 1], theta [G, K] -> w_soft [G, M]``, chunked, recomputed in backward."""
+    """``w [G, M], s [G, 1], mu [G, 1], theta [G, K] -> w_soft [G, M]``, chunked.
+
+    Saves its inputs plus the window start of each weight (uint8) and recomputes the rest per
+    chunk in backward. With ``y = sum_k a_k V_k`` (``V`` = theta or the linear codebook) and
+    ``l_k = -d(u, theta_k) / tau``, the softmax gradients are closed-form:
+    ``dy/du = sum_k r_k`` and ``dy/dtheta_k = -r_k`` (through ``d``) with
+    ``r_k = a_k (V_k - y) dl_k/du``, and ``dy/dV_k = a_k``.
+    """
 
     @staticmethod
     def forward(ctx, w: Tensor, s: Tensor, mu: Tensor, theta: Tensor, cfg: AssignConfig) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(w, s, mu, theta)
-        ctx.cfg = cfg
         out = torch.empty_like(w)
+        starts = torch.empty(w.shape, dtype=torch.uint8, device=w.device)
+        values = _values(theta, s, mu, cfg)
         for lo in range(0, w.shape[1], cfg.chunk):
-            out[:, lo : lo + cfg.chunk] = soft_chunk(w[:, lo : lo + cfg.chunk], s, mu, theta, cfg)
+            sl = slice(lo, lo + cfg.chunk)
+            u = companded(w[:, sl], s, mu)
+            starts[:, sl] = start = window_start(u, theta, cfg.window)
+            rows = _rows(start, theta.shape[1], cfg.window)
+            a, _ = _assign(u, theta, rows, cfg)
+            y = a.mul_(_windows(values, rows, cfg.window)).sum(-1)
+            out[:, sl] = _output(y, s, mu, cfg)
+        ctx.save_for_backward(w, s, mu, theta, starts)
+        ctx.cfg = cfg
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        w, s, mu, theta = ctx.saved_tensors
+        w, s, mu, theta, starts = ctx.saved_tensors
         cfg: AssignConfig = ctx.cfg
-        need = ctx.needs_input_grad[:4]
-        gw = torch.empty_like(w) if need[0] else None
-        acc = [torch.zeros_like(t) if n else None for t, n in zip((s, mu, theta), need[1:])]
+        need_w, need_s, need_mu, need_theta = ctx.needs_input_grad[:4]
+        gw = torch.empty_like(w) if need_w else None
+        g_s, g_mu = torch.zeros_like(s), torch.zeros_like(mu)
+        k = theta.shape[1]
+        g_theta_w = theta.new_zeros(theta.shape[0] * (k - cfg.window + 1), cfg.window)
+        g_values_w = torch.zeros_like(g_theta_w)
+        values = _values(theta, s, mu, cfg)
         for lo in range(0, w.shape[1], cfg.chunk):
-            hi = lo + cfg.chunk
+            sl = slice(lo, lo + cfg.chunk)
+            rows = _rows(starts[:, sl], theta.shape[1], cfg.window)
             with torch.enable_grad():
-                leaves = [t.detach().requires_grad_(n) for t, n in zip((w[:, lo:hi], s, mu, theta), need)]
-                out = soft_chunk(*leaves, cfg)
-                wanted = [t for t, n in zip(leaves, need) if n]
-                grads = iter(torch.autograd.grad(out, wanted, grad[:, lo:hi]))
-            if need[0]:
-                gw[:, lo:hi] = next(grads)  # type: ignore[index]
-            for a in acc:
-                if a is not None:
-                    a += next(grads)
-        return gw, acc[0], acc[1], acc[2], None
+                wl = w[:, sl].detach().requires_grad_(need_w)
+                sv, mv = s.detach().requires_grad_(need_s), mu.detach().requires_grad_(need_mu)
+                u = companded(wl, sv, mv)
+            a, diff = _assign(u.detach(), theta, rows, cfg)
+            vw = _windows(values, rows, cfg.window)
+            y = (a * vw).sum(-1)
+            gy = grad[:, sl]
+            if cfg.domain == "companded":
+                with torch.enable_grad():
+                    yl = y.requires_grad_()
+                    out = _output(yl, sv, mv, cfg)
+                    leaves = [yl] + [t for t, n in ((sv, need_s), (mv, need_mu)) if n]
+                    grads = torch.autograd.grad(out, leaves, gy)
+                gy = grads[0]
+                for acc, gr in zip([t for t, n in ((g_s, need_s), (g_mu, need_mu)) if n], grads[1:]):
+                    acc += gr
+            dl = diff.mul_(-2.0 / cfg.tau) if cfg.distance == "squared" else diff.sign_().mul_(-1.0 / cfg.tau)
+            r = vw.sub_(y.unsqueeze(-1)).mul_(a).mul_(dl)  # a_k (V_k - y) dl_k/du
+            gu = gy * r.sum(-1)
+            g_theta_w.index_add_(0, rows, r.mul_(gy.unsqueeze(-1).neg()).reshape(-1, cfg.window))
+            g_values_w.index_add_(0, rows, a.mul_(gy.unsqueeze(-1)).reshape(-1, cfg.window))
+            leaves = [t for t, n in ((wl, need_w), (sv, need_s), (mv, need_mu)) if n]
+            if leaves:
+                grads = iter(torch.autograd.grad(u, leaves, gu))
+                if need_w:
+                    gw[:, sl] = next(grads)  # type: ignore[index]
+                if need_s:
+                    g_s += next(grads)
+                if need_mu:
+                    g_mu += next(grads)
+        g_theta, g_values = _fold_windows(g_theta_w, k), _fold_windows(g_values_w, k)
+        if cfg.domain == "companded":
+            g_theta += g_values
+        else:
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_(n) for t, n in ((theta, need_theta), (s, need_s), (mu, need_mu))]
+                vals = _values(*leaves, cfg)
+                wanted = [t for t in leaves if t.requires_grad]
+                grads = iter(torch.autograd.grad(vals, wanted, g_values) if wanted else ())
+            for acc, n in ((g_theta, need_theta), (g_s, need_s), (g_mu, need_mu)):
+                if n:
+                    acc += next(grads)
+        return (gw, g_s if need_s else None, g_mu if need_mu else None,
+                g_theta if need_theta else None, None)
 
 
 def soft_assign(w: Tensor, s: Tensor, mu: Tensor, theta: Tensor, cfg: AssignConfig) -> Tensor:
-    """Differentiable soft quantization of a ``[G, M]`` weight view (see module docstring)."""
+    """Differentiable soft quantization of a ``[G, M]`` weight view (see :class:`SoftAssign`)."""
     return SoftAssign.apply(w, s, mu, theta, cfg)
-
 
 def _grad_scale(x: Tensor, factor: float) -> Tensor:
     """Identity in value, gradient multiplied by ``factor`` (LSQ step-size scaling)."""

@@ -104,35 +104,22 @@ class WeightStore:
 
 def decode_packed(pt: Any) -> Array:
     """Float32 weight of a PackedTensor as the kernels see it (int8 LUT x per-group scale)."""
-    from subbit.export.bitpack import unpack_rows
-
-    shape = tuple(int(s) for s in pt.shape)
-    n = shape[0] if len(shape) > 1 else 1
-    k = int(np.prod(shape)) // max(n, 1)
-    idx = unpack_rows(np.asarray(pt.packed).reshape(n, -1), int(pt.bits), k).astype(np.int64)
-    lut, scales = kernels_lut(pt)
-    groups = lut.shape[0]
-    rows = idx.reshape(groups, -1)
-    vals = np.take_along_axis(lut.astype(np.float32), rows, axis=1) * scales.reshape(-1, 1)
-    return _f32(vals.reshape(shape))
+    shape = tuple(int(d) for d in pt.shape)
+    return _f32(kernels.dequantized_weight(pt).reshape(shape))
 
 
 def kernels_lut(pt: Any) -> tuple[Array, Array]:
-    """(int8 LUT [G, 2**bits], float32 scales [G]) the kernels use for ``pt``."""
-    fn = getattr(kernels, "int8_codebook", None)
-    if fn is not None:
-        lut, scales = fn(pt)
-        return np.asarray(lut), np.asarray(scales, dtype=np.float32)
-    cb = np.asarray(pt.codebook, dtype=np.float32).reshape(-1, 1 << int(pt.bits))
-    amax = np.max(np.abs(cb), axis=1)
-    scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    lut = np.clip(np.rint(cb / scales[:, None]), -127, 127).astype(np.int8)
-    return lut, scales
+    """(int8 LUT [G, 2**bits], float32 scales [G]): the deployed codebook of ``pt``."""
+    lut, scales = kernels.int8_codebook(pt)
+    return np.asarray(lut), np.asarray(scales, dtype=np.float32)
 
 
 def packed_nbytes(pt: Any) -> int:
-    """Resident bytes of one packed tensor: indices + codebook (+ scales)."""
-    return int(np.asarray(pt.packed).nbytes) + int(np.asarray(pt.codebook).nbytes)
+    """Resident bytes of one packed tensor: indices, float codebook, and the kernels' tables
+    (int8 LUT, scales, per-row sums) built once at load."""
+    prep = kernels.prepare(pt)
+    extra = prep.lut.nbytes + prep.scales.nbytes + prep.rowsum.nbytes
+    return int(np.asarray(pt.packed).nbytes + np.asarray(pt.codebook).nbytes + extra)
 
 
 # -- Linear --------------------------------------------------------------------------------------

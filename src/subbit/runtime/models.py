@@ -222,7 +222,10 @@ class PackedTransducer:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> "PackedTransducer":
         """Load a ``.subbit`` file (validated by :func:`subbit.export.load_packed`)."""
-        from subbit.export import load_packed
+        try:
+            from subbit.export import load_packed
+        except ImportError:  # the package __init__ may not re-export it
+            from subbit.export.container import load_packed
 
         return cls.from_packed(load_packed(path))
 

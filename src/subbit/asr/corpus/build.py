@@ -33,7 +33,7 @@ from subbit.asr.data import Utterance, atomic_write_text, write_manifest
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test_seen", "test_heldout")
-FORMAT_VERSION = 2  # bump when grammar or synthesis changes what a build produces
+FORMAT_VERSION = 3  # bump when grammar or synthesis changes what a build produces
 MEAN_UTT_SECONDS = 2.6  # rough average, only used to turn --hours into a sentence count
 
 # espeak-ng accents and variants; the held-out ones never appear in training.

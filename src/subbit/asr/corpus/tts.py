@@ -12,16 +12,17 @@ start-up is slow.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
-from math import gcd
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
+
+from subbit.asr.data import resample_to
 
 TARGET_RATE = 16000
 
@@ -54,11 +55,7 @@ class Voice:
 
 def resample(audio: np.ndarray, src_rate: int, dst_rate: int = TARGET_RATE) -> np.ndarray:
     """Polyphase resampling to ``dst_rate`` (float32 output)."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if src_rate == dst_rate:
-        return audio
-    g = gcd(int(src_rate), int(dst_rate))
-    return resample_poly(audio, dst_rate // g, src_rate // g).astype(np.float32)
+    return resample_to(np.asarray(audio, dtype=np.float32), src_rate, dst_rate)
 
 
 # --------------------------------------------------------------------------- espeak-ng (ctypes)
@@ -105,6 +102,12 @@ class _Espeak:
             self.lib.espeak_SetParameter(_ESPEAK_RATE, int(voice.rate), 0)
         self.lib.espeak_SetParameter(_ESPEAK_PITCH, int(voice.pitch), 0)
         buf = ctypes.create_string_buffer(text.encode("utf-8"))
+        # espeak-ng draws noise (breath, klatt) from its own generator; seed it from the content.
+        # Its wave generator also carries a little state from one utterance to the next, so
+        # samples (not text, voice or length to within a few ms) depend on synthesis order.
+        seed = int.from_bytes(hashlib.sha1(f"{voice.speaker}|{text}".encode()).digest()[:4], "little")
+        if hasattr(self.lib, "espeak_ng_SetRandSeed"):
+            self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
         self._chunks = []
         err = self.lib.espeak_Synth(buf, len(buf), 0, 0, 0, _ESPEAK_CHARS_UTF8 | _ESPEAK_ENDPAUSE, None, None)
         if err != 0:
@@ -187,6 +190,10 @@ def festival_batch(items: list[tuple[str, str]], voice: Voice) -> list[np.ndarra
         out = []
         for p in paths:
             audio, sr = sf.read(p, dtype="float32", always_2d=True)
+            if voice.stretch != 1.0 and "_hts" in voice.name:
+                # HTS voices ignore Duration_Stretch: slow down/speed up by resampling instead
+                # (pitch moves with it, which is the point: a different-sounding speaker)
+                sr = round(sr / voice.stretch)
             out.append(resample(audio.mean(axis=1), sr))
     return out
 

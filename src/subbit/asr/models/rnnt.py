@@ -58,6 +58,8 @@ class LSTMEncoder(nn.Module):
             if i == self.stack2_after:
                 x = stack_frames(x, self.stack2)
                 lens = torch.div(lens, self.stack2, rounding_mode="floor")
+            if x.size(1) == 0:  # input shorter than one encoder frame
+                return x.new_zeros(x.size(0), 0, self.output_dim), lens
             x, _, _ = lstm_run(lstm, x, None, None)
             x = self.dropout(x)
         return self.proj(x), lens

@@ -175,8 +175,14 @@ class Transducer(nn.Module):
         """
         from ..loss import rnnt_loss
 
-        if targets.dim() != 2 or targets.size(0) != feats.size(0):
-            raise ValueError(f"targets must be [B, U] with B={feats.size(0)}, got {tuple(targets.shape)}")
+        b = feats.size(0)
+        if targets.dim() != 2 or targets.size(0) != b:
+            raise ValueError(f"targets must be [B, U] with B={b}, got {tuple(targets.shape)}")
+        if feat_lens.shape != (b,) or (b and int(feat_lens.max()) > feats.size(1)):
+            raise ValueError(f"feat_lens must be [B={b}] with values <= T={feats.size(1)}, got {feat_lens.tolist()}")
+        if target_lens.shape != (b,) or (b and int(target_lens.max()) > targets.size(1)):
+            raise ValueError(f"target_lens must be [B={b}] with values <= U={targets.size(1)}, "
+                             f"got {target_lens.tolist()}")
         u_max = int(target_lens.max()) if target_lens.numel() else 0
         targets = targets[:, :u_max]
         enc, enc_lens = self.encoder(feats, feat_lens)

@@ -13,8 +13,11 @@ Memory (DKM's weak point is the ``N x K`` attention): the centroids are sorted i
 weight attends only to a ``window`` of its nearest centroids (default 4, found with
 ``searchsorted``; ``window >= 2**bits`` is the exact full softmax; entries outside the window
 weigh below ``exp(-spacing / (s * tau))``). The k-means updates run on at most
-``max_samples`` weights per group, taken with a fixed stride (deterministic); only the final
-assignment covers every weight. So the cost is O(N * window), not O(N * 2**bits).
+``max_samples`` weights per tensor (spread over the groups, at least ``2**bits`` per group),
+taken with a fixed stride (deterministic); only the final assignment covers every weight. That
+assignment runs in blocks of ``chunk`` weights under activation checkpointing, so autograd keeps
+only each block's inputs and recomputes its attention in backward. Memory is O(chunk * window)
+plus the output, not O(N * 2**bits); the price is one recomputation of the final assignment.
 
 Centroids (raw weight units, ascending) start at the weight quantiles and persist in the
 ``centroids`` buffer: each training-mode forward starts from the previous result and stores the
@@ -27,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from subbit.quant.base import WeightQuantizer
 from subbit.quant.baselines._common import (
@@ -39,7 +43,7 @@ from subbit.quant.baselines._common import (
 )
 from subbit.quant.registry import register_method
 
-DEFAULTS = {"tau": 1e-4, "iters": 3, "window": 4, "max_samples": 65536}
+DEFAULTS = {"tau": 1e-4, "iters": 3, "window": 4, "max_samples": 65536, "chunk": 65536}
 
 
 @register_method("dkm")
@@ -54,6 +58,7 @@ class DKMQuantizer(WeightQuantizer):
         positive_int("dkm", "iters", opts["iters"], minimum=0)
         positive_int("dkm", "window", opts["window"], minimum=2)
         positive_int("dkm", "max_samples", opts["max_samples"], minimum=2)
+        positive_int("dkm", "chunk", opts["chunk"], minimum=1)
         return opts
 
     def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor", **options: Any) -> None:
@@ -63,35 +68,53 @@ class DKMQuantizer(WeightQuantizer):
         self.iters: int = opts["iters"]
         self.window = min(opts["window"], self.levels)
         # the k-means updates need at least one sample per centroid
-        self.max_samples = max(opts["max_samples"], self.levels)
+        self.max_samples: int = opts["max_samples"]
+        self.chunk: int = opts["chunk"]
         self.register_buffer("centroids", quantile_init(self.grouped(weight.detach()), self.levels))
 
     # -- pieces ------------------------------------------------------------------------
-    def _attention(self, x: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        """Windowed attention of ``x [G, M]`` over ascending ``c [G, K]``: ``(A, idx) [G, M, W]``."""
-        k, win = c.shape[1], self.window
-        pos = torch.searchsorted(c.detach().contiguous(), x.detach().contiguous())
-        start = (pos - win // 2).clamp(0, k - win)
-        idx = start[..., None] + torch.arange(win, device=x.device)
-        cand = c.gather(1, idx.reshape(c.shape[0], -1)).reshape(idx.shape)
-        d = (x[..., None] - cand).abs() / s[..., None]
-        return torch.softmax(-d / self.tau, dim=-1), idx
+    def _window_start(self, x: Tensor, c: Tensor) -> Tensor:
+        """First index ``[G, M]`` of each weight's window of nearest centroids (int32, no grad)."""
+        pos = torch.searchsorted(c.detach().contiguous(), x.detach().contiguous(), out_int32=True)
+        return (pos - self.window // 2).clamp_(0, c.shape[1] - self.window)
+
+    def _attention(
+        self, x: Tensor, c: Tensor, s: Tensor, start: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Windowed attention of ``x [G, M]`` over ascending ``c [G, K]``.
+
+        Returns ``(A, cand, idx)``, all ``[G, W, M]``: window-major, so every op runs over long
+        contiguous rows (a softmax over a last dim of 4 is several times slower on CPU).
+        """
+        g, win = c.shape[0], self.window
+        if start is None:
+            start = self._window_start(x, c)
+        idx = start.long().unsqueeze(1) + torch.arange(win, device=x.device).view(1, win, 1)
+        cand = c.gather(1, idx.reshape(g, -1)).reshape(idx.shape)
+        d = (x.unsqueeze(1) - cand).abs() * (1.0 / (s * self.tau)).unsqueeze(1)
+        return torch.softmax(-d, dim=1), cand, idx
+
+    def _assign(self, x: Tensor, c: Tensor, s: Tensor, start: Tensor | None = None) -> Tensor:
+        """``w' = sum_j A_ij c_j`` for a ``[G, M]`` block."""
+        a, cand, _ = self._attention(x, c, s, start)
+        return (a * cand).sum(dim=1)
 
     def _samples(self, wg: Tensor) -> Tensor:
-        n = wg.shape[1]
-        if n <= self.max_samples:
+        """At most ``max_samples`` weights per tensor (>= 2**bits per group), fixed stride."""
+        g, n = wg.shape
+        per_group = max(self.levels, self.max_samples // g)
+        if n <= per_group:
             return wg
-        stride = -(-n // self.max_samples)
-        return wg[:, ::stride]
+        return wg[:, :: -(-n // per_group)]
 
     def _kmeans(self, x: Tensor, c: Tensor, s: Tensor) -> Tensor:
         """``iters`` differentiable soft k-means updates; an unattended centroid stays put."""
         g, k = c.shape
         for _ in range(self.iters):
-            a, idx = self._attention(x, c, s)
-            flat = idx.reshape(g, -1)
-            num = c.new_zeros(g, k).scatter_add(1, flat, (a * x[..., None]).reshape(g, -1))
-            den = c.new_zeros(g, k).scatter_add(1, flat, a.reshape(g, -1))
+            a, _, idx = self._attention(x, c, s)
+            idx = idx.reshape(g, -1)
+            num = c.new_zeros(g, k).scatter_add(1, idx, (a * x.unsqueeze(1)).reshape(g, -1))
+            den = c.new_zeros(g, k).scatter_add(1, idx, a.reshape(g, -1))
             c = torch.where(den > TINY, num / den.clamp_min(TINY), c)
             c = c.sort(dim=1).values
         return c
@@ -109,9 +132,17 @@ class DKMQuantizer(WeightQuantizer):
         if self.training:
             with torch.no_grad():
                 self.centroids.copy_(c.detach())
-        a, idx = self._attention(wg, c, s)
-        cand = c.gather(1, idx.reshape(c.shape[0], -1)).reshape(idx.shape)
-        return (a * cand).sum(dim=-1).reshape(w.shape)
+        cols = max(1, self.chunk // wg.shape[0])
+        if not (torch.is_grad_enabled() and (wg.requires_grad or c.requires_grad)) or wg.shape[1] <= cols:
+            return self._assign(wg, c, s).reshape(w.shape)
+        # keep only the inputs of each block (and its int32 window starts, found once);
+        # the attention is recomputed in backward
+        start = self._window_start(wg, c)
+        parts = [
+            checkpoint(self._assign, wg[:, lo : lo + cols], c, s, start[:, lo : lo + cols], use_reentrant=False)
+            for lo in range(0, wg.shape[1], cols)
+        ]
+        return torch.cat(parts, dim=1).reshape(w.shape)
 
     @torch.no_grad()
     def encode(self, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,8 +152,8 @@ class DKMQuantizer(WeightQuantizer):
     @torch.no_grad()
     def hardness(self, w: Tensor) -> float:
         wg = self.grouped(w)
-        a, _ = self._attention(wg, self.centroids.to(wg.dtype), self._scale(wg))
-        return float(a.amax(dim=-1).mean())
+        a = self._attention(wg, self.centroids.to(wg.dtype), self._scale(wg))[0]
+        return float(a.amax(dim=1).mean())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", tau={self.tau}, iters={self.iters}, window={self.window}"

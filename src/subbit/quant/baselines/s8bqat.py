@@ -61,7 +61,7 @@ class S8BQATQuantizer(WeightQuantizer):
     def forward(self, w: Tensor) -> Tensor:
         if bool(self.converted):
             return self.hard(w)
-        return w
+        return w.view_as(w)  # identity, but a new tensor: prepare's hooks never re-register the Parameter
 
     def penalty(self, w: Tensor) -> Tensor:
         """Per-weight MRACos term (shape ``[G, N/G]``), before ``lam`` and the mean."""

@@ -97,7 +97,7 @@ AI void rows(const subbit_weight *w, const int8_t *xr, int64_t r0, const int R, 
         acc[r] = _mm256_setzero_si256();
     }
     const __m256i ones = _mm256_set1_epi16(1);
-    const int64_t nblk = w->kp / SUBBIT_BLOCK;
+    const int64_t nblk = w->nfull;
     for (int64_t b = 0; b < nblk; b++) {
         __m256i x = _mm256_loadu_si256((const __m256i *)(xr + b * SUBBIT_BLOCK));
         __m256i ax = _mm256_sign_epi8(x, x);
@@ -107,7 +107,11 @@ AI void rows(const subbit_weight *w, const int8_t *xr, int64_t r0, const int R, 
             acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
         }
     }
-    for (int r = 0; r < R; r++) out[r] = hsum(acc[r]);
+    for (int r = 0; r < R; r++) {
+        out[r] = hsum(acc[r]);
+        if (w->tail)
+            out[r] += subbit_tail_dot(src[r] + nblk * 4 * bits, bits, (int)w->tail, lut[r], xr + nblk * SUBBIT_BLOCK);
+    }
 }
 
 #define DEFINE_BITS(B)                                                                           \
@@ -210,6 +214,11 @@ uint64_t subbit_read_sum_avx2(const uint8_t *buf, int64_t nbytes) {
     uint64_t lanes[4];
     _mm256_storeu_si256((__m256i *)lanes, s0);
     uint64_t s = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    for (; i + 8 <= nbytes; i += 8) {
+        uint64_t v;
+        memcpy(&v, buf + i, 8);
+        s += v;
+    }
     for (; i < nbytes; i++) s += buf[i];
     return s;
 }
@@ -225,7 +234,13 @@ float subbit_quantize_row_avx2(const float *x, int64_t k, int64_t kp, int8_t *xq
 }
 uint64_t subbit_read_sum_avx2(const uint8_t *buf, int64_t nbytes) {
     uint64_t s = 0;
-    for (int64_t i = 0; i < nbytes; i++) s += buf[i];
+    int64_t i = 0;
+    for (; i + 8 <= nbytes; i += 8) {
+        uint64_t v;
+        memcpy(&v, buf + i, 8);
+        s += v;
+    }
+    for (; i < nbytes; i++) s += buf[i];
     return s;
 }
 #endif

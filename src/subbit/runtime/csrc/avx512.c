@@ -3,7 +3,7 @@
  *    is removed with the precomputed row sums: sum (x + 128) w = sum x w + 128 * rowsum;
  *  - bits 5..8 look up their 32/64/128/256-entry tables with VBMI byte permutes (vpermb,
  *    vpermi2b) instead of a chain of pshufb;
- *  - bits <= 4 decode two blocks (64 weights) per zmm register.
+ *  - two blocks (64 weights) are decoded per zmm register; an odd last block uses ymm.
  * Compiled through target pragmas; only called after a runtime CPU check.
  */
 #include <string.h>
@@ -67,7 +67,7 @@ AI void load_tables(const int8_t *lut, const int bits, tables *t) {
     if (bits <= 4) {
         t->t0 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lut));
     } else if (bits == 5) {
-        t->t0 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lut));
+        t->t0 = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)lut));
     } else {
         t->t0 = _mm512_loadu_si512((const void *)lut);
         if (bits >= 7) t->t1 = _mm512_loadu_si512((const void *)(lut + 64));
@@ -120,8 +120,24 @@ AI __m512i decode64(const uint8_t *blk, const int bits) {
     case 1: return q1(blk, step);
     case 2: return q2(blk, step);
     case 3: return _mm512_or_si512(q2(blk, step), _mm512_slli_epi16(q1(blk + 8, step), 2));
-    default: return q4(blk, step);
+    case 4: return q4(blk, step);
+    case 5: return _mm512_or_si512(q4(blk, step), _mm512_slli_epi16(q1(blk + 16, step), 4));
+    case 6: return _mm512_or_si512(q4(blk, step), _mm512_slli_epi16(q2(blk + 16, step), 4));
+    case 7:
+        return _mm512_or_si512(_mm512_or_si512(q4(blk, step), _mm512_slli_epi16(q2(blk + 16, step), 4)),
+                               _mm512_slli_epi16(q1(blk + 24, step), 6));
+    default: /* 8: two 32-byte blocks are adjacent */
+        return _mm512_loadu_si512((const void *)blk);
     }
+}
+
+AI __m512i lookup64(__m512i idx, const int bits, const tables *t) {
+    if (bits <= 4) return _mm512_shuffle_epi8(t->t0, idx);
+    if (bits <= 6) return _mm512_permutexvar_epi8(idx, t->t0); /* 5 bits: low 32 entries */
+    __m512i a = _mm512_permutex2var_epi8(t->t0, idx, t->t1);
+    if (bits == 7) return a;
+    __m512i b = _mm512_permutex2var_epi8(t->t2, idx, t->t3);
+    return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), a, b);
 }
 
 AI int32_t hsum256(__m256i v) {
@@ -137,25 +153,23 @@ AI void rows(const subbit_weight *w, const uint8_t *xu, int64_t r0, const int R,
     const int stride = SUBBIT_LUT_STRIDE(bits);
     const uint8_t *src[4];
     tables tb[4];
-    const int64_t bb = 4 * bits, nblk = w->kp / SUBBIT_BLOCK;
+    const int64_t bb = 4 * bits, nblk = w->nfull;
     for (int r = 0; r < R; r++) {
         load_tables(w->lut + (w->groups == 1 ? 0 : (r0 + r)) * stride, bits, &tb[r]);
         src[r] = w->packed + (r0 + r) * w->row_bytes;
     }
     int64_t b = 0;
-    if (bits <= 4) {
+    {
         __m512i acc[4];
         for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_si512();
         for (; b + 2 <= nblk; b += 2) {
             __m512i x = _mm512_loadu_si512((const void *)(xu + b * SUBBIT_BLOCK));
             for (int r = 0; r < R; r++) {
-                __m512i wv = _mm512_shuffle_epi8(tb[r].t0, decode64(src[r] + b * bb, bits));
+                __m512i wv = lookup64(decode64(src[r] + b * bb, bits), bits, &tb[r]);
                 acc[r] = _mm512_dpbusd_epi32(acc[r], x, wv);
             }
         }
         for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_epi32(acc[r]);
-    } else {
-        for (int r = 0; r < R; r++) out[r] = 0;
     }
     __m256i acc[4];
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_si256();
@@ -166,7 +180,12 @@ AI void rows(const subbit_weight *w, const uint8_t *xu, int64_t r0, const int R,
             acc[r] = _mm256_dpbusd_epi32(acc[r], x, wv);
         }
     }
-    for (int r = 0; r < R; r++) out[r] += hsum256(acc[r]) - 128 * w->rowsum[r0 + r];
+    for (int r = 0; r < R; r++) {
+        out[r] += hsum256(acc[r]) - 128 * w->rowsum[r0 + r];
+        if (w->tail)
+            out[r] += subbit_tail_dot_u8(src[r] + nblk * bb, bits, (int)w->tail,
+                                         w->lut + (w->groups == 1 ? 0 : (r0 + r)) * stride, xu + nblk * SUBBIT_BLOCK);
+    }
 }
 
 #define DEFINE_BITS(B)                                                                           \

@@ -56,56 +56,93 @@ float subbit_epilogue(int32_t acc, float sx, float scale, const float *bias, int
     return v;
 }
 
-void subbit_decode_block(const uint8_t *blk, int bits, uint8_t *idx) {
+void subbit_decode_block(const uint8_t *blk, int bits, int len, uint8_t *idx) {
     static const int widths[9][3] = {{0}, {1}, {2}, {2, 1}, {4}, {4, 1}, {4, 2}, {4, 2, 1}, {8}};
-    memset(idx, 0, SUBBIT_BLOCK);
+    memset(idx, 0, (size_t)len);
     int shift = 0;
     for (int p = 0; p < 3 && widths[bits][p]; p++) {
-        int w = widths[bits][p];
-        int nb = 4 * w, mask = (1 << w) - 1;
-        for (int i = 0; i < SUBBIT_BLOCK; i++) {
-            int j = i % nb, t = i / nb;
-            idx[i] |= (uint8_t)(((blk[j] >> (t * w)) & mask) << shift);
+        const int w = widths[bits][p], nb = len * w / 8, fields = 8 / w, mask = (1 << w) - 1;
+        for (int j = 0; j < nb; j++) {
+            unsigned v = blk[j];
+            for (int t = 0; t < fields; t++, v >>= w) idx[j + nb * t] |= (uint8_t)((v & (unsigned)mask) << shift);
         }
         blk += nb;
         shift += w;
     }
 }
 
+int32_t subbit_tail_dot(const uint8_t *blk, int bits, int len, const int8_t *t, const int8_t *x) {
+    uint8_t idx[SUBBIT_BLOCK];
+    subbit_decode_block(blk, bits, len, idx);
+    int32_t s = 0;
+    for (int i = 0; i < len; i++) s += (int32_t)x[i] * t[idx[i]];
+    return s;
+}
+
+int32_t subbit_tail_dot_u8(const uint8_t *blk, int bits, int len, const int8_t *t, const uint8_t *x) {
+    uint8_t idx[SUBBIT_BLOCK];
+    subbit_decode_block(blk, bits, len, idx);
+    int32_t s = 0;
+    for (int i = 0; i < len; i++) s += (int32_t)x[i] * t[idx[i]];
+    return s;
+}
+
+static void fill_weight(subbit_weight *w, const uint8_t *packed, int64_t n, int64_t k, int bits,
+                        const int8_t *lut, const float *scales, int64_t groups, const int32_t *rowsum) {
+    w->packed = packed;
+    w->n = n;
+    w->k = k;
+    w->kp = (k + 7) / 8 * 8;
+    w->row_bytes = w->kp / 8 * bits;
+    w->nfull = w->kp / SUBBIT_BLOCK;
+    w->tail = w->kp % SUBBIT_BLOCK;
+    w->bits = bits;
+    w->groups = groups;
+    w->lut = lut;
+    w->scales = scales;
+    w->rowsum = rowsum;
+    w->scratch = 0;
+}
+
 int subbit_rowsums(const uint8_t *packed, int64_t n, int64_t k, int bits, const int8_t *lut,
                    int64_t groups, int32_t *out) {
     if (bits < 1 || bits > 8 || n < 0 || k < 0 || !(groups == 1 || groups == n)) return SUBBIT_EARG;
-    int64_t kp = (k + SUBBIT_BLOCK - 1) / SUBBIT_BLOCK * SUBBIT_BLOCK;
-    int64_t rb = kp / SUBBIT_BLOCK * 4 * bits;
+    subbit_weight w;
+    fill_weight(&w, packed, n, k, bits, lut, 0, groups, 0);
     uint8_t idx[SUBBIT_BLOCK];
     for (int64_t r = 0; r < n; r++) {
         const int8_t *t = lut + (groups == 1 ? 0 : r) * SUBBIT_LUT_STRIDE(bits);
+        const uint8_t *row = packed + r * w.row_bytes;
         int32_t s = 0;
-        for (int64_t b = 0; b < kp / SUBBIT_BLOCK; b++) {
-            subbit_decode_block(packed + r * rb + b * 4 * bits, bits, idx);
-            for (int i = 0; i < SUBBIT_BLOCK; i++) s += t[idx[i]];
+        for (int64_t b = 0; b <= w.nfull; b++) {
+            int len = b < w.nfull ? SUBBIT_BLOCK : (int)w.tail;
+            if (!len) break;
+            subbit_decode_block(row + b * 4 * bits, bits, len, idx);
+            for (int i = 0; i < len; i++) s += t[idx[i]];
         }
         out[r] = s;
     }
     return SUBBIT_OK;
 }
 
+/* Portable path: decode each row once into int8 weights, then one dot product per input row. */
 void subbit_linear_portable(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
                             const float *bias, float *y) {
+    int8_t *wrow = w->scratch;
     uint8_t idx[SUBBIT_BLOCK];
-    int8_t wv[SUBBIT_BLOCK];
-    int64_t nblk = w->kp / SUBBIT_BLOCK;
     for (int64_t r = 0; r < w->n; r++) {
         int64_t g = w->groups == 1 ? 0 : r;
         const int8_t *t = w->lut + g * SUBBIT_LUT_STRIDE(w->bits);
+        const uint8_t *row = w->packed + r * w->row_bytes;
+        for (int64_t b = 0; b * SUBBIT_BLOCK < w->kp; b++) {
+            int len = b < w->nfull ? SUBBIT_BLOCK : (int)w->tail;
+            subbit_decode_block(row + b * 4 * w->bits, w->bits, len, idx);
+            for (int i = 0; i < len; i++) wrow[b * SUBBIT_BLOCK + i] = t[idx[i]];
+        }
         for (int64_t i = 0; i < m; i++) {
             const int8_t *xr = xq + i * w->kp;
             int32_t s = 0;
-            for (int64_t b = 0; b < nblk; b++) {
-                subbit_decode_block(w->packed + r * w->row_bytes + b * 4 * w->bits, w->bits, idx);
-                for (int j = 0; j < SUBBIT_BLOCK; j++) wv[j] = t[idx[j]];
-                for (int j = 0; j < SUBBIT_BLOCK; j++) s += (int32_t)xr[b * SUBBIT_BLOCK + j] * wv[j];
-            }
+            for (int64_t j = 0; j < w->kp; j++) s += (int32_t)xr[j] * wrow[j];
             y[i * w->n + r] = subbit_epilogue(s, sx[i], w->scales[g], bias, r);
         }
     }
@@ -141,24 +178,17 @@ int subbit_packed_linear(int path, const float *x, int64_t m, int64_t k, const u
     if (m == 0 || n == 0) return SUBBIT_OK;
 
     subbit_weight w;
-    w.packed = packed;
-    w.n = n;
-    w.k = k;
-    w.kp = (k + SUBBIT_BLOCK - 1) / SUBBIT_BLOCK * SUBBIT_BLOCK;
-    w.row_bytes = w.kp / SUBBIT_BLOCK * 4 * bits;
-    w.bits = bits;
-    w.groups = groups;
-    w.lut = lut;
-    w.scales = scales;
-    w.rowsum = rowsum;
+    fill_weight(&w, packed, n, k, bits, lut, scales, groups, rowsum);
 
     /* 64-byte aligned activation buffer, +64 so vector loads never run past it */
     size_t bytes = (size_t)(m * w.kp) + 64;
     int8_t *xq = (int8_t *)aligned_alloc(64, (bytes + 63) / 64 * 64);
     float *sx = (float *)malloc(sizeof(float) * (size_t)m);
-    if (!xq || !sx) {
+    if (path == SUBBIT_PORTABLE) w.scratch = (int8_t *)malloc((size_t)w.kp + SUBBIT_BLOCK);
+    if (!xq || !sx || (path == SUBBIT_PORTABLE && !w.scratch)) {
         free(xq);
         free(sx);
+        free(w.scratch);
         return SUBBIT_ENOMEM;
     }
     for (int64_t i = 0; i < m; i++)
@@ -173,5 +203,6 @@ int subbit_packed_linear(int path, const float *x, int64_t m, int64_t k, const u
         subbit_linear_portable(&w, xq, sx, m, bias, y);
     free(xq);
     free(sx);
+    free(w.scratch);
     return SUBBIT_OK;
 }

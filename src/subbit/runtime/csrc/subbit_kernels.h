@@ -28,13 +28,15 @@ enum subbit_path { SUBBIT_AUTO = 0, SUBBIT_PORTABLE = 1, SUBBIT_AVX2 = 2, SUBBIT
 /* Everything a kernel needs about one packed weight. */
 typedef struct {
     const uint8_t *packed; /* [N][row_bytes] */
-    int64_t n, k, kp;      /* rows, real columns, columns padded to 32 */
-    int64_t row_bytes;     /* kp / 32 * 4 * bits */
+    int64_t n, k, kp;      /* rows, real columns, columns padded to a multiple of 8 */
+    int64_t row_bytes;     /* kp / 8 * bits */
+    int64_t nfull, tail;   /* full 32-index blocks per row; indices in the short last block */
     int bits;
     int64_t groups;        /* 1 (per tensor) or n (per row) */
     const int8_t *lut;     /* [groups][SUBBIT_LUT_STRIDE(bits)], values in [-127, 127] */
     const float *scales;   /* [groups] */
     const int32_t *rowsum; /* [n]: sum over kp of lut values (padding = index 0); AVX-512 path */
+    int8_t *scratch;       /* kp + 32 bytes for the portable path's decoded row */
 } subbit_weight;
 
 /* Bit mask of supported paths: bit p set when path p (enum above) runs on this CPU. */
@@ -47,11 +49,12 @@ int subbit_packed_linear(int path, const float *x, int64_t m, int64_t k, const u
                          int64_t n, int bits, const int8_t *lut, const float *scales, int64_t groups,
                          const int32_t *rowsum, const float *bias, float *y);
 
-/* Per-row sums of the decoded int8 weights over the padded row (needed by the VNNI path). */
+/* Per-row sums of the decoded int8 weights over the padded row (index 0 in padding; VNNI path). */
 int subbit_rowsums(const uint8_t *packed, int64_t n, int64_t k, int bits, const int8_t *lut,
                    int64_t groups, int32_t *out);
 
-/* Plain read bandwidth reference: sums a buffer with wide loads; returns a checksum. */
+/* Plain read bandwidth reference: reads a buffer with wide loads and returns a checksum: the
+ * sum mod 2**64 of its little-endian 64-bit words, plus the trailing (n % 8) bytes. */
 uint64_t subbit_read_sum(const uint8_t *buf, int64_t nbytes);
 
 /* --- internal: shared by the path files --------------------------------------------- */
@@ -59,8 +62,11 @@ uint64_t subbit_read_sum(const uint8_t *buf, int64_t nbytes);
 float subbit_quantize_row(const float *x, int64_t k, int64_t kp, int8_t *xq);
 /* Write one output: y = (float)acc * (sx * scale) + bias. */
 float subbit_epilogue(int32_t acc, float sx, float scale, const float *bias, int64_t n);
-/* Decode one block of 32 indices (scalar). */
-void subbit_decode_block(const uint8_t *blk, int bits, uint8_t *idx);
+/* Decode one block of len (8, 16, 24 or 32) indices (scalar). */
+void subbit_decode_block(const uint8_t *blk, int bits, int len, uint8_t *idx);
+/* Integer dot product of the short last block of a row: sum x[i] * t[idx[i]], i < len. */
+int32_t subbit_tail_dot(const uint8_t *blk, int bits, int len, const int8_t *t, const int8_t *x);
+int32_t subbit_tail_dot_u8(const uint8_t *blk, int bits, int len, const int8_t *t, const uint8_t *x);
 
 void subbit_linear_portable(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
                             const float *bias, float *y);

@@ -1,0 +1,251 @@
+"""Streaming latency of one model variant, measured in a fresh process.
+
+A variant is described by a small JSON-able dict (:class:`VariantSpec`); ``python -m
+subbit.bench.latency SPEC.json`` builds it, streams ``seconds`` of audio through a
+:class:`subbit.runtime.session.StreamingSession` in chunks of the model's encoder chunk, and
+prints one JSON result line. One process per variant keeps ``ru_maxrss`` honest and lets the
+thread count be fixed before numpy/torch/onnxruntime start their pools. The subbit and
+onnxruntime variants never import torch.
+
+Metrics (all wall clock, ``time.perf_counter``):
+
+* per-chunk latency: one ``accept_audio`` call = features + encoder step + greedy decoding of
+  the frames it completed; p50/p90 over every chunk of every timed pass;
+* user-perceived latency (UPL, the paper's): the last audio chunk's ``accept_audio`` plus
+  ``finalize`` (flush + final decode), median over passes;
+* real-time factor: processing time of a pass / audio duration, median over passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass
+class VariantSpec:
+    """What one benchmark subprocess runs."""
+
+    name: str
+    method: str  # "fp32" | "torch-int8" | "ort-int8" | "subbit"
+    bits: int
+    threads: int
+    seconds: float
+    path: str = ""  # .subbit file, ORT dir, or model-config JSON
+    seed: int = 0
+    repeats: int = 2
+    warmup_s: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def percentile(values: list[float] | np.ndarray, q: float) -> float:
+    """Linear-interpolated percentile (``q`` in 0..100); NaN for no values."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.percentile(v, q)) if v.size else float("nan")
+
+
+def synth_audio(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.ndarray:
+    """Speech-like test signal: a few gliding harmonics under a syllable-rate envelope, plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    f0 = 120 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    env = 0.5 * (1 + np.sin(2 * np.pi * 4.0 * t)) ** 2
+    x = 0.05 * voice * env + 0.003 * rng.standard_normal(t.size)
+    return x.astype(np.float32)
+
+
+@dataclass
+class StreamTiming:
+    chunk_ms: list[float]
+    upl_ms: list[float]
+    pass_s: list[float]
+    audio_s: float
+    tokens: int
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "p50_ms": percentile(self.chunk_ms, 50),
+            "p90_ms": percentile(self.chunk_ms, 90),
+            "upl_ms": float(np.median(self.upl_ms)),
+            "rtf": float(np.median(self.pass_s)) / self.audio_s,
+            "n_chunks": len(self.chunk_ms) // max(len(self.upl_ms), 1),
+            "tokens": self.tokens,
+        }
+
+
+def time_stream(session: Any, audio: np.ndarray, chunk_samples: int, repeats: int = 1,
+                sample_rate: int = 16000) -> StreamTiming:
+    """Stream ``audio`` through ``session`` ``repeats`` times, timing every chunk and the finalize."""
+    if chunk_samples < 1:
+        raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
+    chunk_ms: list[float] = []
+    upl: list[float] = []
+    passes: list[float] = []
+    tokens = 0
+    clock = time.perf_counter
+    starts = list(range(0, audio.shape[0], chunk_samples))
+    for _ in range(max(1, repeats)):
+        session.reset()
+        total = 0.0
+        last = 0.0
+        for s in starts:
+            t0 = clock()
+            session.accept_audio(audio[s : s + chunk_samples])
+            dt = clock() - t0
+            chunk_ms.append(dt * 1e3)
+            total += dt
+            last = dt
+        t0 = clock()
+        final = session.finalize_tokens()
+        dt = clock() - t0
+        total += dt
+        upl.append((last + dt) * 1e3)
+        passes.append(total)
+        tokens = len(final)
+    return StreamTiming(chunk_ms, upl, passes, audio.shape[0] / sample_rate, tokens)
+
+
+# -- one large matvec per bit depth ------------------------------------------------------------
+def matvec_rows(bits_list: list[int], n: int = 4096, k: int = 4096, repeats: int = 30,
+                seed: int = 0) -> list[dict[str, Any]]:
+    """µs per ``[1, k] @ W[n, k]^T`` through the packed kernels, per bit depth, with the effective
+    weight bandwidth next to a plain read of a buffer of the same size (``kernels.read_sum``)."""
+    from subbit.export.bitpack import PackedTensor
+    from subbit.runtime import kernels
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    rows = []
+    for bits in bits_list:
+        idx = rng.integers(0, 1 << bits, size=(n, k))
+        cb = np.sort(rng.standard_normal((1, 1 << bits))).astype(np.float32)
+        pt = PackedTensor.from_indices(idx, cb, bits)
+        kernels.packed_linear(x, pt)  # builds the int8 tables once
+        t = _median_time(lambda: kernels.packed_linear(x, pt), repeats)
+        buf = np.ascontiguousarray(pt.packed).reshape(-1)
+        t_read = _median_time(lambda: kernels.read_sum(buf), repeats)
+        rows.append({
+            "bits": bits, "n": n, "k": k, "us": t * 1e6, "weight_bytes": int(buf.nbytes),
+            "gbps": buf.nbytes / t / 1e9, "read_gbps": buf.nbytes / t_read / 1e9,
+            "fraction_of_read": t_read / t, "path": kernels.default_path(),
+        })
+    return rows
+
+
+def _median_time(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(max(3, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+# -- the subprocess side -----------------------------------------------------------------------
+def _build_model(spec: VariantSpec) -> tuple[Any, int]:
+    """(streaming model in the runtime interface, resident weight bytes)."""
+    if spec.method == "subbit":
+        from subbit.runtime.models import PackedTransducer
+
+        m = PackedTransducer.from_file(spec.path)
+        return m, m.weight_bytes
+    if spec.method == "ort-int8":
+        from subbit.bench.int8_baselines import OrtStreamingModel, ort_weight_bytes
+
+        return OrtStreamingModel(spec.path, threads=spec.threads), ort_weight_bytes(spec.path)
+    if spec.method in ("fp32", "torch-int8"):
+        import torch
+
+        from subbit.asr.models import build_from_config
+        from subbit.bench.int8_baselines import TorchStreamingModel, torch_int8_streaming_model, torch_weight_bytes
+
+        torch.set_num_threads(spec.threads)
+        torch.manual_seed(spec.seed)
+        cfg = json.loads(Path(spec.path).read_text())
+        model = build_from_config(cfg).eval()
+        if spec.method == "torch-int8":
+            return torch_int8_streaming_model(model), torch_weight_bytes(model, int8=True)
+        return TorchStreamingModel(model), torch_weight_bytes(model)
+    raise ValueError(f"variant method must be fp32, torch-int8, ort-int8 or subbit, got {spec.method!r}")
+
+
+def run_variant(spec: VariantSpec) -> dict[str, Any]:
+    """Build, warm up and time one variant in this process; returns its result row."""
+    from subbit.bench import memory
+    from subbit.runtime.session import StreamingSession
+
+    t0 = time.perf_counter()
+    model, weight_bytes = _build_model(spec)
+    load_s = time.perf_counter() - t0
+    session = StreamingSession(model)
+    chunk_frames = int(spec.extra.get("chunk_frames") or model.encoder.chunk_frames)
+    hop = session.frontend.hop
+    chunk_samples = chunk_frames * hop
+    audio = synth_audio(spec.seconds, seed=spec.seed)
+    warm = audio[: max(chunk_samples, int(spec.warmup_s * 16000))]
+    time_stream(session, warm, chunk_samples, repeats=1)
+    load_peak = memory.process_peak_rss_bytes()
+    reset_ok = memory.reset_peak_rss()
+    timing = time_stream(session, audio, chunk_samples, repeats=spec.repeats)
+    stream_peak = memory.hwm_bytes() if reset_ok else None
+    row: dict[str, Any] = {
+        "name": spec.name, "method": spec.method, "bits": spec.bits, "threads": spec.threads,
+        **timing.summary(),
+        "weight_bytes": int(weight_bytes),
+        "peak_rss_bytes": max(load_peak, stream_peak or 0),
+        "stream_peak_rss_bytes": stream_peak,
+        "torch_imported": "torch" in sys.modules,
+        "chunk_ms": 1e3 * chunk_samples / 16000, "audio_s": spec.seconds, "load_s": load_s,
+    }
+    if spec.method == "subbit":
+        from subbit.runtime import kernels
+
+        row["kernel_path"] = kernels.default_path()
+    return row
+
+
+def run_in_subprocess(spec: VariantSpec, timeout: float = 900.0) -> dict[str, Any]:
+    """Run ``spec`` in a fresh interpreter with every thread pool pinned to ``spec.threads``."""
+    env = dict(os.environ)
+    for k in THREAD_ENV:
+        env[k] = str(spec.threads)
+    proc = subprocess.run(
+        [sys.executable, "-m", "subbit.bench.latency", json.dumps(asdict(spec))],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"benchmark variant {spec.name!r} failed (exit {proc.returncode}): " + " | ".join(tail))
+    return json.loads(lines[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m subbit.bench.latency SPEC_JSON", file=sys.stderr)
+        return 2
+    import logging
+    import warnings
+
+    logging.getLogger().setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")
+    spec = VariantSpec(**json.loads(args[0]))
+    print(json.dumps(run_variant(spec)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

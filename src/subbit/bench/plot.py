@@ -1,0 +1,42 @@
+"""One PNG of a benchmark result: chunk latency (p50, p90, UPL) and resident weight bytes per variant."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def plot_result(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Two panels per thread count: latency bars (p50/p90/UPL, ms) and weight bytes (MB)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result.get("rows") or []
+    if not rows:
+        raise ValueError("benchmark result has no rows to plot")
+    threads = sorted({r["threads"] for r in rows})
+    fig, axes = plt.subplots(len(threads), 2, figsize=(13, 4.2 * len(threads)), squeeze=False)
+    for i, t in enumerate(threads):
+        rs = [r for r in rows if r["threads"] == t]
+        names = [r["name"] for r in rs]
+        x = range(len(rs))
+        ax = axes[i][0]
+        w = 0.27
+        for j, (key, label) in enumerate((("p50_ms", "p50 chunk"), ("p90_ms", "p90 chunk"), ("upl_ms", "UPL"))):
+            ax.bar([k + (j - 1) * w for k in x], [r[key] for r in rs], w, label=label)
+        ax.set_xticks(list(x), names, rotation=30, ha="right")
+        ax.set_ylabel("ms")
+        ax.set_title(f"latency, {t} thread(s), chunk {rs[0].get('chunk_ms', 0):.0f} ms")
+        ax.legend()
+        ax = axes[i][1]
+        ax.bar(list(x), [r["weight_bytes"] / 1e6 for r in rs], color="tab:gray")
+        ax.set_xticks(list(x), names, rotation=30, ha="right")
+        ax.set_ylabel("MB")
+        ax.set_title("resident weight bytes")
+    preset = (result.get("options") or {}).get("preset", "")
+    fig.suptitle(f"subbit bench {preset} - {(result.get('machine') or {}).get('cpu', '')}")
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), dpi=110)
+    plt.close(fig)

@@ -1,0 +1,439 @@
+"""Write and read ``.subbit`` files: a safetensors file with packed indices and a JSON manifest.
+
+Writing: :func:`export_model` takes a model prepared with :mod:`subbit.quant` (or an explicit
+list of quantized tensors) and writes, per quantized tensor, ``<name>.idx`` (U8, packed rows)
+and ``<name>.codebook`` (F32 ``[G, 2**bits]``); every other state-dict tensor as it is (F32,
+or F16 with ``fp16_float_tensors``); the tokenizer as a U8 tensor. The header is written by
+hand (the safetensors format is 8 bytes of length + JSON + data) so that the sha256 of the data
+section can go into the manifest; ``safetensors.safe_open`` reads the result.
+
+Reading: :func:`read_container` parses the header itself with bounds checks and never
+unpickles; :func:`load_dequantized` gives a float state dict, :func:`load_packed` the packed
+tensors for the runtime. Anything wrong raises :class:`SubbitFormatError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from subbit.export.bitpack import PackedTensor, int8_codebook, matrix_rows, padding_is_zero
+from subbit.export.manifest import (
+    CODEBOOK_SUFFIX,
+    IDX_SUFFIX,
+    TOKENIZER_TENSOR,
+    SubbitFormatError,
+    build_manifest,
+    quant_entry,
+    validate_manifest,
+)
+
+MAX_HEADER = 64 << 20
+_NP = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "U8": np.dtype("u1"), "I64": np.dtype("<i8"),
+       "I32": np.dtype("<i4"), "BOOL": np.dtype("?")}  # fmt: skip
+# data section order keeps every tensor aligned to its item size (header is padded to 8)
+_ORDER = {"I64": 0, "F32": 1, "I32": 1, "F16": 2, "U8": 3, "BOOL": 3}
+
+
+# -- summary -----------------------------------------------------------------------------------
+@dataclass
+class TensorBytes:
+    name: str
+    kind: str  # "quantized" | "float" | "tokenizer"
+    count: int
+    bits: int | None
+    stored: int  # bytes in the file (indices + codebook for quantized tensors)
+    theory: int  # quantized: sum over groups of ceil(N_g * b / 8) + codebook; else stored
+    fp32: int
+    int8: int
+
+
+@dataclass
+class ExportSummary:
+    """Bytes per tensor and totals, next to the same model in fp32 and in int8."""
+
+    path: str
+    file_bytes: int
+    header_bytes: int
+    tensors: list[TensorBytes] = field(default_factory=list)
+
+    @property
+    def theory_bytes(self) -> int:
+        """sum ceil(N_g * b / 8) + codebooks + float tensors + tokenizer + header."""
+        return sum(t.theory for t in self.tensors) + self.header_bytes
+
+    @property
+    def fp32_bytes(self) -> int:
+        return sum(t.fp32 for t in self.tensors)
+
+    @property
+    def int8_bytes(self) -> int:
+        return sum(t.int8 for t in self.tensors)
+
+    @property
+    def quantized_bytes(self) -> int:
+        return sum(t.stored for t in self.tensors if t.kind == "quantized")
+
+    def __str__(self) -> str:
+        rows = [f"{'tensor':<44} {'kind':<9} {'bits':>4} {'params':>10} {'bytes':>10} {'fp32':>10} {'int8':>10}"]
+        for t in self.tensors:
+            bits = "-" if t.bits is None else str(t.bits)
+            rows.append(f"{t.name[:44]:<44} {t.kind:<9} {bits:>4} {t.count:>10} {t.stored:>10} {t.fp32:>10} {t.int8:>10}")
+        params = sum(t.count for t in self.tensors if t.kind != "tokenizer")
+        rows.append(f"{'total (tensors)':<44} {'':<9} {'':>4} {params:>10} {sum(t.stored for t in self.tensors):>10} "
+                    f"{self.fp32_bytes:>10} {self.int8_bytes:>10}")  # fmt: skip
+        rows.append(
+            f"file {self.path}: {self.file_bytes} bytes (header {self.header_bytes}; theory {self.theory_bytes}, "
+            f"{100.0 * (self.file_bytes / max(self.theory_bytes, 1) - 1):+.2f}%); "
+            f"fp32 model / file = {self.fp32_bytes / max(self.file_bytes, 1):.2f}x, "
+            f"int8 model / file = {self.int8_bytes / max(self.file_bytes, 1):.2f}x"
+        )
+        return "\n".join(rows)
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _safetensors_bytes(tensors: dict[str, tuple[str, np.ndarray]], metadata_for: Any) -> tuple[bytes, int]:
+    """Serialize ``{name: (dtype, array)}``; ``metadata_for(sha256_hex) -> dict[str, str]``."""
+    names = sorted(tensors, key=lambda n: (_ORDER[tensors[n][0]], n))
+    chunks, header, offset = [], {}, 0
+    for name in names:
+        dtype, arr = tensors[name]
+        raw = np.ascontiguousarray(arr, dtype=_NP[dtype]).tobytes()
+        header[name] = {"dtype": dtype, "shape": [int(s) for s in arr.shape], "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    data = b"".join(chunks)
+    header["__metadata__"] = metadata_for(hashlib.sha256(data).hexdigest())
+    hjson = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    hjson += b" " * (-len(hjson) % 8)
+    return struct.pack("<Q", len(hjson)) + hjson + data, 8 + len(hjson)
+
+
+def _quantized_from_model(model: Any) -> list[Any]:
+    try:
+        from subbit.quant import quantized_tensors
+    except ImportError as exc:  # pragma: no cover - until subbit.quant lands
+        raise ValueError("subbit.quant.quantized_tensors is not available: pass quantized=... explicitly") from exc
+    return list(quantized_tensors(model))
+
+
+def _mu_of(quantizer: Any) -> float | list[float] | None:
+    mu = getattr(quantizer, "mu", None)
+    if mu is None:
+        return None
+    arr = np.asarray(mu.detach().cpu().numpy() if hasattr(mu, "detach") else mu, dtype=np.float64).reshape(-1)
+    if arr.size == 0 or not np.all(np.isfinite(arr)):
+        return None
+    return float(arr[0]) if arr.size == 1 else [float(v) for v in arr]
+
+
+def encode_quantized(qt: Any) -> PackedTensor:
+    """Pack one ``QuantizedTensor`` (name, module, param_name, quantizer, latent) via ``encode``."""
+    import torch
+
+    q = qt.quantizer
+    with torch.no_grad():
+        idx, cb = q.encode(qt.latent)
+    idx_np = idx.detach().cpu().numpy()
+    cb_np = cb.detach().to(torch.float32).cpu().numpy()
+    if tuple(idx_np.shape) != tuple(qt.latent.shape):
+        raise ValueError(f"{qt.name}: encode returned indices of shape {idx_np.shape}, weight is {tuple(qt.latent.shape)}")
+    try:
+        pt = PackedTensor.from_indices(idx_np, cb_np, int(q.bits), granularity=str(q.granularity),
+                                       method=str(getattr(q, "method", "")), mu=None)  # fmt: skip
+    except ValueError as exc:
+        raise ValueError(f"{qt.name}: {exc}") from None
+    if not np.all(np.isfinite(cb_np)):
+        raise ValueError(f"{qt.name}: codebook has non-finite values")
+    expected_groups = idx_np.shape[0] if pt.granularity == "channel" else 1
+    if pt.groups != expected_groups:
+        raise ValueError(f"{qt.name}: {pt.granularity} granularity needs {expected_groups} codebooks, got {pt.groups}")
+    pt.mu = _mu_of(q)
+    return pt
+
+
+def _float_state(model: Any, quantized: list[Any]) -> dict[str, Any]:
+    """State-dict tensors that are not quantized weights nor quantizer internals, by original name."""
+    from subbit.quant.base import WeightQuantizer
+
+    qnames = {qt.name for qt in quantized}
+    latent_ptrs = {qt.latent.data_ptr() for qt in quantized}
+    owners = [name + "." for name, mod in model.named_modules() if isinstance(mod, WeightQuantizer) and name]
+    out: dict[str, Any] = {}
+    for key, t in model.state_dict().items():
+        if any(key.startswith(p) for p in owners) or (t.numel() and t.data_ptr() in latent_ptrs):
+            continue
+        name = _original_name(key)
+        if name in qnames or name in out:
+            continue
+        out[name] = t
+    return out
+
+
+def _original_name(key: str) -> str:
+    """``a.parametrizations.weight.original`` (torch parametrize) -> ``a.weight``."""
+    parts = key.split(".")
+    if len(parts) >= 3 and parts[-1] in ("original", "original0") and parts[-3] == "parametrizations":
+        return ".".join(parts[:-3] + [parts[-2]])
+    return key
+
+
+def _float_record(t: Any, fp16: bool) -> tuple[str, np.ndarray]:
+    import torch
+
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        if fp16:
+            return "F16", t.to(torch.float16).numpy()
+        return "F32", t.to(torch.float32).numpy()
+    if t.dtype == torch.bool:
+        return "BOOL", t.numpy()
+    if t.dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+        return "I32", t.to(torch.int32).numpy()
+    if t.dtype == torch.int64:
+        return "I64", t.numpy()
+    raise ValueError(f"cannot export a tensor of dtype {t.dtype}")
+
+
+def export_model(
+    model: Any,
+    path: str | os.PathLike[str],
+    *,
+    arch: dict[str, Any],
+    tokenizer_bytes: bytes | None = None,
+    fp16_float_tensors: bool = False,
+    extra: dict[str, Any] | None = None,
+    quantized: Iterable[Any] | None = None,
+    tokenizer_kind: str = "bytes",
+) -> ExportSummary:
+    """Write ``model`` (prepared/converted with :mod:`subbit.quant`) to a ``.subbit`` file.
+
+    ``quantized`` defaults to ``subbit.quant.quantized_tensors(model)``. ``arch`` (the model
+    config) and ``extra`` must be JSON-serialisable. The file is written to a temporary name
+    and renamed, so a failed export leaves no half file.
+    """
+    if not isinstance(arch, dict):
+        raise ValueError(f"arch must be a dict (the model config), got {type(arch).__name__}")
+    qts = _quantized_from_model(model) if quantized is None else list(quantized)
+    packed = {qt.name: encode_quantized(qt) for qt in qts}
+    floats = {name: _float_record(t, fp16_float_tensors) for name, t in _float_state(model, qts).items()}
+    return write_packed(path, packed, floats, arch=arch, tokenizer_bytes=tokenizer_bytes, extra=extra,
+                        tokenizer_kind=tokenizer_kind)  # fmt: skip
+
+
+def write_packed(
+    path: str | os.PathLike[str],
+    packed: dict[str, PackedTensor],
+    floats: dict[str, tuple[str, np.ndarray]],
+    *,
+    arch: dict[str, Any],
+    tokenizer_bytes: bytes | None = None,
+    extra: dict[str, Any] | None = None,
+    tokenizer_kind: str = "bytes",
+) -> ExportSummary:
+    """Write already packed tensors and ``{name: (dtype, array)}`` float tensors."""
+    tensors: dict[str, tuple[str, np.ndarray]] = {}
+    qmeta: dict[str, dict[str, Any]] = {}
+    rows: list[TensorBytes] = []
+    for name, pt in packed.items():
+        if name + IDX_SUFFIX in floats or name + CODEBOOK_SUFFIX in floats or name in floats:
+            raise ValueError(f"tensor name {name!r} collides with a float tensor")
+        n, _ = matrix_rows(pt.shape)
+        tensors[name + IDX_SUFFIX] = ("U8", np.asarray(pt.packed, dtype=np.uint8).reshape(n, -1))
+        tensors[name + CODEBOOK_SUFFIX] = ("F32", np.asarray(pt.codebook, dtype=np.float32))
+        qmeta[name] = quant_entry(pt.bits, pt.shape, pt.groups, pt.granularity, pt.method, pt.mu)
+        per_group = pt.count // pt.groups
+        cb_bytes = pt.groups * (1 << pt.bits) * 4
+        rows.append(TensorBytes(name, "quantized", pt.count, pt.bits, pt.packed.nbytes + cb_bytes,
+                                pt.groups * math.ceil(per_group * pt.bits / 8) + cb_bytes,
+                                4 * pt.count, pt.count + 4 * pt.groups))  # fmt: skip
+    fmeta: dict[str, dict[str, Any]] = {}
+    for name, (dtype, arr) in floats.items():
+        if dtype not in _NP:
+            raise ValueError(f"{name}: unsupported dtype {dtype}")
+        tensors[name] = (dtype, arr)
+        fmeta[name] = {"dtype": dtype, "shape": [int(s) for s in arr.shape]}
+        nbytes = int(arr.size) * _NP[dtype].itemsize
+        rows.append(TensorBytes(name, "float", int(arr.size), None, nbytes, nbytes, 4 * int(arr.size), 4 * int(arr.size)))
+    tok = None
+    if tokenizer_bytes is not None:
+        tb = np.frombuffer(bytes(tokenizer_bytes), dtype=np.uint8)
+        tensors[TOKENIZER_TENSOR] = ("U8", tb)
+        tok = {"kind": str(tokenizer_kind), "nbytes": int(tb.size)}
+        rows.append(TensorBytes(TOKENIZER_TENSOR, "tokenizer", int(tb.size), None, tb.size, tb.size, tb.size, tb.size))
+
+    def metadata_for(sha: str) -> dict[str, str]:
+        m = build_manifest(arch=arch, quantized=qmeta, floats=fmeta, tokenizer=tok, data_sha256=sha, extra=extra)
+        try:
+            return {"subbit": json.dumps(m, sort_keys=True, allow_nan=False, separators=(",", ":"))}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"arch/extra must be JSON-serialisable (finite numbers): {exc}") from None
+
+    blob, header_bytes = _safetensors_bytes(tensors, metadata_for)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+    return ExportSummary(str(path), len(blob), header_bytes, rows)
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} in header")
+
+
+def read_container(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Parse and fully validate a ``.subbit`` file -> ``(manifest, {name: array})``."""
+    try:
+        blob = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SubbitFormatError(f"{path}: cannot read: {exc}") from None
+    try:
+        return parse_container(blob)
+    except SubbitFormatError as exc:
+        raise SubbitFormatError(f"{path}: {exc}") from None
+
+
+def parse_container(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The checks of :func:`read_container` on bytes in memory."""
+    if len(blob) < 8:
+        raise SubbitFormatError(f"file is {len(blob)} bytes: too short for a safetensors header")
+    (hlen,) = struct.unpack("<Q", blob[:8])
+    if hlen > MAX_HEADER or hlen > len(blob) - 8:
+        raise SubbitFormatError(f"header length {hlen} exceeds the file ({len(blob)} bytes): truncated or not .subbit")
+    try:
+        header = json.loads(blob[8 : 8 + hlen].decode("utf-8"), parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SubbitFormatError(f"header is not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(header, dict):
+        raise SubbitFormatError("header is not a JSON object")
+    data = memoryview(blob)[8 + hlen :]
+    meta = header.pop("__metadata__", None)
+    if not isinstance(meta, dict) or not isinstance(meta.get("subbit"), str):
+        raise SubbitFormatError("header has no __metadata__['subbit'] manifest: not a .subbit file")
+    entries = _check_entries(header, len(data))
+    try:
+        manifest = json.loads(meta["subbit"], parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise SubbitFormatError(f"manifest is not valid JSON: {str(exc)[:120]}") from None
+    manifest = validate_manifest(manifest, {n: (e[0], e[1]) for n, e in entries.items()})
+    if hashlib.sha256(data).hexdigest() != manifest["data_sha256"]:
+        raise SubbitFormatError("data section sha256 does not match the manifest: file corrupted or tampered")
+    arrays = {}
+    for name, (dtype, shape, begin, end) in entries.items():
+        arr = np.frombuffer(data[begin:end], dtype=_NP[dtype]).reshape(shape).copy()
+        if dtype == "BOOL" and arr.size and arr.view(np.uint8).max() > 1:
+            raise SubbitFormatError(f"tensor {name!r}: BOOL values other than 0/1")
+        arrays[name] = arr
+    _check_payload(manifest, arrays)
+    return manifest, arrays
+
+
+def _check_entries(header: dict[str, Any], data_len: int) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+    out = {}
+    for name, e in header.items():
+        where = f"header tensor {name!r:.80}"
+        if not isinstance(e, dict) or set(e) != {"dtype", "shape", "data_offsets"}:
+            raise SubbitFormatError(f"{where}: expected exactly dtype, shape, data_offsets")
+        dtype = e["dtype"]
+        if not isinstance(dtype, str) or dtype not in _NP:
+            raise SubbitFormatError(f"{where}: unsupported dtype {dtype!r:.20}")
+        shape, offs = e["shape"], e["data_offsets"]
+        if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= 2**40 for d in shape) or len(shape) > 8:
+            raise SubbitFormatError(f"{where}: bad shape {shape!r:.80}")
+        if not isinstance(offs, list) or len(offs) != 2 or not all(type(o) is int for o in offs):
+            raise SubbitFormatError(f"{where}: bad data_offsets {offs!r:.80}")
+        begin, end = offs
+        if not 0 <= begin <= end <= data_len:
+            raise SubbitFormatError(f"{where}: data_offsets {offs} outside the data section ({data_len} bytes)")
+        if end - begin != math.prod(shape) * _NP[dtype].itemsize:
+            raise SubbitFormatError(f"{where}: {end - begin} bytes do not hold {dtype} {shape}")
+        out[name] = (dtype, tuple(shape), begin, end)
+    pos = 0
+    for name, (_, _, begin, end) in sorted(out.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if begin != pos:
+            raise SubbitFormatError(f"header tensor {name!r:.80}: data not contiguous (starts at {begin}, expected {pos})")
+        pos = end
+    if pos != data_len:
+        raise SubbitFormatError(f"data section has {data_len} bytes, tensors cover {pos}: truncated or padded file")
+    return out
+
+
+def _check_payload(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    for name, q in manifest["quantized"].items():
+        cb = arrays[name + CODEBOOK_SUFFIX]
+        if not np.all(np.isfinite(cb)):
+            raise SubbitFormatError(f"tensor {name!r}: codebook has non-finite values")
+        _, k = matrix_rows(tuple(q["shape"]))
+        if not padding_is_zero(arrays[name + IDX_SUFFIX], q["bits"], k):
+            raise SubbitFormatError(f"tensor {name!r}: non-zero padding indices")
+    for name, f in manifest["float"].items():
+        if f["dtype"] in ("F32", "F16") and not np.all(np.isfinite(arrays[name])):
+            raise SubbitFormatError(f"tensor {name!r}: non-finite values")
+
+
+@dataclass
+class PackedModel:
+    """A loaded ``.subbit`` file for the runtime: quantized tensors stay packed."""
+
+    manifest: dict[str, Any]
+    packed: dict[str, PackedTensor]
+    floats: dict[str, np.ndarray]
+    tokenizer_bytes: bytes | None
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        return self.manifest["arch"]
+
+
+def load_packed(path: str | os.PathLike[str]) -> PackedModel:
+    """Validated packed tensors, float tensors (float32) and tokenizer bytes of a ``.subbit`` file."""
+    manifest, arrays = read_container(path)
+    packed = {}
+    for name, q in manifest["quantized"].items():
+        packed[name] = PackedTensor(
+            bits=q["bits"], shape=tuple(q["shape"]), packed=arrays[name + IDX_SUFFIX],
+            codebook=arrays[name + CODEBOOK_SUFFIX], groups=q["groups"], granularity=q["granularity"],
+            method=q["method"], mu=q["mu"],
+        )  # fmt: skip
+    floats = {n: (arrays[n].astype(np.float32) if manifest["float"][n]["dtype"] == "F16" else arrays[n])
+              for n in manifest["float"]}  # fmt: skip
+    tok = bytes(arrays[TOKENIZER_TENSOR].tobytes()) if manifest["tokenizer"] is not None else None
+    return PackedModel(manifest, packed, floats, tok)
+
+
+def load_dequantized(path: str | os.PathLike[str], *, codebook: str = "float") -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(manifest, state_dict)`` of plain torch tensors under the original parameter names.
+
+    ``codebook="float"`` gives the converted training model's weights exactly;
+    ``codebook="int8"`` gives the deployed weights the kernels compute with (int8-rounded table).
+    """
+    import torch
+
+    if codebook not in ("float", "int8"):
+        raise ValueError(f"codebook must be 'float' or 'int8', got {codebook!r}")
+    pm = load_packed(path)
+    state: dict[str, Any] = {}
+    for name, pt in pm.packed.items():
+        if codebook == "float":
+            w = pt.dequantize()
+        else:
+            lut, scales = int8_codebook(pt)
+            flat = pt.indices().reshape(pt.groups, -1)
+            w = (np.take_along_axis(lut.astype(np.float32), flat, axis=1) * scales[:, None]).reshape(pt.shape)
+        state[name] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+    for name, arr in pm.floats.items():
+        state[name] = torch.from_numpy(np.ascontiguousarray(arr))
+    return pm.manifest, state
+

@@ -1,0 +1,81 @@
+"""NumPy log-mel frontend for streaming: the same numbers as :class:`subbit.asr.features.LogMel`.
+
+The runtime must not pull torch into the process (it would dominate resident memory), so the
+STFT + mel filterbank is re-done here with ``numpy.fft.rfft``. Framing is ``center=False``:
+frame ``i`` covers samples ``[i * hop, i * hop + n_fft)``, so feeding audio in pieces gives the
+same frames as one call on the whole signal; samples not yet covered by a full frame wait in
+a buffer. tests/runtime/test_session.py checks parity with the torch frontend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale."""
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
+                   f_max: float | None = None) -> np.ndarray:
+    """``[n_fft // 2 + 1, n_mels]`` triangular HTK filters (peak 1), float32."""
+    f_max = sample_rate / 2 if f_max is None else f_max
+    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    pts = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    lo, ctr, hi = pts[:-2], pts[1:-1], pts[2:]
+    up = (freqs[:, None] - lo[None]) / (ctr - lo)[None]
+    down = (hi[None] - freqs[:, None]) / (hi - ctr)[None]
+    return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)
+
+
+class StreamingLogMel:
+    """Audio pieces in, complete log-mel frames ``[t, n_mels]`` out."""
+
+    def __init__(self, sample_rate: int = 16000, n_fft: int = 400, hop_length: int = 160,
+                 n_mels: int = 80, log_offset: float = 1e-6, fbank: np.ndarray | None = None,
+                 window: np.ndarray | None = None, mean: np.ndarray | None = None,
+                 std: np.ndarray | None = None) -> None:
+        if hop_length < 1 or n_fft < hop_length:
+            raise ValueError(f"need 1 <= hop_length <= n_fft, got hop_length={hop_length}, n_fft={n_fft}")
+        self.sample_rate, self.n_fft, self.hop, self.n_mels = sample_rate, n_fft, hop_length, n_mels
+        self.log_offset = np.float32(log_offset)
+        if window is None:  # periodic Hann, as torch.hann_window
+            window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+        self.window = np.asarray(window, dtype=np.float32)
+        self.fbank = mel_filterbank(sample_rate, n_fft, n_mels) if fbank is None else np.asarray(fbank, np.float32)
+        if self.fbank.shape != (n_fft // 2 + 1, n_mels):
+            raise ValueError(f"fbank must be [{n_fft // 2 + 1}, {n_mels}], got {self.fbank.shape}")
+        # fixed global normalisation (LogMel.set_stats); identity when absent
+        self.mean = None if mean is None else np.asarray(mean, np.float32).reshape(n_mels)
+        self.std = None if std is None else np.maximum(np.asarray(std, np.float32).reshape(n_mels), 1e-5)
+        self.reset()
+
+    def reset(self) -> None:
+        self.buf = np.zeros(0, dtype=np.float32)
+
+    def frames(self, wave: np.ndarray) -> np.ndarray:
+        """Log-mel of a whole signal (no state)."""
+        n = 0 if wave.shape[0] < self.n_fft else 1 + (wave.shape[0] - self.n_fft) // self.hop
+        if n == 0:
+            return np.zeros((0, self.n_mels), np.float32)
+        idx = np.arange(self.n_fft)[None, :] + self.hop * np.arange(n)[:, None]
+        spec = np.fft.rfft(wave[idx] * self.window, axis=1)
+        power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float32)
+        feats = np.log(power @ self.fbank + self.log_offset).astype(np.float32)
+        if self.mean is not None:
+            feats = feats - self.mean
+        if self.std is not None:
+            feats = feats / self.std
+        return feats
+
+    def accept(self, samples: np.ndarray) -> np.ndarray:
+        """Append samples; return every frame they complete."""
+        self.buf = np.concatenate([self.buf, np.asarray(samples, dtype=np.float32)])
+        out = self.frames(self.buf)
+        self.buf = self.buf[out.shape[0] * self.hop :]
+        return out

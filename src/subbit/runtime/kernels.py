@@ -1,0 +1,274 @@
+"""Packed-weight linear layer: ctypes loader for the C kernels, CPU dispatch, NumPy reference.
+
+``packed_linear(x, w)`` computes ``x @ W^T (+ bias)`` for a bit-packed weight ``W [N, K]``
+(:class:`subbit.export.bitpack.PackedTensor`). Numerics, the same on every path:
+
+* codebook -> int8 table per group: ``s = max|c| / 127``, ``lut = rint(c / s)`` (the deployed
+  model *is* this rounded table; see :func:`int8_codebook`);
+* activations -> int8 per row and call: ``sx = max|x| / 127``, ``xq = rint(x * (127 / max|x|))``;
+* ``acc = sum_k xq * lut[idx]`` exact in int32; ``y = float32(acc) * (sx * s) + bias``.
+
+So every C path equals :func:`reference_packed_linear` bit for bit (tolerance 0; the integer
+sum is exact and the float epilogue is the same three float32 operations).
+
+Paths: ``ref`` (NumPy), ``c`` (portable C), ``avx2``, ``avx512`` (VNNI + VBMI). The default is
+the best one the CPU has; ``SUBBIT_KERNEL=ref|c|avx2|avx512`` or ``path=`` forces one. If the
+compiled library is missing the NumPy reference is used and a warning is logged once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from subbit.export.bitpack import PackedTensor, int8_codebook, padded_length, unpack_rows
+
+log = logging.getLogger(__name__)
+
+PATHS = ("ref", "c", "avx2", "avx512")
+_C_PATH_IDS = {"c": 1, "avx2": 2, "avx512": 3}
+_ERRORS = {-1: "bad argument", -2: "path not supported by this CPU", -3: "out of memory"}
+
+_lib: ctypes.CDLL | None = None
+_lib_tried = False
+_available: list[str] | None = None
+
+
+def _library_file() -> Path | None:
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        cand = here / f"_kernels{suffix}"
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _load() -> ctypes.CDLL | None:
+    """Load the compiled kernels once; None (with one warning) when unavailable."""
+    global _lib, _lib_tried, _available
+    if _lib_tried:
+        return _lib
+    _lib_tried = True
+    _available = None
+    path = _library_file()
+    if path is None:
+        log.warning("subbit kernels library not built (runtime/_kernels*.so missing): using the NumPy reference")
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+        vp, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.subbit_packed_linear.argtypes = [ctypes.c_int, vp, i64, i64, vp, i64, ctypes.c_int, vp, vp, i64, vp, vp, vp]
+        lib.subbit_packed_linear.restype = ctypes.c_int
+        lib.subbit_rowsums.argtypes = [vp, i64, i64, ctypes.c_int, vp, i64, vp]
+        lib.subbit_rowsums.restype = ctypes.c_int
+        lib.subbit_supported_paths.restype = ctypes.c_int
+        lib.subbit_best_path.restype = ctypes.c_int
+        lib.subbit_read_sum.argtypes = [vp, i64]
+        lib.subbit_read_sum.restype = ctypes.c_uint64
+    except (OSError, AttributeError) as exc:
+        log.warning("subbit kernels library %s failed to load (%s): using the NumPy reference", path, exc)
+        return None
+    _lib = lib
+    return lib
+
+
+def available_paths() -> list[str]:
+    """Paths that run here, best last: always ``ref``, then the C paths this CPU supports."""
+    global _available
+    lib = _load()
+    if lib is None:
+        return ["ref"]
+    if _available is None:
+        mask = int(lib.subbit_supported_paths())
+        _available = ["ref"] + [name for name, pid in _C_PATH_IDS.items() if mask & (1 << pid)]
+    return list(_available)
+
+
+def default_path() -> str:
+    """``SUBBIT_KERNEL`` when set, else the best available path."""
+    forced = os.environ.get("SUBBIT_KERNEL", "").strip().lower()
+    if forced:
+        return _check_path(forced, source="SUBBIT_KERNEL")
+    return available_paths()[-1]
+
+
+def _check_path(path: str, source: str = "path") -> str:
+    if path not in PATHS:
+        raise ValueError(f"{source} must be one of {PATHS}, got {path!r}")
+    if _available is not None and path in _available and _lib is not None:
+        return path
+    if path not in available_paths():
+        raise ValueError(f"{source}={path!r} is not available here (available: {available_paths()})")
+    return path
+
+
+# -- int8 codebook ----------------------------------------------------------------------------
+def lut_stride(bits: int) -> int:
+    """Entries per group in the kernels' table: 2**bits, padded to 16 for one pshufb register."""
+    return max(16, 1 << bits)
+
+
+# -- prepared weights --------------------------------------------------------------------------
+@dataclass
+class PreparedWeight:
+    """Everything the kernels read for one weight, built once per tensor (:func:`prepare`)."""
+
+    bits: int
+    n: int
+    k: int
+    groups: int
+    packed: np.ndarray  # uint8 [N, row_bytes], C-contiguous
+    lut: np.ndarray  # int8 [G, lut_stride(bits)], zero padded
+    scales: np.ndarray  # float32 [G]
+    rowsum: np.ndarray  # int32 [N]: sum of the padded row's int8 weights (VNNI offset correction)
+
+    def __post_init__(self) -> None:
+        # raw addresses, taken once: reading .ctypes.data costs about a microsecond per call
+        self._ptrs = (self.packed.ctypes.data, self.lut.ctypes.data, self.scales.ctypes.data, self.rowsum.ctypes.data)
+
+
+def prepare(w: PackedTensor | PreparedWeight) -> PreparedWeight:
+    """Int8 tables, row sums and contiguous buffers for ``w`` (cached on the PackedTensor)."""
+    if isinstance(w, PreparedWeight):
+        return w
+    if not isinstance(w, PackedTensor):
+        raise ValueError(f"expected a PackedTensor or PreparedWeight, got {type(w).__name__}")
+    cached = w.runtime_cache.get("prepared")
+    if cached is not None:
+        return cached
+    n, k = w.matrix_shape
+    if w.groups not in (1, n):
+        raise ValueError(f"kernels need one codebook per tensor or per row: groups={w.groups}, rows={n}")
+    lut8, scales = int8_codebook(w)
+    lut = np.zeros((w.groups, lut_stride(w.bits)), dtype=np.int8)
+    lut[:, : lut8.shape[1]] = lut8
+    packed = np.ascontiguousarray(w.packed, dtype=np.uint8).reshape(n, -1)
+    rowsum = _rowsums(packed, n, k, w.bits, lut, w.groups)
+    prep = PreparedWeight(w.bits, n, k, w.groups, packed, lut, scales, rowsum)
+    w.runtime_cache["prepared"] = prep
+    return prep
+
+
+def _rowsums(packed: np.ndarray, n: int, k: int, bits: int, lut: np.ndarray, groups: int) -> np.ndarray:
+    out = np.zeros(n, dtype=np.int32)
+    lib = _load()
+    if lib is not None and n:
+        rc = lib.subbit_rowsums(packed.ctypes.data, n, k, bits, lut.ctypes.data, groups, out.ctypes.data)
+        if rc != 0:
+            raise ValueError(f"rowsums failed: {_ERRORS.get(rc, rc)}")
+        return out
+    idx = unpack_rows(packed, bits, padded_length(k)).astype(np.int64)  # padding index 0 counts
+    g = np.zeros(n, dtype=np.int64) if groups == 1 else np.arange(n)
+    return lut[g[:, None], idx].astype(np.int64).sum(axis=1).astype(np.int32)
+
+
+# -- the reference -----------------------------------------------------------------------------
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row int8 activations: ``(xq int8 [M, K], sx float32 [M])``, ``x ~ sx * xq``."""
+    x = np.asarray(x, dtype=np.float32)
+    amax = np.max(np.abs(x), axis=1) if x.shape[1] else np.zeros(x.shape[0], np.float32)
+    ok = amax > 0
+    inv = np.float32(127.0) / np.where(ok, amax, np.float32(1.0)).astype(np.float32)
+    xq = np.clip(np.rint(x * inv[:, None]), -127, 127)
+    xq[~ok] = 0
+    sx = np.where(ok, amax / np.float32(127.0), np.float32(0.0)).astype(np.float32)
+    return xq.astype(np.int8), sx
+
+
+def reference_packed_linear(x: np.ndarray, w: PackedTensor | PreparedWeight, bias: np.ndarray | None = None) -> np.ndarray:
+    """NumPy model of the kernels with the same integer math (bit-identical results)."""
+    p = prepare(w)
+    x = _check_x(x, p.k)
+    bias = _check_bias(bias, p.n)
+    xq, sx = quantize_activations(x)
+    idx = unpack_rows(p.packed, p.bits, p.k).astype(np.int64)
+    g = np.zeros(p.n, dtype=np.int64) if p.groups == 1 else np.arange(p.n)
+    w8 = p.lut[g[:, None], idx].astype(np.int64)  # [N, K]
+    acc = (xq.astype(np.int64) @ w8.T).astype(np.int32)
+    scale = sx[:, None] * p.scales[g][None, :]  # float32
+    y = acc.astype(np.float32) * scale
+    if bias is not None:
+        y = y + bias[None, :]
+    return y.astype(np.float32, copy=False)
+
+
+def dequantized_weight(w: PackedTensor | PreparedWeight) -> np.ndarray:
+    """The deployed float32 weight ``[N, K]``: ``s_g * lut[idx]`` (what the kernels multiply by)."""
+    p = prepare(w)
+    idx = unpack_rows(p.packed, p.bits, p.k).astype(np.int64)
+    g = np.zeros(p.n, dtype=np.int64) if p.groups == 1 else np.arange(p.n)
+    return (p.lut[g[:, None], idx].astype(np.float32) * p.scales[g][:, None]).astype(np.float32)
+
+
+# -- the entry point ---------------------------------------------------------------------------
+def _check_x(x: np.ndarray, k: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != k:
+        raise ValueError(f"x must be [M, {k}], got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _check_bias(bias: np.ndarray | None, n: int) -> np.ndarray | None:
+    if bias is None:
+        return None
+    b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+    if b.shape[0] != n:
+        raise ValueError(f"bias must have {n} entries, got {b.shape[0]}")
+    return b
+
+
+def packed_linear(
+    x: np.ndarray, w: PackedTensor | PreparedWeight, bias: np.ndarray | None = None, *, path: str | None = None
+) -> np.ndarray:
+    """``x [M, K] @ W^T + bias -> float32 [M, N]`` through the chosen (or best) kernel path.
+
+    A 1-D ``x`` is treated as one row and gives ``[1, N]``. Non-finite inputs give undefined
+    outputs (the activation scale would be NaN).
+    """
+    path = default_path() if path is None else _check_path(path)
+    if path == "ref":
+        return reference_packed_linear(x, w, bias)
+    p = prepare(w)
+    xc = _check_x(x, p.k)
+    b = _check_bias(bias, p.n)
+    m = xc.shape[0]
+    y = np.empty((m, p.n), dtype=np.float32)
+    lib = _load()
+    assert lib is not None  # _check_path guarantees it
+    packed, lut, scales, rowsum = p._ptrs
+    rc = lib.subbit_packed_linear(
+        _C_PATH_IDS[path], xc.ctypes.data, m, p.k, packed, p.n, p.bits, lut, scales, p.groups, rowsum,
+        None if b is None else b.ctypes.data, y.ctypes.data,
+    )  # fmt: skip
+    if rc != 0:
+        raise ValueError(f"packed_linear ({path}) failed: {_ERRORS.get(rc, rc)}")
+    return y
+
+
+def read_sum(buf: np.ndarray) -> int:
+    """Read a byte buffer with wide loads (the plain read-bandwidth reference for benchmarks).
+
+    Returns a checksum: the sum mod 2**64 of its little-endian uint64 words plus the tail bytes.
+    """
+    b = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
+    lib = _load()
+    if lib is None:
+        whole = b.size // 8 * 8
+        words = int(b[:whole].view("<u8").sum(dtype=np.uint64)) if whole else 0
+        return (words + int(b[whole:].sum(dtype=np.uint64))) % (1 << 64)
+    return int(lib.subbit_read_sum(b.ctypes.data, b.size))
+
+
+def describe() -> dict[str, Any]:
+    """Library file and paths, for logs and benchmark JSON."""
+    f = _library_file()
+    return {"library": None if f is None else str(f), "available": available_paths(), "default": default_path()}

@@ -1,0 +1,156 @@
+"""Synthetic corpus: grammar, TTS engines, a tiny build with its cache and split rules."""
+
+from __future__ import annotations
+
+import json
+import random
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from subbit.asr.corpus import grammar, tts
+from subbit.asr.corpus.build import SPLITS, BuildOptions, build_corpus, is_cached, plan_voices
+from subbit.asr.data import read_manifest
+
+TINY = BuildOptions(seed=3, n_train=6, n_dev=2, n_test=2, n_espeak_train=3, engines=("espeak",))
+
+
+def test_normalize_text_keeps_only_letters_apostrophes_spaces():
+    assert grammar.normalize_text("  Don't PANIC -- 42 times!\n") == "don't panic times"
+    assert grammar.normalize_text("'quoted' word") == "quoted word"
+
+
+@pytest.mark.parametrize("n,words", [(0, "zero"), (13, "thirteen"), (40, "forty"), (105, "one hundred five"),
+                                     (2024, "two thousand twenty four")])
+def test_number_words(n, words):
+    assert grammar.number_words(n) == words
+
+
+def test_number_words_rejects_out_of_range():
+    with pytest.raises(ValueError, match="out of range"):
+        grammar.number_words(-1)
+
+
+def test_ordinals():
+    assert [grammar.ordinal_words(i) for i in (1, 2, 3, 12, 20, 21)] == [
+        "first", "second", "third", "twelfth", "twentieth", "twenty first"]
+
+
+def test_sentences_are_seeded_normalised_and_respect_exclude():
+    a = grammar.make_sentences(200, random.Random(7), ["an open sentence here"], open_share=0.2)
+    b = grammar.make_sentences(200, random.Random(7), ["an open sentence here"], open_share=0.2)
+    assert a == b
+    assert all(s == grammar.normalize_text(s) and s for s in a)
+    assert "an open sentence here" in a  # the open share is used
+    c = grammar.make_sentences(100, random.Random(8), [], exclude=set(a))
+    assert not set(c) & set(a)
+
+
+def test_fortune_reader_cleans_and_filters(tmp_path):
+    (tmp_path / "fortunes").write_text(
+        "A short one.\n%\nThis fortune has exactly enough words to pass. Tiny.\n"
+        "\t\t-- Somebody Famous\n%\nIt costs $5 and that is too many symbols for us here.\n%\n")
+    (tmp_path / "fortunes.dat").write_bytes(b"\x00\x01")  # index files are ignored
+    got = grammar.fortune_sentences([str(tmp_path)], min_words=4, max_words=20)
+    assert got == ["this fortune has exactly enough words to pass"]
+
+
+def test_espeak_synthesis_is_16k_float_and_voice_dependent():
+    a = tts.synthesize("set a timer", tts.Voice("espeak", "en-us+f2", rate=170, pitch=60))
+    b = tts.synthesize("set a timer", tts.Voice("espeak", "en+m3", rate=170, pitch=30))
+    assert a.dtype == np.float32 and a.ndim == 1 and 0.3 * 16000 < a.size < 5 * 16000
+    assert np.abs(a).max() > 0.01
+    assert a.size != b.size or not np.allclose(a, b)
+
+
+def test_espeak_unknown_voice_is_a_clear_error():
+    with pytest.raises(ValueError, match="not found"):
+        tts.synthesize("hello", tts.Voice("espeak", "xx-nonexistent"))
+
+
+@pytest.mark.skipif(not tts.flite_voices(), reason="flite not installed")
+def test_flite_synthesis():
+    a = tts.synthesize("turn on the lights", tts.Voice("flite", tts.flite_voices()[0]))
+    assert a.dtype == np.float32 and a.size > 0.3 * 16000
+
+
+@pytest.mark.skipif(not tts.festival_voices(), reason="festival not installed")
+def test_festival_batch_one_process_many_texts():
+    out = tts.festival_batch([("a", "hello there"), ("b", 'a "quoted" word')], tts.Voice("festival", tts.festival_voices()[0]))
+    assert len(out) == 2 and all(x.size > 0.2 * 16000 for x in out)
+
+
+def test_heldout_voices_never_in_training():
+    plan = plan_voices(BuildOptions())
+    seen = {(v.engine, v.name) for v, _ in plan["seen"]}
+    held = {(v.engine, v.name) for v, _ in plan["heldout"]}
+    assert not seen & held
+    seen_accents = {v.accent for v, _ in plan["seen"] if v.engine == "espeak"}
+    held_accents = {v.accent for v, _ in plan["heldout"] if v.engine == "espeak"}
+    assert not seen_accents & held_accents
+    assert len(seen) >= 30
+
+
+def test_tiny_build_manifests_audio_and_cache(tmp_path):
+    out = tmp_path / "c"
+    summary = build_corpus(out, TINY, jobs=1, progress=False)
+    assert summary["cached"] is False
+    texts = {}
+    for split in SPLITS:
+        utts = read_manifest(out / f"{split}.jsonl")
+        assert len(utts) == {"train": 6, "dev": 2, "test_seen": 2, "test_heldout": 2}[split]
+        assert summary["splits"][split]["utterances"] == len(utts)
+        for u in utts:
+            info = sf.info(u.audio)
+            assert info.samplerate == 16000 and info.channels == 1 and info.subtype == "PCM_16"
+            assert u.duration == pytest.approx(info.frames / 16000, abs=1e-3)
+            assert u.text == grammar.normalize_text(u.text)
+        texts[split] = utts
+        raw = (out / f"{split}.jsonl").read_text().splitlines()
+        assert not json.loads(raw[0])["audio"].startswith("/")  # relative to the corpus folder
+    train_text = {u.text for u in texts["train"]}
+    for split in ("dev", "test_seen", "test_heldout"):
+        assert not {u.text for u in texts[split]} & train_text
+    train_spk = {u.speaker for u in texts["train"]}
+    assert not {u.speaker for u in texts["test_heldout"]} & train_spk
+    assert {u.speaker for u in texts["test_seen"]} <= train_spk
+
+    # cache: the same options are a no-op (nothing rewritten) ...
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = build_corpus(out, TINY, jobs=1, progress=False)
+    assert again["cached"] is True and is_cached(out, TINY)
+    assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    # ... and a different seed is not
+    assert not is_cached(out, BuildOptions(**{**TINY.__dict__, "seed": 4}))
+
+
+def test_build_is_reproducible_and_parallel_matches_serial(tmp_path):
+    a = build_corpus(tmp_path / "a", TINY, jobs=1, progress=False)
+    b = build_corpus(tmp_path / "b", TINY, jobs=2, progress=False)
+    # espeak-ng keeps a little wave-generator state between utterances, so samples depend on the
+    # synthesis order; texts, voices and (to a few ms) durations must not
+    for split in SPLITS:
+        ua, ub = read_manifest(tmp_path / "a" / f"{split}.jsonl"), read_manifest(tmp_path / "b" / f"{split}.jsonl")
+        assert [(u.id, u.text, u.speaker) for u in ua] == [(u.id, u.text, u.speaker) for u in ub]
+        assert [u.duration for u in ua] == pytest.approx([u.duration for u in ub], abs=0.01)
+
+
+def test_interrupted_build_resumes_without_half_manifest(tmp_path):
+    out = tmp_path / "c"
+    build_corpus(out, TINY, jobs=1, progress=False)
+    (out / "corpus.json").unlink()  # as if the crash came before the summary was written
+    victim = read_manifest(out / "train.jsonl")[0].audio
+    os.remove(victim)
+    summary = build_corpus(out, TINY, jobs=1, progress=False)
+    assert summary["cached"] is False
+    assert sf.info(victim).frames > 0
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_bad_options_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="hours"):
+        BuildOptions.create(hours=0)
+    with pytest.raises(ValueError, match="engine"):
+        build_corpus(tmp_path, BuildOptions(engines=("sapi",)), progress=False)

@@ -1,0 +1,315 @@
+"""The .subbit container: round trips with a real subbit.quant model, size vs theory,
+safetensors compatibility, and refusal of wrong-version / tampered / truncated files."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import subbit.quant as q
+from subbit.export import (
+    SubbitFormatError,
+    export_model,
+    load_dequantized,
+    load_packed,
+    read_container,
+)
+from subbit.export.bitpack import PackedTensor
+from subbit.runtime import kernels
+
+torch.set_num_threads(1)
+
+
+class Toy(nn.Module):
+    """Embedding, Conv1d, LSTM and Linear: the layer kinds the ASR models quantize."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(30, 64)
+        self.conv = nn.Conv1d(64, 64, 3, padding=1)
+        self.lstm = nn.LSTM(64, 64, batch_first=True)
+        self.norm = nn.LayerNorm(64)
+        self.out = nn.Linear(64, 30)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.emb(tokens)
+        h = self.conv(h.transpose(1, 2)).transpose(1, 2)
+        h, _ = self.lstm(h)
+        return self.out(self.norm(h))
+
+
+def prepared_toy(bits: int = 3, granularity: str = "tensor") -> nn.Module:
+    torch.manual_seed(0)
+    m = Toy()
+    cfg = q.QuantConfig.from_dict({"default": {"bits": bits, "granularity": granularity},
+                                   "rules": {"out.weight": {"bits": 5}}})  # fmt: skip
+    q.prepare(m, cfg)
+    q.convert(m)
+    return m.eval()
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_dequantized_round_trip_matches_converted_model(tmp_path: Path, granularity: str) -> None:
+    model = prepared_toy(granularity=granularity)
+    path = tmp_path / "toy.subbit"
+    summary = export_model(model, path, arch={"arch": "toy", "d": 64}, tokenizer_bytes=b"\x00tok\xff",
+                           extra={"note": "test"}, tokenizer_kind="bytes")  # fmt: skip
+    assert summary.file_bytes == path.stat().st_size
+    manifest, state = load_dequantized(path)
+    plain = Toy()
+    assert sorted(state) == sorted(plain.state_dict())
+    plain.load_state_dict(state)
+    plain.eval()
+    tokens = torch.randint(0, 30, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(plain(tokens), model(tokens))
+    assert manifest["arch"] == {"arch": "toy", "d": 64} and manifest["extra"] == {"note": "test"}
+    qmeta = manifest["quantized"]
+    assert set(qmeta) == {t.name for t in q.quantized_tensors(model)}
+    assert qmeta["out.weight"]["bits"] == 5 and qmeta["emb.weight"]["bits"] == 3
+    assert all(v["granularity"] == granularity and v["method"] == "gq" for v in qmeta.values())
+
+
+def test_packed_tensors_hold_the_encoded_indices(tmp_path: Path) -> None:
+    model = prepared_toy()
+    path = tmp_path / "toy.subbit"
+    export_model(model, path, arch={"arch": "toy"}, tokenizer_bytes=b"abc")
+    pm = load_packed(path)
+    assert pm.tokenizer_bytes == b"abc" and pm.arch == {"arch": "toy"}
+    for qt in q.quantized_tensors(model):
+        idx, cb = qt.quantizer.encode(qt.latent)
+        pt = pm.packed[qt.name]
+        np.testing.assert_array_equal(pt.indices(), idx.numpy())
+        np.testing.assert_array_equal(pt.codebook, cb.float().numpy())
+    # the runtime kernel on a loaded weight agrees with its reference
+    w = pm.packed["out.weight"]
+    x = np.random.default_rng(0).normal(size=(2, 64)).astype(np.float32)
+    np.testing.assert_array_equal(kernels.packed_linear(x, w), kernels.reference_packed_linear(x, w))
+
+
+def test_int8_codebook_view_is_the_deployed_weight(tmp_path: Path) -> None:
+    path = tmp_path / "toy.subbit"
+    export_model(prepared_toy(), path, arch={})
+    _, state = load_dequantized(path, codebook="int8")
+    pm = load_packed(path)
+    deployed = kernels.dequantized_weight(pm.packed["lstm.weight_hh_l0"])
+    np.testing.assert_array_equal(state["lstm.weight_hh_l0"].numpy(), deployed)
+
+
+def test_fp16_float_tensors(tmp_path: Path) -> None:
+    model = prepared_toy()
+    path = tmp_path / "toy16.subbit"
+    s32 = export_model(model, tmp_path / "toy32.subbit", arch={})
+    s16 = export_model(model, path, arch={}, fp16_float_tensors=True)
+    assert s16.file_bytes < s32.file_bytes
+    manifest, state = load_dequantized(path)
+    assert manifest["float"]["norm.weight"]["dtype"] == "F16"
+    assert state["out.bias"].dtype == torch.float32
+    torch.testing.assert_close(state["out.bias"], model.out.bias.detach(), rtol=1e-3, atol=1e-3)
+
+
+def test_file_size_within_two_percent_of_theory(tmp_path: Path) -> None:
+    """theory = sum over groups of ceil(N_g * b / 8) + codebooks + float tensors + header."""
+
+    class Wide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Linear(80, 256)
+            self.lstm = nn.LSTM(256, 256)
+            self.out = nn.Linear(256, 30)
+
+    torch.manual_seed(0)
+    model = Wide()
+    q.prepare(model, q.QuantConfig.from_dict({"default": {"bits": 3}}))
+    q.convert(model)
+    s = export_model(model, tmp_path / "wide.subbit", arch={"arch": "wide"})
+    theory = s.header_bytes
+    for qt in q.quantized_tensors(model):
+        per_group = qt.latent.numel() // qt.quantizer.num_groups
+        theory += qt.quantizer.num_groups * (-(-per_group * qt.quantizer.bits // 8) + 4 * qt.quantizer.levels)
+    theory += sum(4 * p.numel() for n, p in model.named_parameters() if n.split(".")[-1].startswith("bias"))
+    assert theory == s.theory_bytes
+    size = (tmp_path / "wide.subbit").stat().st_size
+    assert size == s.file_bytes
+    assert size <= 1.02 * theory, f"{size} bytes vs theory {theory}"
+    assert s.fp32_bytes > 8 * s.quantized_bytes
+    text = str(s)
+    assert "lstm.weight_hh_l0" in text and "fp32" in text and "theory" in text
+
+
+def test_readable_by_safetensors(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    path = tmp_path / "toy.subbit"
+    export_model(prepared_toy(), path, arch={"arch": "toy"})
+    manifest, arrays = read_container(path)
+    with safe_open(str(path), framework="np") as f:
+        assert json.loads(f.metadata()["subbit"]) == manifest
+        assert set(f.keys()) == set(arrays)
+        for name in f.keys():
+            np.testing.assert_array_equal(f.get_tensor(name), arrays[name])
+
+
+@dataclass
+class FakeQT:
+    name: str
+    quantizer: object
+    latent: torch.Tensor
+
+
+class FakeQuantizer:
+    """Stand-in with the WeightQuantizer export surface (encode, bits, granularity, method)."""
+
+    method = "fake"
+
+    def __init__(self, idx: torch.Tensor, codebook: torch.Tensor, bits: int) -> None:
+        self.idx, self.codebook, self.bits, self.granularity = idx, codebook, bits, "tensor"
+
+    def encode(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.idx, self.codebook
+
+
+def test_explicit_quantized_list(tmp_path: Path) -> None:
+    lin = nn.Linear(16, 4)
+    idx = torch.randint(0, 4, (4, 16))
+    cb = torch.tensor([[-1.0, -0.5, 0.5, 1.0]])
+    qt = FakeQT("weight", FakeQuantizer(idx, cb, 2), lin.weight)
+    export_model(lin, tmp_path / "f.subbit", arch={}, quantized=[qt])
+    _, state = load_dequantized(tmp_path / "f.subbit")
+    assert torch.equal(state["weight"], cb[0][idx])
+    assert torch.equal(state["bias"], lin.bias.detach())
+    bad = FakeQT("weight", FakeQuantizer(idx + 4, cb, 2), lin.weight)
+    with pytest.raises(ValueError, match="weight"):
+        export_model(lin, tmp_path / "g.subbit", arch={}, quantized=[bad])
+    assert not (tmp_path / "g.subbit").exists()
+
+
+# -- refusal ------------------------------------------------------------------------------------
+def rewrite_header(blob: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8 : 8 + n])
+    manifest = json.loads(header["__metadata__"]["subbit"])
+    edit(header, manifest)
+    header["__metadata__"]["subbit"] = json.dumps(manifest)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    return struct.pack("<Q", len(h)) + h + blob[8 + n :]
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("c") / "toy.subbit"
+    export_model(prepared_toy(), path, arch={"arch": "toy"}, tokenizer_bytes=b"tok")
+    return path.read_bytes()
+
+
+def load_bytes(tmp_path: Path, data: bytes) -> None:
+    p = tmp_path / "x.subbit"
+    p.write_bytes(data)
+    read_container(p)
+
+
+def test_intact_blob_loads(tmp_path: Path, blob: bytes) -> None:
+    load_bytes(tmp_path, blob)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda h, m: m.update(schema_version=2), "unsupported version 2"),
+        (lambda h, m: m.update(format="other"), "not a .subbit file"),
+        (lambda h, m: m["quantized"]["out.weight"].update(bits=9), r"bits: 9 outside \[1, 8\]"),
+        (lambda h, m: m["quantized"]["out.weight"].update(bits=4), "expected U8"),
+        (lambda h, m: m["quantized"]["out.weight"].update(shape=[30, 65]), "count"),
+        (lambda h, m: m["quantized"]["out.weight"].update(groups=2), "groups"),
+        (lambda h, m: m["quantized"]["out.weight"].update(packing="dense"), "packing"),
+        (lambda h, m: m["float"].pop("out.bias"), "do not match the manifest"),
+        (lambda h, m: m.update(data_sha256="0" * 64), "sha256"),
+        (lambda h, m: h["out.bias"].update(dtype="F64"), "unsupported dtype"),
+        (lambda h, m: h["out.bias"].update(data_offsets=[0, 4]), "bytes do not hold"),
+    ],
+)
+def test_tampered_header_is_refused(tmp_path: Path, blob: bytes, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SubbitFormatError, match=message):
+        load_bytes(tmp_path, rewrite_header(blob, edit))
+
+
+def test_tampered_data_and_truncation_are_refused(tmp_path: Path, blob: bytes) -> None:
+    flipped = bytearray(blob)
+    flipped[-10] ^= 0x01
+    with pytest.raises(SubbitFormatError, match="sha256"):
+        load_bytes(tmp_path, bytes(flipped))
+    for cut in (0, 5, 8, 100, len(blob) // 2, len(blob) - 1):
+        with pytest.raises(SubbitFormatError):
+            load_bytes(tmp_path, blob[:cut])
+    with pytest.raises(SubbitFormatError, match="cover"):
+        load_bytes(tmp_path, blob + b"\x00" * 8)
+
+
+def test_nonzero_padding_and_nan_codebook_are_refused(tmp_path: Path) -> None:
+    pt = PackedTensor.from_indices(np.zeros((2, 5), np.int64), np.zeros((1, 4), np.float32), 2)
+    from subbit.export.container import write_packed
+
+    pt.packed[0, -1] = 0x80  # a padding index
+    write_packed(tmp_path / "p.subbit", {"w": pt}, {}, arch={})
+    with pytest.raises(SubbitFormatError, match="padding"):
+        read_container(tmp_path / "p.subbit")
+    pt = PackedTensor.from_indices(np.zeros((2, 8), np.int64), np.full((1, 4), np.nan, np.float32), 2)
+    write_packed(tmp_path / "n.subbit", {"w": pt}, {}, arch={})
+    with pytest.raises(SubbitFormatError, match="non-finite"):
+        read_container(tmp_path / "n.subbit")
+
+
+def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_container(tmp_path / "nope.subbit")
+
+
+def make_tiny_run(run_dir: Path, arch: str) -> nn.Module:
+    """A real run directory: tiny preset transducer, GQ-prepared and converted, char tokenizer."""
+    from subbit.asr.checkpoint import RunPaths, write_run_config
+    from subbit.asr.models.presets import build_from_config, preset_config
+    from subbit.asr.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    tok = Tokenizer("char", chars=list("abc "))
+    model_cfg = preset_config(arch, "tiny", vocab_size=tok.vocab_size, n_mels=16)
+    quant = {"default": {"bits": 4}}
+    paths = RunPaths(run_dir)
+    run_dir.mkdir(parents=True)
+    write_run_config(paths, model_config=model_cfg, tokenizer_kind="char", vocab_size=tok.vocab_size, quant=quant,
+                     train_args={}, data_dir=str(run_dir))  # fmt: skip
+    tok.save(paths.tokenizer)
+    model = q.prepare(build_from_config(model_cfg), q.QuantConfig.from_dict(quant))
+    q.convert(model)
+    torch.save(model.state_dict(), paths.final)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["rnnt", "conformer"])
+def test_cli_export_of_a_run(tmp_path: Path, arch: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from subbit.asr.models.presets import build_from_config
+    from subbit.cli import main
+
+    model = make_tiny_run(tmp_path / "run", arch)
+    out = tmp_path / "m.subbit"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--json", str(tmp_path / "s.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "fp32 model / file" in printed and out.is_file()
+    manifest, state = load_dequantized(out)
+    assert manifest["arch"]["arch"] == arch and manifest["tokenizer"]["kind"] == "char"
+    plain = build_from_config(manifest["arch"])
+    plain.load_state_dict(state)  # strict: the keys are the unprepared model's names
+    for name, p in model.state_dict().items():
+        if name in state and ".subbit_quant." not in name:
+            assert torch.equal(state[name], p)
+    for qt in q.quantized_tensors(model):
+        assert torch.equal(state[qt.name], qt.quantizer.hard(qt.latent))
+    assert json.loads((tmp_path / "s.json").read_text())["file_bytes"] == out.stat().st_size

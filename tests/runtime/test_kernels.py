@@ -1,0 +1,168 @@
+"""Packed-weight kernels: every C path equals the NumPy reference bit for bit; the reference is
+within the int8 quantization error bound of the float product; dispatch and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from subbit.export.bitpack import PackedTensor, int8_codebook, unpack_rows
+from subbit.runtime import kernels
+
+torch.set_num_threads(1)
+
+C_PATHS = [p for p in kernels.available_paths() if p != "ref"]
+SHAPES = [(1, 4, 32), (3, 7, 33), (2, 13, 100), (1, 9, 8), (4, 5, 64), (1, 17, 200), (2, 6, 88)]
+
+
+def make_weight(rng: np.random.Generator, bits: int, n: int, k: int, granularity: str) -> PackedTensor:
+    g = n if granularity == "channel" else 1
+    idx = rng.integers(0, 1 << bits, (n, k))
+    cb = np.sort(rng.normal(size=(g, 1 << bits)), axis=1).astype(np.float32)
+    return PackedTensor.from_indices(idx, cb, bits, granularity=granularity)
+
+
+def test_paths_listed() -> None:
+    paths = kernels.available_paths()
+    assert paths[0] == "ref" and set(paths) <= set(kernels.PATHS)
+    assert kernels.default_path() in paths
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_c_paths_equal_reference(bits: int, granularity: str) -> None:
+    if not C_PATHS:
+        pytest.skip("compiled kernels not available")
+    rng = np.random.default_rng(bits)
+    for m, n, k in SHAPES:
+        w = make_weight(rng, bits, n, k, granularity)
+        x = (rng.normal(size=(m, k)) * rng.uniform(0.1, 10)).astype(np.float32)
+        bias = rng.normal(size=n).astype(np.float32)
+        ref = kernels.reference_packed_linear(x, w, bias)
+        for path in C_PATHS:
+            y = kernels.packed_linear(x, w, bias, path=path)
+            assert y.shape == (m, n) and y.dtype == np.float32
+            np.testing.assert_array_equal(y, ref, err_msg=f"{path} bits={bits} {m}x{n}x{k}")
+
+
+@pytest.mark.parametrize("path", C_PATHS or ["ref"])
+def test_many_blocks_and_rows(path: str) -> None:
+    """Odd row counts (4-row groups + tail) and odd block counts (2-block zmm loop + tail)."""
+    rng = np.random.default_rng(7)
+    for bits in (1, 3, 4, 6, 8):
+        w = make_weight(rng, bits, 11, 5 * 32 + 24, "tensor")
+        x = rng.normal(size=(2, 5 * 32 + 24)).astype(np.float32)
+        np.testing.assert_array_equal(kernels.packed_linear(x, w, path=path), kernels.reference_packed_linear(x, w))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 5, 8])
+def test_reference_within_quantization_bound(bits: int) -> None:
+    """|y - x @ W^T| <= the worst case of rounding x to sx*xq and c to s*lut (+ float slack).
+
+    x = sx*xq + ex, |ex| <= sx/2; w = s*w8 + ew, |ew| <= s/2, so
+    |x.w - y| <= (s/2) sum|sx*xq| + (sx/2) sum|s*w8| + K*sx*s/4.
+    """
+    rng = np.random.default_rng(100 + bits)
+    n, k = 12, 96
+    w = make_weight(rng, bits, n, k, "channel")
+    x = rng.normal(size=(3, k)).astype(np.float32)
+    y = kernels.reference_packed_linear(x, w)
+    exact = x.astype(np.float64) @ w.dequantize().reshape(n, k).astype(np.float64).T
+    xq, sx = kernels.quantize_activations(x)
+    lut, s = int8_codebook(w)
+    w8 = np.take_along_axis(lut.astype(np.float64), w.indices().reshape(n, k), axis=1)
+    bound = (
+        (s[None, :] / 2) * np.abs(sx[:, None] * xq.astype(np.float64)).sum(1, keepdims=True)
+        + (sx[:, None] / 2) * (s[:, None] * np.abs(w8)).sum(1)[None, :]
+        + k * sx[:, None] * s[None, :] / 4
+    )
+    err = np.abs(y - exact)
+    assert np.all(err <= bound * (1 + 1e-5) + 1e-5)
+    # and the bound is not vacuous: the typical error is a small fraction of the output scale
+    assert np.median(err) < 0.05 * np.median(np.abs(exact)) + 1e-3
+
+
+def test_activation_quantization_is_symmetric_int8() -> None:
+    x = np.array([[0.0, 1.0, -2.0, 0.5], [0, 0, 0, 0]], np.float32)
+    xq, sx = kernels.quantize_activations(x)
+    np.testing.assert_array_equal(xq[0], [0, 64, -127, 32])  # 0.5*63.5=31.75 -> 32; 63.5 -> 64 (even)
+    assert sx[0] == np.float32(2.0) / np.float32(127) and sx[1] == 0
+    assert not xq[1].any()
+
+
+def test_zero_input_gives_bias() -> None:
+    rng = np.random.default_rng(3)
+    w = make_weight(rng, 4, 5, 40, "tensor")
+    bias = rng.normal(size=5).astype(np.float32)
+    for path in kernels.available_paths():
+        np.testing.assert_array_equal(kernels.packed_linear(np.zeros((1, 40), np.float32), w, bias, path=path)[0], bias)
+
+
+def test_rowsums_match_decoded_weights() -> None:
+    rng = np.random.default_rng(5)
+    for bits in (2, 5, 7):
+        w = make_weight(rng, bits, 6, 45, "channel")
+        prep = kernels.prepare(w)
+        kp = 48
+        idx = unpack_rows(prep.packed, bits, kp).astype(np.int64)
+        expect = np.take_along_axis(prep.lut.astype(np.int64), idx, axis=1).sum(1)
+        np.testing.assert_array_equal(prep.rowsum, expect)
+
+
+def test_prepare_is_cached_and_deployed_weight() -> None:
+    rng = np.random.default_rng(9)
+    w = make_weight(rng, 3, 4, 32, "tensor")
+    assert kernels.prepare(w) is kernels.prepare(w)
+    x = rng.normal(size=(1, 32)).astype(np.float32)
+    # the kernels compute with the int8-rounded weight: float product with it is close to y
+    deployed = kernels.dequantized_weight(w)
+    np.testing.assert_allclose(kernels.packed_linear(x, w), x @ deployed.T, rtol=0.05, atol=0.05)
+
+
+def test_env_var_forces_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUBBIT_KERNEL", "ref")
+    assert kernels.default_path() == "ref"
+    monkeypatch.setenv("SUBBIT_KERNEL", "bogus")
+    with pytest.raises(ValueError, match="SUBBIT_KERNEL"):
+        kernels.default_path()
+
+
+def test_bad_inputs() -> None:
+    rng = np.random.default_rng(1)
+    w = make_weight(rng, 4, 3, 16, "tensor")
+    with pytest.raises(ValueError, match=r"\[M, 16\]"):
+        kernels.packed_linear(np.zeros((1, 15), np.float32), w)
+    with pytest.raises(ValueError, match="bias"):
+        kernels.packed_linear(np.zeros((1, 16), np.float32), w, np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="path"):
+        kernels.packed_linear(np.zeros((1, 16), np.float32), w, path="gpu")
+    odd = PackedTensor.from_indices(np.zeros(12, np.int64), np.zeros((12, 2), np.float32), 1, granularity="channel")
+    with pytest.raises(ValueError, match="groups"):
+        kernels.prepare(odd)
+
+
+def test_read_sum() -> None:
+    buf = np.random.default_rng(0).integers(0, 256, 1003, dtype=np.uint8)
+    words = sum(int(v) for v in buf[:1000].view("<u8"))
+    assert kernels.read_sum(buf) == (words + int(buf[1000:].sum())) % (1 << 64)
+
+
+def test_missing_library_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(11)
+    w_c = make_weight(rng, 5, 6, 45, "tensor")
+    w_np = PackedTensor.from_indices(w_c.indices(), w_c.codebook, 5)
+    expect_rowsum = kernels.prepare(w_c).rowsum
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_lib_tried", False)
+    monkeypatch.setattr(kernels, "_library_file", lambda: None)
+    x = rng.normal(size=(2, 45)).astype(np.float32)
+    with caplog.at_level("WARNING", logger="subbit.runtime.kernels"):
+        assert kernels.available_paths() == ["ref"]
+        y = kernels.packed_linear(x, w_np)
+        kernels.packed_linear(x, w_np)
+    assert sum("NumPy reference" in r.getMessage() for r in caplog.records) == 1
+    np.testing.assert_array_equal(kernels.prepare(w_np).rowsum, expect_rowsum)  # NumPy row sums
+    np.testing.assert_array_equal(y, kernels.reference_packed_linear(x, w_c))
+    with pytest.raises(ValueError, match="not available"):
+        kernels.packed_linear(x, w_np, path="c")

@@ -1,0 +1,132 @@
+"""Packed runtime vs the dequantized PyTorch model: tiny presets, GQ 4-bit, prepare -> convert -> export.
+
+Tolerance: the runtime computes every quantized matmul with int8 activations (per row, step
+max|x|/127) against the deployed int8 codebook. The reference is the same model with the same
+deployed weights (``load_dequantized(codebook="int8")``) in float, so only activation rounding
+differs: we require a relative error ||y - y_ref|| / ||y_ref|| <= 3% on encoder outputs and joiner
+logits (measured ~0.5-1% through the tiny encoders).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from subbit.asr.models import build_from_config, build_model
+from subbit.export.container import export_model, load_dequantized
+from subbit.quant import QuantConfig, convert, prepare
+from subbit.runtime import kernels
+from subbit.runtime.frontend import StreamingLogMel
+from subbit.runtime.models import PackedTransducer
+
+torch.set_num_threads(1)
+REL_TOL = 0.03
+C_PATHS = [p for p in kernels.available_paths() if p != "ref"]
+
+
+def export_tiny(tmp: Path, arch: str, rules: dict | None = None, bits: int = 4) -> Path:
+    torch.manual_seed(0)
+    model = build_model(arch, "tiny", vocab_size=12).eval()
+    cfg = {"default": {"method": "gq", "bits": bits}}
+    if rules:
+        cfg["rules"] = rules
+    prepare(model, QuantConfig.from_dict(cfg))
+    convert(model)
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"{arch}.subbit"
+    export_model(model, path, arch=model.config)
+    return path
+
+
+def reference(path: Path) -> torch.nn.Module:
+    manifest, state = load_dequantized(path, codebook="int8")
+    model = build_from_config(manifest["arch"]).eval()
+    model.load_state_dict(state)
+    return model
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def feats(seconds: float = 1.0) -> np.ndarray:
+    wave = (np.random.default_rng(0).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+    return StreamingLogMel().frames(wave)
+
+
+def runtime_encode(pt: PackedTransducer, x: np.ndarray) -> np.ndarray:
+    st = pt.encoder.init_state()
+    y, st = pt.encoder.step(x, st)
+    tail, _ = pt.encoder.flush(st)
+    return np.concatenate([y, tail])
+
+
+@pytest.fixture(scope="module", params=["rnnt", "conformer"])
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.mark.parametrize("path", ["ref"] + C_PATHS[-1:])
+def test_encoder_and_joiner_match_dequantized_torch(exported: Path, path: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUBBIT_KERNEL", path)
+    pt = PackedTransducer.from_file(exported)
+    ref = reference(exported)
+    x = feats()
+    y = runtime_encode(pt, x)
+    with torch.no_grad():
+        y_ref, lens = ref.encoder(torch.from_numpy(x)[None], torch.tensor([x.shape[0]]))
+    assert y.shape == tuple(y_ref[0].shape) and y.shape[0] == int(lens[0]) > 0
+    assert rel(y, y_ref[0].numpy()) <= REL_TOL
+
+    st = pt.predictor.init_state()
+    out, st = pt.predictor.step(0, st)
+    out, st = pt.predictor.step(3, st)
+    logits = pt.joiner.join(pt.joiner.project_enc(y), pt.joiner.project_pred(out))
+    with torch.no_grad():
+        p_ref = ref.predictor(torch.tensor([[3]]))[:, -1]
+        l_ref = ref.joiner(torch.from_numpy(y)[None], p_ref[:, None])[0]
+    assert rel(out, p_ref[0].numpy()) <= REL_TOL
+    assert rel(logits, l_ref.numpy()) <= REL_TOL
+
+
+@pytest.mark.skipif(not C_PATHS, reason="compiled kernels not available")
+def test_c_path_equals_reference_path(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels are bit-identical to their NumPy reference, so the whole encoder is too."""
+    x = feats(0.5)
+    outs = []
+    for path in ("ref", C_PATHS[-1]):
+        monkeypatch.setenv("SUBBIT_KERNEL", path)
+        outs.append(runtime_encode(PackedTransducer.from_file(exported), x))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_mixed_float_and_packed_weights(tmp_path: Path) -> None:
+    """Layers a rule leaves in float run through the NumPy float path, next to packed ones."""
+    path = export_tiny(tmp_path, "rnnt", rules={"Embedding": None, "joiner.out.weight": None})
+    pt = PackedTransducer.from_file(path)
+    assert "predictor.embed.weight" in pt.store.floats and "joiner.out.weight" in pt.store.floats
+    assert "encoder.proj.weight" in pt.store.packed
+    ref = reference(path)
+    x = feats()
+    with torch.no_grad():
+        y_ref, _ = ref.encoder(torch.from_numpy(x)[None], torch.tensor([x.shape[0]]))
+    assert rel(runtime_encode(pt, x), y_ref[0].numpy()) <= REL_TOL
+
+
+def test_weight_bytes_shrink_with_bits(tmp_path: Path) -> None:
+    sizes = {b: PackedTransducer.from_file(export_tiny(tmp_path / str(b), "rnnt", bits=b)).weight_bytes
+             for b in (2, 8)}
+    assert sizes[2] < sizes[8]
+
+
+def test_unknown_arch_is_refused(exported: Path) -> None:
+    from subbit.export.container import load_packed
+
+    pm = load_packed(exported)
+    pm.manifest["arch"] = {**pm.manifest["arch"], "arch": "transformer"}
+    with pytest.raises(ValueError, match="'arch'"):
+        PackedTransducer.from_packed(pm)
