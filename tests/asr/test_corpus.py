@@ -122,8 +122,13 @@ def test_tiny_build_manifests_audio_and_cache(tmp_path):
     again = build_corpus(out, TINY, jobs=1, progress=False)
     assert again["cached"] is True and is_cached(out, TINY)
     assert mtimes == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    # ... and a different seed is not
-    assert not is_cached(out, BuildOptions(**{**TINY.__dict__, "seed": 4}))
+    # ... and a different seed is not: rebuilt in place, old wavs removed
+    other = BuildOptions(**{**TINY.__dict__, "seed": 4})
+    assert not is_cached(out, other)
+    summary = build_corpus(out, other, jobs=1, progress=False)
+    assert summary["cached"] is False and is_cached(out, other)
+    wavs = {str(p) for p in out.rglob("*.wav")}
+    assert wavs == {u.audio for s in SPLITS for u in read_manifest(out / f"{s}.jsonl")}
 
 
 def test_build_is_reproducible_and_parallel_matches_serial(tmp_path):

@@ -120,3 +120,9 @@ def test_run_config_errors_name_file_and_field(tmp_path) -> None:
         read_run_config(tmp_path)
     (tmp_path / "checkpoints").mkdir()
     assert run_dir_of(tmp_path / "checkpoints" / "last.pt") == tmp_path
+
+
+def test_loader_workers_change_nothing_but_speed(corpus, tmp_path) -> None:
+    train(cfg(corpus, tmp_path / "w0", steps=4))
+    train(cfg(corpus, tmp_path / "w1", steps=4, num_workers=1))
+    assert _losses(tmp_path / "w0") == _losses(tmp_path / "w1")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from subbit.quant.baselines import DKMQuantizer, PTQQuantizer, S8BQATQuantizer, UniformQuantizer
-from subbit.quant.baselines._common import lloyd_1d, nearest_index, quantile_init
+from subbit.quant.baselines._common import fast_softmax, lloyd_1d, nearest_index, quantile_init
 from subbit.quant.mulaw import expand
 
 torch.set_num_threads(1)
@@ -243,6 +243,20 @@ def test_dkm_window_approximates_full_softmax_at_default_tau():
     assert torch.allclose(full(w), win(w), atol=1e-4)
 
 
+def test_dkm_checkpointed_blocks_match_one_block():
+    w0 = torch.randn(6, 700, generator=torch.Generator().manual_seed(8)) * 0.1
+    grads, outs = [], []
+    for chunk in (10**6, 600):  # one block, then blocks of 100 columns x 6 groups
+        q = DKMQuantizer(w0, 3, "channel", tau=1e-2, chunk=chunk)
+        w = w0.clone().requires_grad_(True)
+        y = q(w)
+        (y * torch.cos(torch.arange(y.numel()).reshape(y.shape).float())).sum().backward()
+        outs.append(y.detach())
+        grads.append(w.grad)
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
 def test_dkm_centroids_move_toward_cluster_means():
     g = torch.Generator().manual_seed(5)
     w = torch.cat([torch.randn(400, generator=g) * 0.05 - 1.0, torch.randn(400, generator=g) * 0.05 + 1.5])
@@ -303,6 +317,19 @@ def test_nearest_index_matches_bruteforce():
     idx = nearest_index(x, cb)
     brute = (x[:, :, None] - cb[:, None, :]).abs()
     assert torch.equal(brute.gather(2, idx[..., None])[..., 0], brute.min(dim=2).values)
+
+
+def test_fast_softmax_matches_torch_softmax():
+    g = torch.Generator().manual_seed(9)
+    for scale in (1.0, 30.0, 1e4):  # soft, sharp, far below exp's underflow
+        x = (torch.randn(5, 4, 300, generator=g) * scale).requires_grad_(True)
+        x2 = x.detach().clone().requires_grad_(True)
+        gout = torch.randn(5, 4, 300, generator=g)
+        a, b = fast_softmax(x, dim=1), torch.softmax(x2, dim=1)
+        assert torch.allclose(a, b, atol=1e-6)
+        (a * gout).sum().backward()
+        (b * gout).sum().backward()
+        assert torch.allclose(x.grad, x2.grad, atol=1e-6)
 
 
 def test_lloyd_never_worse_than_its_quantile_start():

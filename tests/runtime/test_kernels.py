@@ -13,7 +13,7 @@ from subbit.runtime import kernels
 torch.set_num_threads(1)
 
 C_PATHS = [p for p in kernels.available_paths() if p != "ref"]
-SHAPES = [(1, 4, 32), (3, 7, 33), (2, 13, 100), (1, 9, 8), (4, 5, 64), (1, 17, 200), (2, 6, 88)]
+SHAPES = [(1, 4, 32), (3, 7, 33), (2, 13, 100), (1, 9, 8), (4, 5, 64), (1, 17, 200), (2, 6, 88), (2, 5, 1064)]
 
 
 def make_weight(rng: np.random.Generator, bits: int, n: int, k: int, granularity: str) -> PackedTensor:
@@ -44,6 +44,30 @@ def test_c_paths_equal_reference(bits: int, granularity: str) -> None:
             y = kernels.packed_linear(x, w, bias, path=path)
             assert y.shape == (m, n) and y.dtype == np.float32
             np.testing.assert_array_equal(y, ref, err_msg=f"{path} bits={bits} {m}x{n}x{k}")
+
+
+@pytest.mark.parametrize("bits", [3, 7, 8])
+def test_int8_expanded_and_lut_paths_agree(bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """7-8 bits run through weights expanded to int8 on c/avx2; force both routes on every path."""
+    if not C_PATHS:
+        pytest.skip("compiled kernels not available")
+    rng = np.random.default_rng(40 + bits)
+    lib = kernels._load()
+    for granularity in ("tensor", "channel"):
+        w = make_weight(rng, bits, 9, 300, granularity)
+        x = rng.normal(size=(2, 300)).astype(np.float32)
+        bias = rng.normal(size=9).astype(np.float32)
+        ref = kernels.reference_packed_linear(x, w, bias)
+        p = kernels.prepare(w)
+        for path in C_PATHS:
+            y = np.empty_like(ref)
+            assert kernels._int8_linear(lib, path, x, p, bias.ctypes.data, y) == 0
+            np.testing.assert_array_equal(y, ref, err_msg=f"int8 {path}")
+            monkeypatch.setattr(kernels, "EXPAND_BITS", 9)  # table lookups everywhere
+            np.testing.assert_array_equal(kernels.packed_linear(x, w, bias, path=path), ref, err_msg=f"lut {path}")
+            monkeypatch.setattr(kernels, "EXPAND_BITS", 1)  # expanded int8 everywhere it applies
+            np.testing.assert_array_equal(kernels.packed_linear(x, w, bias, path=path), ref, err_msg=f"exp {path}")
+            monkeypatch.undo()
 
 
 @pytest.mark.parametrize("path", C_PATHS or ["ref"])

@@ -192,7 +192,7 @@ def frontend_stats(utts: Sequence[Utterance], frontend: LogMel, max_utts: int = 
     """Global mean/std of un-normalised log-mels over (a seeded sample of) ``utts``."""
     picks = list(range(len(utts)))
     random.Random(seed).shuffle(picks)
-    def gen():  # type: ignore[no-untyped-def]
+    def gen() -> Iterator[torch.Tensor]:
         for i in picks[:max_utts]:
             wave = torch.from_numpy(load_audio(utts[i].audio))[None]
             yield frontend.raw(wave)[0]

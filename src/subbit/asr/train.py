@@ -55,7 +55,7 @@ ARCHS = ("rnnt", "conformer")
 PRESETS = ("tiny", "small", "paper")
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "tau", "grad_norm", "audio_sec_per_sec", "wall_time")
 #: options that may differ when resuming (they do not change the result)
-SESSION_FIELDS = ("resume", "stop_after", "progress", "device", "threads", "eval_limit")
+SESSION_FIELDS = ("resume", "stop_after", "progress", "device", "threads", "eval_limit", "num_workers")
 
 
 class TrainingDiverged(RuntimeError):
@@ -87,6 +87,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     augment: bool = True
+    num_workers: int = 0
     eval_every: int = 0
     eval_limit: int = 200
     ckpt_every: int = 200
@@ -116,7 +117,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
-        for name in ("eval_every", "ckpt_every", "keep_every", "quant_every", "warmup_steps", "calib_steps"):
+        for name in ("num_workers", "eval_every", "ckpt_every", "keep_every", "quant_every", "warmup_steps", "calib_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
@@ -250,14 +251,18 @@ class BatchStream:
     Each epoch's batch list comes from the loader's batch sampler (deterministic given the seed
     and epoch), is truncated to a multiple of ``world`` and sharded ``[rank::world]``; batches
     are then built directly with the dataset and collate function, so resuming at (epoch, index)
-    skips the earlier batches without loading their audio.
+    skips the earlier batches without loading their audio. With ``num_workers > 0`` the rest of
+    each epoch is loaded ahead by a DataLoader over that batch list (items are seeded by their
+    key, so workers change nothing but speed); the position counts batches consumed, not loaded.
     """
 
-    def __init__(self, loader: Any, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, loader: Any, rank: int = 0, world: int = 1, num_workers: int = 0) -> None:
         self.loader = loader
         self.rank, self.world = rank, world
+        self.num_workers = num_workers
         self.epoch, self.index = 0, 0
-        self._batches: list[list[int]] | None = None
+        self._batches: list[list[Any]] | None = None
+        self._it: Iterator[dict[str, Any]] | None = None
 
     def _epoch_batches(self) -> list[list[Any]]:
         sampler = self.loader.batch_sampler
@@ -279,23 +284,38 @@ class BatchStream:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self
 
+    def _epoch_iter(self) -> Iterator[dict[str, Any]]:
+        assert self._batches is not None
+        remaining = self._batches[self.index :]
+        ds, collate = self.loader.dataset, self.loader.collate_fn
+        if self.num_workers > 0:
+            from torch.utils.data import DataLoader
+
+            # a private generator: the loader's worker seed must not consume the global torch RNG
+            # (that would shift dropout masks and break resume parity)
+            gen = torch.Generator().manual_seed(self.epoch)
+            return iter(DataLoader(ds, batch_sampler=remaining, collate_fn=collate, num_workers=self.num_workers,
+                                   generator=gen))
+        return (collate([ds[i] for i in b]) for b in remaining)
+
     def __next__(self) -> dict[str, Any]:
         if self._batches is None:
-            self._batches = self._epoch_batches()
+            self._batches, self._it = self._epoch_batches(), None
         if self.index >= len(self._batches):
             self.epoch, self.index = self.epoch + 1, 0
-            self._batches = self._epoch_batches()
-        idx = self._batches[self.index]
+            self._batches, self._it = self._epoch_batches(), None
+        if self._it is None:
+            self._it = self._epoch_iter()
+        batch = next(self._it)
         self.index += 1
-        ds = self.loader.dataset
-        return self.loader.collate_fn([ds[i] for i in idx])
+        return batch
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, d: dict[str, int]) -> None:
         self.epoch, self.index = int(d["epoch"]), int(d["index"])
-        self._batches = None
+        self._batches, self._it = None, None
 
 
 # -- RNG ---------------------------------------------------------------------------------------
@@ -508,7 +528,7 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
         max_frames=cfg.max_frames,
         frontend=frontend,
     )
-    stream = BatchStream(loader, dist.rank, dist.world)
+    stream = BatchStream(loader, dist.rank, dist.world, num_workers=cfg.num_workers)
     frame_sec = _frame_seconds(loader)
 
     step, elapsed_before, gq_start, best_wer = 0, 0.0, 0, math.inf

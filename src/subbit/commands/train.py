@@ -32,6 +32,8 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt-every", type=int, default=200, help="write checkpoints/last.pt every N steps")
     p.add_argument("--keep-every", type=int, default=0, help="also keep checkpoints/step-N.pt every N steps")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--workers", dest="num_workers", type=int, default=0,
+                   help="data-loading processes that prepare batches ahead (0 = in the training process)")
     p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: stop as if killed
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g = p.add_argument_group("quantization schedule (with --quant)")

@@ -160,6 +160,8 @@ class SoftAssign(torch.autograd.Function):
             starts[:, sl] = start = window_start(u, theta, cfg.window)
             rows = _rows(start, theta.shape[1], cfg.window)
             a, _ = _assign(u, theta, rows, cfg)
+            # sum a_k V_k (not u - sum a_k (u - theta_k)): a one-hot ``a`` then gives exactly theta_k,
+            # so at the end of the anneal the soft forward equals the hard forward bit for bit
             y = a.mul_(_windows(values, rows, cfg.window)).sum(-1)
             out[:, sl] = _output(y, s, mu, cfg)
         ctx.save_for_backward(w, s, mu, theta, starts)
@@ -175,7 +177,7 @@ class SoftAssign(torch.autograd.Function):
         g_s, g_mu = torch.zeros_like(s), torch.zeros_like(mu)
         k = theta.shape[1]
         g_theta_w = theta.new_zeros(theta.shape[0] * (k - cfg.window + 1), cfg.window)
-        g_values_w = torch.zeros_like(g_theta_w)
+        g_values_w = torch.zeros_like(g_theta_w) if cfg.domain == "linear" else g_theta_w
         values = _values(theta, s, mu, cfg)
         for lo in range(0, w.shape[1], cfg.chunk):
             sl = slice(lo, lo + cfg.chunk)
@@ -184,9 +186,15 @@ class SoftAssign(torch.autograd.Function):
                 wl = w[:, sl].detach().requires_grad_(need_w)
                 sv, mv = s.detach().requires_grad_(need_s), mu.detach().requires_grad_(need_mu)
                 u = companded(wl, sv, mv)
-            a, diff = _assign(u.detach(), theta, rows, cfg)
-            vw = _windows(values, rows, cfg.window)
-            y = (a * vw).sum(-1)
+            ud = u.detach()
+            a, diff = _assign(ud, theta, rows, cfg)
+            if cfg.domain == "companded":  # V_k - y = (u - y) - (u - theta_k)
+                y = ud - (a * diff).sum(-1)
+                vw = (ud - y).unsqueeze(-1) - diff
+            else:
+                vw = _windows(values, rows, cfg.window)
+                y = (a * vw).sum(-1)
+                vw.sub_(y.unsqueeze(-1))
             gy = grad[:, sl]
             if cfg.domain == "companded":
                 with torch.enable_grad():
@@ -198,10 +206,13 @@ class SoftAssign(torch.autograd.Function):
                 for acc, gr in zip([t for t, n in ((g_s, need_s), (g_mu, need_mu)) if n], grads[1:]):
                     acc += gr
             dl = diff.mul_(-2.0 / cfg.tau) if cfg.distance == "squared" else diff.sign_().mul_(-1.0 / cfg.tau)
-            r = vw.sub_(y.unsqueeze(-1)).mul_(a).mul_(dl)  # a_k (V_k - y) dl_k/du
+            r = vw.mul_(a).mul_(dl)  # a_k (V_k - y) dl_k/du
             gu = gy * r.sum(-1)
-            g_theta_w.index_add_(0, rows, r.mul_(gy.unsqueeze(-1).neg()).reshape(-1, cfg.window))
-            g_values_w.index_add_(0, rows, a.mul_(gy.unsqueeze(-1)).reshape(-1, cfg.window))
+            if cfg.domain == "companded":  # theta gets both: a_k (as V) and -r_k (through d)
+                g_theta_w.index_add_(0, rows, a.sub_(r).mul_(gy.unsqueeze(-1)).reshape(-1, cfg.window))
+            else:
+                g_theta_w.index_add_(0, rows, r.mul_(gy.unsqueeze(-1).neg()).reshape(-1, cfg.window))
+                g_values_w.index_add_(0, rows, a.mul_(gy.unsqueeze(-1)).reshape(-1, cfg.window))
             leaves = [t for t, n in ((wl, need_w), (sv, need_s), (mv, need_mu)) if n]
             if leaves:
                 grads = iter(torch.autograd.grad(u, leaves, gu))
@@ -211,10 +222,9 @@ class SoftAssign(torch.autograd.Function):
                     g_s += next(grads)
                 if need_mu:
                     g_mu += next(grads)
-        g_theta, g_values = _fold_windows(g_theta_w, k), _fold_windows(g_values_w, k)
-        if cfg.domain == "companded":
-            g_theta += g_values
-        else:
+        g_theta = _fold_windows(g_theta_w, k)
+        if cfg.domain == "linear":
+            g_values = _fold_windows(g_values_w, k)
             with torch.enable_grad():
                 leaves = [t.detach().requires_grad_(n) for t, n in ((theta, need_theta), (s, need_s), (mu, need_mu))]
                 vals = _values(*leaves, cfg)

@@ -26,6 +26,17 @@ def _as_tensor(mu: float | Tensor, like: Tensor) -> Tensor:
     return mu_t
 
 
+def _branch(mu: Tensor, exact, series) -> Tensor:
+    """``exact()`` where ``mu >= _SMALL_MU``, ``series()`` elsewhere; skips the branch nobody needs
+    (the common case: one mu for the whole tensor), which halves the elementwise work."""
+    small = mu < _SMALL_MU
+    if not bool(small.any()):
+        return exact(mu)
+    if bool(small.all()):
+        return series()
+    return torch.where(small, series(), exact(torch.where(small, torch.ones_like(mu), mu)))
+
+
 def _reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
     """Sum a broadcast gradient back to the shape of the input it belongs to."""
     if grad.shape == shape:
@@ -38,26 +49,24 @@ class _Compand(torch.autograd.Function):
     def forward(ctx, x: Tensor, mu: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, mu)
         a = x.abs()
-        small = mu < _SMALL_MU
-        mu_s = torch.where(small, torch.ones_like(mu), mu)
-        exact = torch.log1p(mu_s * a) / torch.log1p(mu_s)
-        series = a * (1 + mu * (1 - a) / 2)
-        return torch.sign(x) * torch.where(small, series, exact)
+        mag = _branch(mu, lambda m: torch.log1p(m * a).div_(torch.log1p(m)), lambda: a * (1 + mu * (1 - a) / 2))
+        return mag.copysign_(x)
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
         x, mu = ctx.saved_tensors
         a = x.abs()
-        small = mu < _SMALL_MU
-        mu_s = torch.where(small, torch.ones_like(mu), mu)
-        L = torch.log1p(mu_s)
         gx = gmu = None
         if ctx.needs_input_grad[0]:
-            dx = torch.where(small, 1 + mu * (0.5 - a), mu_s / ((1 + mu_s * a) * L))
+            dx = _branch(mu, lambda m: (m / torch.log1p(m)) / (1 + m * a), lambda: 1 + mu * (0.5 - a))
             gx = _reduce_to(g * dx, x.shape)
         if ctx.needs_input_grad[1]:
-            exact = a / ((1 + mu_s * a) * L) - torch.log1p(mu_s * a) / ((1 + mu_s) * L * L)
-            dmu = torch.sign(x) * torch.where(small, a * (1 - a) / 2, exact)
+
+            def exact(m: Tensor) -> Tensor:
+                L = torch.log1p(m)
+                return a / ((1 + m * a) * L) - torch.log1p(m * a) / ((1 + m) * L * L)
+
+            dmu = _branch(mu, exact, lambda: a * (1 - a) / 2) * torch.sign(x)
             gmu = _reduce_to(g * dmu, mu.shape)
         return gx, gmu
 
@@ -67,26 +76,24 @@ class _Expand(torch.autograd.Function):
     def forward(ctx, y: Tensor, mu: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(y, mu)
         b = y.abs()
-        small = mu < _SMALL_MU
-        mu_s = torch.where(small, torch.ones_like(mu), mu)
-        exact = torch.expm1(b * torch.log1p(mu_s)) / mu_s
-        series = b * (1 + mu * (b - 1) / 2)
-        return torch.sign(y) * torch.where(small, series, exact)
+        mag = _branch(mu, lambda m: torch.expm1(b * torch.log1p(m)).div_(m), lambda: b * (1 + mu * (b - 1) / 2))
+        return mag.copysign_(y)
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
         y, mu = ctx.saved_tensors
         b = y.abs()
-        small = mu < _SMALL_MU
-        mu_s = torch.where(small, torch.ones_like(mu), mu)
-        L = torch.log1p(mu_s)
         gy = gmu = None
         if ctx.needs_input_grad[0]:
-            dy = torch.where(small, 1 + mu * (b - 0.5), L / mu_s * torch.exp(b * L))
+            dy = _branch(mu, lambda m: torch.exp(b * torch.log1p(m)).mul_(torch.log1p(m) / m), lambda: 1 + mu * (b - 0.5))
             gy = _reduce_to(g * dy, y.shape)
         if ctx.needs_input_grad[1]:
-            exact = b * torch.exp((b - 1) * L) / mu_s - torch.expm1(b * L) / (mu_s * mu_s)
-            dmu = torch.sign(y) * torch.where(small, b * (b - 1) / 2, exact)
+
+            def exact(m: Tensor) -> Tensor:
+                L = torch.log1p(m)
+                return b * torch.exp((b - 1) * L) / m - torch.expm1(b * L) / (m * m)
+
+            dmu = _branch(mu, exact, lambda: b * (b - 1) / 2) * torch.sign(y)
             gmu = _reduce_to(g * dmu, mu.shape)
         return gy, gmu
 

@@ -14,6 +14,8 @@ sum is exact and the float epilogue is the same three float32 operations).
 Paths: ``ref`` (NumPy), ``c`` (portable C), ``avx2``, ``avx512`` (VNNI + VBMI). The default is
 the best one the CPU has; ``SUBBIT_KERNEL=ref|c|avx2|avx512`` or ``path=`` forces one. If the
 compiled library is missing the NumPy reference is used and a warning is logged once.
+At 7-8 bits the ``c`` and ``avx2`` paths (no byte permutes) expand the weight to int8 once, on
+first use (N * Kp extra bytes); ``avx512`` always reads the packed indices.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from subbit.export.bitpack import PackedTensor, int8_codebook, padded_length, un
 log = logging.getLogger(__name__)
 
 PATHS = ("ref", "c", "avx2", "avx512")
+#: from this depth on, paths without byte permutes (c, avx2) use weights expanded to int8 at first use
+EXPAND_BITS = 7
 _C_PATH_IDS = {"c": 1, "avx2": 2, "avx512": 3}
 _ERRORS = {-1: "bad argument", -2: "path not supported by this CPU", -3: "out of memory"}
 
@@ -66,6 +70,8 @@ def _load() -> ctypes.CDLL | None:
         vp, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.subbit_packed_linear.argtypes = [ctypes.c_int, vp, i64, i64, vp, i64, ctypes.c_int, vp, vp, i64, vp, vp, vp]
         lib.subbit_packed_linear.restype = ctypes.c_int
+        lib.subbit_int8_linear.argtypes = [ctypes.c_int, vp, i64, i64, vp, i64, vp, i64, vp, vp, vp]
+        lib.subbit_int8_linear.restype = ctypes.c_int
         lib.subbit_rowsums.argtypes = [vp, i64, i64, ctypes.c_int, vp, i64, vp]
         lib.subbit_rowsums.restype = ctypes.c_int
         lib.subbit_supported_paths.restype = ctypes.c_int
@@ -132,6 +138,18 @@ class PreparedWeight:
     def __post_init__(self) -> None:
         # raw addresses, taken once: reading .ctypes.data costs about a microsecond per call
         self._ptrs = (self.packed.ctypes.data, self.lut.ctypes.data, self.scales.ctypes.data, self.rowsum.ctypes.data)
+        self._int8: tuple[np.ndarray, np.ndarray] | None = None
+
+    def int8_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(w8 int8 [N, Kp], row sums)``: the weights expanded once, for 7-8 bits on paths
+        without byte permutes (AVX2, portable C). Costs N * Kp bytes; built on first use."""
+        if self._int8 is None:
+            kp = padded_length(self.k)
+            idx = unpack_rows(self.packed, self.bits, kp).astype(np.int64)
+            g = np.zeros(self.n, dtype=np.int64) if self.groups == 1 else np.arange(self.n)
+            w8 = np.ascontiguousarray(self.lut[g[:, None], idx], dtype=np.int8)
+            self._int8 = (w8, w8.astype(np.int64).sum(axis=1).astype(np.int32))
+        return self._int8
 
 
 def prepare(w: PackedTensor | PreparedWeight) -> PreparedWeight:
@@ -244,14 +262,23 @@ def packed_linear(
     y = np.empty((m, p.n), dtype=np.float32)
     lib = _load()
     assert lib is not None  # _check_path guarantees it
-    packed, lut, scales, rowsum = p._ptrs
-    rc = lib.subbit_packed_linear(
-        _C_PATH_IDS[path], xc.ctypes.data, m, p.k, packed, p.n, p.bits, lut, scales, p.groups, rowsum,
-        None if b is None else b.ctypes.data, y.ctypes.data,
-    )  # fmt: skip
+    bptr = None if b is None else b.ctypes.data
+    if p.bits >= EXPAND_BITS and path in ("c", "avx2"):
+        rc = _int8_linear(lib, path, xc, p, bptr, y)
+    else:
+        packed, lut, scales, rowsum = p._ptrs
+        rc = lib.subbit_packed_linear(_C_PATH_IDS[path], xc.ctypes.data, m, p.k, packed, p.n, p.bits, lut, scales,
+                                      p.groups, rowsum, bptr, y.ctypes.data)  # fmt: skip
     if rc != 0:
         raise ValueError(f"packed_linear ({path}) failed: {_ERRORS.get(rc, rc)}")
     return y
+
+
+def _int8_linear(lib: ctypes.CDLL, path: str, xc: np.ndarray, p: PreparedWeight, bptr: int | None, y: np.ndarray) -> int:
+    """The product through :meth:`PreparedWeight.int8_weights` (any C path)."""
+    w8, rs8 = p.int8_weights()
+    return int(lib.subbit_int8_linear(_C_PATH_IDS[path], xc.ctypes.data, xc.shape[0], p.k, w8.ctypes.data, p.n,
+                                      p._ptrs[2], p.groups, rs8.ctypes.data, bptr, y.ctypes.data))  # fmt: skip
 
 
 def read_sum(buf: np.ndarray) -> int:

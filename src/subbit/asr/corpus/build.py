@@ -19,11 +19,13 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from subbit.asr.corpus import grammar, tts
@@ -33,6 +35,7 @@ from subbit.asr.data import Utterance, atomic_write_text, write_manifest
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test_seen", "test_heldout")
+_WAV_NAME = re.compile(r"[a-z_]+-\d{6}-[0-9a-f]{10}\.wav")
 FORMAT_VERSION = 3  # bump when grammar or synthesis changes what a build produces
 MEAN_UTT_SECONDS = 2.6  # rough average, only used to turn --hours into a sentence count
 
@@ -166,7 +169,7 @@ def _existing_duration(path: str) -> float | None:
     return info.frames / info.samplerate
 
 
-def _write_wav(path: str, audio) -> float:  # type: ignore[no-untyped-def]
+def _write_wav(path: str, audio: np.ndarray) -> float:
     peak = float(abs(audio).max()) if audio.size else 0.0
     if peak > 0.99:
         audio = audio * (0.99 / peak)
@@ -211,6 +214,17 @@ def _tasks(jobs: list[_Job], chunk: int = 40) -> list[list[_Job]]:
     order = {"festival": 0, "flite": 1, "espeak": 2}
     tasks.sort(key=lambda t: (order.get(t[0].voice.engine, 3), -len(t)))
     return tasks
+
+
+def _remove_stale(out: Path, keep: set[str]) -> int:
+    """Delete wavs of an earlier build with other options (only files named like ours)."""
+    removed = 0
+    for split in SPLITS:
+        for p in (out / "wav" / split).glob(f"{split}-*.wav"):
+            if str(p) not in keep and _WAV_NAME.fullmatch(p.name):
+                p.unlink()
+                removed += 1
+    return removed
 
 
 def _options_record(opts: BuildOptions) -> dict:
@@ -291,6 +305,7 @@ def build_corpus(out: str | os.PathLike, opts: BuildOptions, jobs: int = 2, prog
         "espeak_accents": list(HELDOUT_ACCENTS), "espeak_variants": list(HELDOUT_VARIANTS),
         "flite": FLITE_HELDOUT, "festival": FESTIVAL_HELDOUT,
     }
+    summary["removed_stale_wavs"] = _remove_stale(out, {j.path for j in all_jobs})
     summary["build_seconds"] = round(time.time() - t0, 1)
     atomic_write_text(out / "corpus.json", json.dumps(summary, indent=2) + "\n")
     summary["cached"] = False

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
+from tqdm import tqdm
 
 from subbit.asr.corpus.grammar import normalize_text
 from subbit.asr.data import Utterance, atomic_write_text, write_manifest
@@ -81,7 +82,7 @@ def read_librispeech(src: str | os.PathLike) -> ImportResult:
     trans_files = sorted(src.rglob("*.trans.txt"))
     if not trans_files:
         raise ValueError(f"{src}: no *.trans.txt files (is this a LibriSpeech folder?)")
-    for trans in trans_files:
+    for trans in tqdm(trans_files, desc="chapters", unit="chapter", disable=None):
         try:
             lines = trans.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
@@ -118,7 +119,7 @@ def read_wavtxt(src: str | os.PathLike) -> ImportResult:
     audio_files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_EXTS and p.is_file())
     if not audio_files:
         raise ValueError(f"{src}: no .wav/.flac/.ogg files found")
-    for audio in audio_files:
+    for audio in tqdm(audio_files, desc="files", unit="file", disable=None):
         txt = audio.with_suffix(".txt")
         if not txt.is_file():
             result.skip(audio, "no transcript (.txt) beside it")

@@ -35,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 from subbit.quant.base import WeightQuantizer
 from subbit.quant.baselines._common import (
     TINY,
+    fast_softmax,
     merge_options,
     nearest_index,
     positive_float,
@@ -48,7 +49,7 @@ DEFAULTS = {"tau": 1e-4, "iters": 3, "window": 4, "max_samples": 65536, "chunk":
 
 @register_method("dkm")
 class DKMQuantizer(WeightQuantizer):
-    """Soft k-means attention; options ``tau``, ``iters``, ``window``, ``max_samples``."""
+    """Soft k-means attention; options ``tau``, ``iters``, ``window``, ``max_samples``, ``chunk``."""
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +68,6 @@ class DKMQuantizer(WeightQuantizer):
         self.tau: float = opts["tau"]
         self.iters: int = opts["iters"]
         self.window = min(opts["window"], self.levels)
-        # the k-means updates need at least one sample per centroid
         self.max_samples: int = opts["max_samples"]
         self.chunk: int = opts["chunk"]
         self.register_buffer("centroids", quantile_init(self.grouped(weight.detach()), self.levels))
@@ -92,7 +92,7 @@ class DKMQuantizer(WeightQuantizer):
         idx = start.long().unsqueeze(1) + torch.arange(win, device=x.device).view(1, win, 1)
         cand = c.gather(1, idx.reshape(g, -1)).reshape(idx.shape)
         d = (x.unsqueeze(1) - cand).abs() * (1.0 / (s * self.tau)).unsqueeze(1)
-        return torch.softmax(-d, dim=1), cand, idx
+        return fast_softmax(-d, dim=1), cand, idx
 
     def _assign(self, x: Tensor, c: Tensor, s: Tensor, start: Tensor | None = None) -> Tensor:
         """``w' = sum_j A_ij c_j`` for a ``[G, M]`` block."""

@@ -64,7 +64,8 @@ AI __m256i table16(const int8_t *t) {
 }
 
 /* 32 int8 weights of one block. */
-AI __m256i lookup(const uint8_t *blk, const int bits, const int8_t *lut) {
+AI __m256i lookup(const uint8_t *blk, const int bits, const int id, const int8_t *lut) {
+    if (id) return _mm256_loadu_si256((const __m256i *)blk); /* already int8 weights */
     __m256i lo, hi = _mm256_setzero_si256();
     decode_split(blk, bits, &lo, &hi);
     __m256i r = _mm256_shuffle_epi8(table16(lut), lo);
@@ -86,13 +87,12 @@ AI int32_t hsum(__m256i v) {
 
 /* R rows (1..4) starting at r0 against one quantized activation row. */
 AI void rows(const subbit_weight *w, const int8_t *xr, int64_t r0, const int R, const int bits,
-             int32_t *out) {
-    const int stride = SUBBIT_LUT_STRIDE(bits);
+             const int id, int32_t *out) {
     const int8_t *lut[4];
     const uint8_t *src[4];
     __m256i acc[4];
     for (int r = 0; r < R; r++) {
-        lut[r] = w->lut + (w->groups == 1 ? 0 : (r0 + r)) * stride;
+        lut[r] = subbit_row_lut(w, r0 + r);
         src[r] = w->packed + (r0 + r) * w->row_bytes;
         acc[r] = _mm256_setzero_si256();
     }
@@ -102,7 +102,7 @@ AI void rows(const subbit_weight *w, const int8_t *xr, int64_t r0, const int R, 
         __m256i x = _mm256_loadu_si256((const __m256i *)(xr + b * SUBBIT_BLOCK));
         __m256i ax = _mm256_sign_epi8(x, x);
         for (int r = 0; r < R; r++) {
-            __m256i wv = lookup(src[r] + b * 4 * bits, bits, lut[r]);
+            __m256i wv = lookup(src[r] + b * 4 * bits, bits, id, lut[r]);
             __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, x));
             acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
         }
@@ -114,38 +114,43 @@ AI void rows(const subbit_weight *w, const int8_t *xr, int64_t r0, const int R, 
     }
 }
 
-#define DEFINE_BITS(B)                                                                           \
-    static void linear_b##B(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m, \
+#define DEFINE_BITS(NAME, B, ID)                                                                         \
+    static void NAME(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,        \
                             const float *bias, float *y) {                                       \
         int32_t acc[4];                                                                          \
         for (int64_t i = 0; i < m; i++) {                                                        \
             const int8_t *xr = xq + i * w->kp;                                                   \
             int64_t r = 0;                                                                       \
             for (; r + 4 <= w->n; r += 4) {                                                      \
-                rows(w, xr, r, 4, B, acc);                                                       \
+                rows(w, xr, r, 4, B, ID, acc);                                                       \
                 for (int j = 0; j < 4; j++)                                                      \
                     y[i * w->n + r + j] = subbit_epilogue(                                       \
                         acc[j], sx[i], w->scales[w->groups == 1 ? 0 : r + j], bias, r + j);      \
             }                                                                                    \
             for (; r < w->n; r++) {                                                              \
-                rows(w, xr, r, 1, B, acc);                                                       \
+                rows(w, xr, r, 1, B, ID, acc);                                                       \
                 y[i * w->n + r] =                                                                \
                     subbit_epilogue(acc[0], sx[i], w->scales[w->groups == 1 ? 0 : r], bias, r);  \
             }                                                                                    \
         }                                                                                        \
     }
 
-DEFINE_BITS(1)
-DEFINE_BITS(2)
-DEFINE_BITS(3)
-DEFINE_BITS(4)
-DEFINE_BITS(5)
-DEFINE_BITS(6)
-DEFINE_BITS(7)
-DEFINE_BITS(8)
+DEFINE_BITS(linear_b1, 1, 0)
+DEFINE_BITS(linear_b2, 2, 0)
+DEFINE_BITS(linear_b3, 3, 0)
+DEFINE_BITS(linear_b4, 4, 0)
+DEFINE_BITS(linear_b5, 5, 0)
+DEFINE_BITS(linear_b6, 6, 0)
+DEFINE_BITS(linear_b7, 7, 0)
+DEFINE_BITS(linear_b8, 8, 0)
+DEFINE_BITS(linear_int8, 8, 1)
 
 void subbit_linear_avx2(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
                         const float *bias, float *y) {
+    if (w->identity) {
+        linear_int8(w, xq, sx, m, bias, y);
+        return;
+    }
     switch (w->bits) {
     case 1: linear_b1(w, xq, sx, m, bias, y); break;
     case 2: linear_b2(w, xq, sx, m, bias, y); break;

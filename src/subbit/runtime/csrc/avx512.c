@@ -147,25 +147,59 @@ AI int32_t hsum256(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* R rows (1..4) from r0 against one activation row xu (= xq + 128, uint8, zero-padded xq). */
-AI void rows(const subbit_weight *w, const uint8_t *xu, int64_t r0, const int R, const int bits,
-             int32_t *out) {
-    const int stride = SUBBIT_LUT_STRIDE(bits);
+/* Single-plane depths (1, 2, 4 bits): one 64-byte load holds S = 16 / bits whole blocks; field t
+ * of every byte (shift t * bits, mask) gives 64 indices at once. Those are not in row order, so
+ * the activations are permuted once per call to match (see permute_x); per 64 weights and row
+ * this costs a shift, an and, a vpshufb and a vpdpbusd. */
+AI int super_blocks(const int bits) { return (bits == 1 || bits == 2 || bits == 4) ? 16 / bits : 0; }
+
+/* xp[(s * F + t) * 64 + p] = xu[(s * S + p / (4b)) * 32 + p % (4b) + 4b * t], F = 8 / b. */
+static void permute_x(const uint8_t *xu, int64_t nsup, int bits, uint8_t *xp) {
+    const int S = 16 / bits, F = 8 / bits, B = 4 * bits;
+    for (int64_t s = 0; s < nsup; s++)
+        for (int t = 0; t < F; t++)
+            for (int p = 0; p < 64; p++)
+                xp[(s * F + t) * 64 + p] = xu[(s * S + p / B) * SUBBIT_BLOCK + p % B + B * t];
+}
+
+/* R rows (1..4) from r0 against one activation row xu (= xq + 128, uint8, zero-padded xq);
+ * xp: the same row permuted for the super-block loop. */
+AI void rows(const subbit_weight *w, const uint8_t *xu, const uint8_t *xp, int64_t r0, const int R,
+             const int bits, const int id, int32_t *out) {
     const uint8_t *src[4];
     tables tb[4];
     const int64_t bb = 4 * bits, nblk = w->nfull;
     for (int r = 0; r < R; r++) {
-        load_tables(w->lut + (w->groups == 1 ? 0 : (r0 + r)) * stride, bits, &tb[r]);
+        if (!id) load_tables(subbit_row_lut(w, r0 + r), bits, &tb[r]);
         src[r] = w->packed + (r0 + r) * w->row_bytes;
     }
     int64_t b = 0;
     {
         __m512i acc[4];
         for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_si512();
+        const int S = super_blocks(bits);
+        if (S) {
+            const int F = 8 / bits;
+            const __m512i mask = _mm512_set1_epi8((char)((1 << bits) - 1));
+            const int64_t nsup = nblk / S;
+            for (int64_t s = 0; s < nsup; s++) {
+                __m512i v[4];
+                for (int r = 0; r < R; r++) v[r] = _mm512_loadu_si512((const void *)(src[r] + s * 64));
+                for (int t = 0; t < F; t++) {
+                    __m512i x = _mm512_loadu_si512((const void *)(xp + (s * F + t) * 64));
+                    for (int r = 0; r < R; r++) {
+                        __m512i idx = _mm512_and_si512(t ? _mm512_srli_epi16(v[r], t * bits) : v[r], mask);
+                        acc[r] = _mm512_dpbusd_epi32(acc[r], x, _mm512_shuffle_epi8(tb[r].t0, idx));
+                    }
+                }
+            }
+            b = nsup * S;
+        }
         for (; b + 2 <= nblk; b += 2) {
             __m512i x = _mm512_loadu_si512((const void *)(xu + b * SUBBIT_BLOCK));
             for (int r = 0; r < R; r++) {
-                __m512i wv = lookup64(decode64(src[r] + b * bb, bits), bits, &tb[r]);
+                __m512i d = decode64(src[r] + b * bb, bits);
+                __m512i wv = id ? d : lookup64(d, bits, &tb[r]);
                 acc[r] = _mm512_dpbusd_epi32(acc[r], x, wv);
             }
         }
@@ -176,7 +210,8 @@ AI void rows(const subbit_weight *w, const uint8_t *xu, int64_t r0, const int R,
     for (; b < nblk; b++) {
         __m256i x = _mm256_loadu_si256((const __m256i *)(xu + b * SUBBIT_BLOCK));
         for (int r = 0; r < R; r++) {
-            __m256i wv = lookup32(decode32(src[r] + b * bb, bits), bits, &tb[r]);
+            __m256i d = decode32(src[r] + b * bb, bits);
+            __m256i wv = id ? d : lookup32(d, bits, &tb[r]);
             acc[r] = _mm256_dpbusd_epi32(acc[r], x, wv);
         }
     }
@@ -184,39 +219,43 @@ AI void rows(const subbit_weight *w, const uint8_t *xu, int64_t r0, const int R,
         out[r] += hsum256(acc[r]) - 128 * w->rowsum[r0 + r];
         if (w->tail)
             out[r] += subbit_tail_dot_u8(src[r] + nblk * bb, bits, (int)w->tail,
-                                         w->lut + (w->groups == 1 ? 0 : (r0 + r)) * stride, xu + nblk * SUBBIT_BLOCK);
+                                         subbit_row_lut(w, r0 + r), xu + nblk * SUBBIT_BLOCK);
     }
 }
 
-#define DEFINE_BITS(B)                                                                           \
-    static void linear_b##B(const subbit_weight *w, const uint8_t *xu, const float *sx, int64_t m, \
+#define DEFINE_BITS(NAME, B, ID)                                                                         \
+    static void NAME(const subbit_weight *w, const uint8_t *xu, const float *sx, int64_t m,       \
                             const float *bias, float *y) {                                       \
         int32_t acc[4];                                                                          \
+        const int S = super_blocks(B);                                                           \
         for (int64_t i = 0; i < m; i++) {                                                        \
             const uint8_t *xr = xu + i * w->kp;                                                  \
+            const uint8_t *xp = (const uint8_t *)w->scratch;                                     \
+            if (S) permute_x(xr, w->nfull / S, B, (uint8_t *)w->scratch);                        \
             int64_t r = 0;                                                                       \
             for (; r + 4 <= w->n; r += 4) {                                                      \
-                rows(w, xr, r, 4, B, acc);                                                       \
+                rows(w, xr, xp, r, 4, B, ID, acc);                                                       \
                 for (int j = 0; j < 4; j++)                                                      \
                     y[i * w->n + r + j] = subbit_epilogue(                                       \
                         acc[j], sx[i], w->scales[w->groups == 1 ? 0 : r + j], bias, r + j);      \
             }                                                                                    \
             for (; r < w->n; r++) {                                                              \
-                rows(w, xr, r, 1, B, acc);                                                       \
+                rows(w, xr, xp, r, 1, B, ID, acc);                                                       \
                 y[i * w->n + r] =                                                                \
                     subbit_epilogue(acc[0], sx[i], w->scales[w->groups == 1 ? 0 : r], bias, r);  \
             }                                                                                    \
         }                                                                                        \
     }
 
-DEFINE_BITS(1)
-DEFINE_BITS(2)
-DEFINE_BITS(3)
-DEFINE_BITS(4)
-DEFINE_BITS(5)
-DEFINE_BITS(6)
-DEFINE_BITS(7)
-DEFINE_BITS(8)
+DEFINE_BITS(linear_b1, 1, 0)
+DEFINE_BITS(linear_b2, 2, 0)
+DEFINE_BITS(linear_b3, 3, 0)
+DEFINE_BITS(linear_b4, 4, 0)
+DEFINE_BITS(linear_b5, 5, 0)
+DEFINE_BITS(linear_b6, 6, 0)
+DEFINE_BITS(linear_b7, 7, 0)
+DEFINE_BITS(linear_b8, 8, 0)
+DEFINE_BITS(linear_int8, 8, 1)
 
 void subbit_linear_avx512(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
                           const float *bias, float *y) {
@@ -227,6 +266,10 @@ void subbit_linear_avx512(const subbit_weight *w, const int8_t *xq, const float 
     for (; i + 64 <= total; i += 64)
         _mm512_storeu_si512((void *)(xu + i), _mm512_xor_si512(_mm512_loadu_si512((const void *)(xu + i)), flip));
     for (; i < total; i++) xu[i] ^= 0x80;
+    if (w->identity) {
+        linear_int8(w, xu, sx, m, bias, y);
+        return;
+    }
     switch (w->bits) {
     case 1: linear_b1(w, xu, sx, m, bias, y); break;
     case 2: linear_b2(w, xu, sx, m, bias, y); break;

@@ -102,6 +102,7 @@ static void fill_weight(subbit_weight *w, const uint8_t *packed, int64_t n, int6
     w->scales = scales;
     w->rowsum = rowsum;
     w->scratch = 0;
+    w->identity = 0;
 }
 
 int subbit_rowsums(const uint8_t *packed, int64_t n, int64_t k, int bits, const int8_t *lut,
@@ -111,7 +112,7 @@ int subbit_rowsums(const uint8_t *packed, int64_t n, int64_t k, int bits, const 
     fill_weight(&w, packed, n, k, bits, lut, 0, groups, 0);
     uint8_t idx[SUBBIT_BLOCK];
     for (int64_t r = 0; r < n; r++) {
-        const int8_t *t = lut + (groups == 1 ? 0 : r) * SUBBIT_LUT_STRIDE(bits);
+        const int8_t *t = subbit_row_lut(&w, r);
         const uint8_t *row = packed + r * w.row_bytes;
         int32_t s = 0;
         for (int64_t b = 0; b <= w.nfull; b++) {
@@ -132,7 +133,7 @@ void subbit_linear_portable(const subbit_weight *w, const int8_t *xq, const floa
     uint8_t idx[SUBBIT_BLOCK];
     for (int64_t r = 0; r < w->n; r++) {
         int64_t g = w->groups == 1 ? 0 : r;
-        const int8_t *t = w->lut + g * SUBBIT_LUT_STRIDE(w->bits);
+        const int8_t *t = subbit_row_lut(w, r);
         const uint8_t *row = w->packed + r * w->row_bytes;
         for (int64_t b = 0; b * SUBBIT_BLOCK < w->kp; b++) {
             int len = b < w->nfull ? SUBBIT_BLOCK : (int)w->tail;
@@ -165,44 +166,62 @@ uint64_t subbit_read_sum(const uint8_t *buf, int64_t nbytes) {
     return read_sum_portable(buf, nbytes);
 }
 
-int subbit_packed_linear(int path, const float *x, int64_t m, int64_t k, const uint8_t *packed,
-                         int64_t n, int bits, const int8_t *lut, const float *scales, int64_t groups,
-                         const int32_t *rowsum, const float *bias, float *y) {
-    if (bits < 1 || bits > 8 || m < 0 || k < 0 || n < 0 || !(groups == 1 || groups == n) ||
-        (groups == 0 && n != 0))
-        return SUBBIT_EARG;
+static int8_t identity_lut[256];
+
+static int run_linear(int path, const float *x, int64_t m, subbit_weight *w, const float *bias, float *y) {
     if (path == SUBBIT_AUTO) path = subbit_best_path();
     if (path < SUBBIT_PORTABLE || path > SUBBIT_AVX512) return SUBBIT_EARG;
     if (!(subbit_supported_paths() & (1 << path))) return SUBBIT_EPATH;
-    if (path == SUBBIT_AVX512 && !rowsum && n > 0) return SUBBIT_EARG;
-    if (m == 0 || n == 0) return SUBBIT_OK;
-
-    subbit_weight w;
-    fill_weight(&w, packed, n, k, bits, lut, scales, groups, rowsum);
+    if (path == SUBBIT_AVX512 && !w->rowsum && w->n > 0) return SUBBIT_EARG;
+    if (m == 0 || w->n == 0) return SUBBIT_OK;
 
     /* 64-byte aligned activation buffer, +64 so vector loads never run past it */
-    size_t bytes = (size_t)(m * w.kp) + 64;
+    size_t bytes = (size_t)(m * w->kp) + 64;
     int8_t *xq = (int8_t *)aligned_alloc(64, (bytes + 63) / 64 * 64);
     float *sx = (float *)malloc(sizeof(float) * (size_t)m);
-    if (path == SUBBIT_PORTABLE) w.scratch = (int8_t *)malloc((size_t)w.kp + SUBBIT_BLOCK);
-    if (!xq || !sx || (path == SUBBIT_PORTABLE && !w.scratch)) {
+    /* portable: one decoded row; AVX-512: one permuted activation row */
+    int scratch = path == SUBBIT_PORTABLE || path == SUBBIT_AVX512;
+    w->scratch = scratch ? (int8_t *)malloc((size_t)w->kp + 64) : 0;
+    if (!xq || !sx || (scratch && !w->scratch)) {
         free(xq);
         free(sx);
-        free(w.scratch);
+        free(w->scratch);
         return SUBBIT_ENOMEM;
     }
     for (int64_t i = 0; i < m; i++)
-        sx[i] = path >= SUBBIT_AVX2 ? subbit_quantize_row_avx2(x + i * k, k, w.kp, xq + i * w.kp)
-                                    : subbit_quantize_row(x + i * k, k, w.kp, xq + i * w.kp);
-
+        sx[i] = path >= SUBBIT_AVX2 ? subbit_quantize_row_avx2(x + i * w->k, w->k, w->kp, xq + i * w->kp)
+                                    : subbit_quantize_row(x + i * w->k, w->k, w->kp, xq + i * w->kp);
     if (path == SUBBIT_AVX512)
-        subbit_linear_avx512(&w, xq, sx, m, bias, y);
+        subbit_linear_avx512(w, xq, sx, m, bias, y);
     else if (path == SUBBIT_AVX2)
-        subbit_linear_avx2(&w, xq, sx, m, bias, y);
+        subbit_linear_avx2(w, xq, sx, m, bias, y);
     else
-        subbit_linear_portable(&w, xq, sx, m, bias, y);
+        subbit_linear_portable(w, xq, sx, m, bias, y);
     free(xq);
     free(sx);
-    free(w.scratch);
+    free(w->scratch);
+    w->scratch = 0;
     return SUBBIT_OK;
+}
+
+int subbit_packed_linear(int path, const float *x, int64_t m, int64_t k, const uint8_t *packed,
+                         int64_t n, int bits, const int8_t *lut, const float *scales, int64_t groups,
+                         const int32_t *rowsum, const float *bias, float *y) {
+    if (bits < 1 || bits > 8 || m < 0 || k < 0 || n < 0 || !(groups == 1 || groups == n))
+        return SUBBIT_EARG;
+    subbit_weight w;
+    fill_weight(&w, packed, n, k, bits, lut, scales, groups, rowsum);
+    return run_linear(path, x, m, &w, bias, y);
+}
+
+int subbit_int8_linear(int path, const float *x, int64_t m, int64_t k, const int8_t *w8, int64_t n,
+                       const float *scales, int64_t groups, const int32_t *rowsum, const float *bias,
+                       float *y) {
+    if (m < 0 || k < 0 || n < 0 || !(groups == 1 || groups == n)) return SUBBIT_EARG;
+    if (identity_lut[1] != 1)
+        for (int i = 0; i < 256; i++) identity_lut[i] = (int8_t)(uint8_t)i;
+    subbit_weight w;
+    fill_weight(&w, (const uint8_t *)w8, n, k, 8, identity_lut, scales, groups, rowsum);
+    w.identity = 1;
+    return run_linear(path, x, m, &w, bias, y);
 }

@@ -36,8 +36,14 @@ typedef struct {
     const int8_t *lut;     /* [groups][SUBBIT_LUT_STRIDE(bits)], values in [-127, 127] */
     const float *scales;   /* [groups] */
     const int32_t *rowsum; /* [n]: sum over kp of lut values (padding = index 0); AVX-512 path */
-    int8_t *scratch;       /* kp + 32 bytes for the portable path's decoded row */
+    int8_t *scratch;       /* kp + 64 bytes: portable path's decoded row / AVX-512 permuted x row */
+    int identity;          /* 1: packed holds int8 weights (8-bit layout), lut is the identity */
 } subbit_weight;
+
+/* The int8 table of row r (one shared table for per-tensor codebooks and int8 weights). */
+static inline const int8_t *subbit_row_lut(const subbit_weight *w, int64_t r) {
+    return w->lut + ((w->groups == 1 || w->identity) ? 0 : r) * SUBBIT_LUT_STRIDE(w->bits);
+}
 
 /* Bit mask of supported paths: bit p set when path p (enum above) runs on this CPU. */
 int subbit_supported_paths(void);
@@ -48,6 +54,12 @@ int subbit_best_path(void);
 int subbit_packed_linear(int path, const float *x, int64_t m, int64_t k, const uint8_t *packed,
                          int64_t n, int bits, const int8_t *lut, const float *scales, int64_t groups,
                          const int32_t *rowsum, const float *bias, float *y);
+
+/* Same product for weights already expanded to int8 ([n][ceil(k/8)*8], zero padded): used for
+ * 7-8 bit tensors on paths without byte permutes (expanded once at load). */
+int subbit_int8_linear(int path, const float *x, int64_t m, int64_t k, const int8_t *w8, int64_t n,
+                       const float *scales, int64_t groups, const int32_t *rowsum, const float *bias,
+                       float *y);
 
 /* Per-row sums of the decoded int8 weights over the padded row (index 0 in padding; VNNI path). */
 int subbit_rowsums(const uint8_t *packed, int64_t n, int64_t k, int bits, const int8_t *lut,
