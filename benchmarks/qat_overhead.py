@@ -3,8 +3,9 @@
 One training step = forward + loss (+ regularizer) + backward + optimizer step (+ GQ's
 ``constrain_``). Two models: a 4-layer LSTM-512 (80 input features) and a 4-block
 Transformer-256 built here from nn.Linear / nn.LayerNorm; batch 8, 100 frames. Every
-configuration runs in a fresh subprocess so its peak RSS is its own; fp32 runs first and last
-so drift on a shared machine shows. GQ is timed in its soft phase (relative tau held at 0.1),
+configuration runs twice, each time in a fresh subprocess: alone, for its peak RSS, and paired
+with an fp32 twin stepped alternately in the same process, for a time ratio that load from
+other processes on a shared machine affects alike. GQ is timed in its soft phase (relative tau held at 0.1),
 its most expensive one; baselines ignore tau. Quantized runs call ``GQScheduler.step()`` after
 each optimizer step (constrain + set_tau, no projection), as a training loop does.
 
@@ -44,7 +45,6 @@ CONFIGS: list[tuple[str, str, int, str, dict[str, Any]]] = [
     ("s8bqat-4", "s8bqat", 4, "tensor", {}),
     ("dkm-4", "dkm", 4, "tensor", {}),
     ("ptq-4", "ptq", 4, "channel", {}),
-    ("fp32 (again)", "fp32", 32, "tensor", {}),
 ]
 MODELS = ("lstm", "transformer")
 GQ_TAU = 0.1
@@ -108,17 +108,14 @@ def _rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time ``warmup + steps`` training steps of one configuration in this process."""
+def _build(spec: dict[str, Any], quantize: bool):
+    """``(model, step)``: the model (fresh, seed 0) and a closure running one timed step."""
     import torch
 
-    torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     model = build_model(spec["model"])
-    n_weights = sum(p.numel() for p in model.parameters())
-    reg = None
-    sched = None
-    if spec["method"] != "fp32":
+    reg = sched = None
+    if quantize:
         from subbit.quant.api import prepare, quantized_tensors, regularization
         from subbit.quant.rules import LayerSpec, QuantConfig
         from subbit.quant.schedule import GQScheduler
@@ -127,9 +124,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         model = prepare(model, cfg)
         if not any(True for _ in quantized_tensors(model)):
             raise RuntimeError(f"prepare() attached no quantizer for {spec['method']}")
-        # constant soft tau; no projection: the steady per-step cost of the soft phase
-        total = spec["warmup"] + spec["steps"]
-        sched = GQScheduler(model, total, tau_start=GQ_TAU, tau_end=GQ_TAU, quant_every=0)
+        # constant soft tau, no projection: the steady per-step cost of the soft phase
+        sched = GQScheduler(model, 10**6, tau_start=GQ_TAU, tau_end=GQ_TAU, quant_every=0)
         if spec["method"] == "s8bqat":
             reg = regularization
     model.train()
@@ -137,9 +133,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(spec["batch"], spec["frames"], 80, generator=g)
     y = torch.randn(spec["batch"], spec["frames"], 512, generator=g)
-    rss_before = _rss_mb()
-    times = []
-    for _ in range(spec["warmup"] + spec["steps"]):
+
+    def step() -> float:
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.mse_loss(model(x), y)
@@ -149,65 +144,106 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         opt.step()
         if sched is not None:
             sched.step()
-        times.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
         if not math.isfinite(float(loss)):
             raise RuntimeError(f"non-finite loss in {spec}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-    timed = times[spec["warmup"]:]
+        return elapsed
+
+    return model, step
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement in this (fresh) process.
+
+    ``mode="memory"``: only this configuration's model; peak RSS after ``warmup + 2`` steps.
+    ``mode="time"``: this configuration and an fp32 twin, stepped alternately (q, f, q, f, ...)
+    so that load from other processes hits both alike; the ratio is the median of per-pair
+    ratios.
+    """
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    quantize = spec["method"] != "fp32"
+    if spec["mode"] == "memory":
+        model, step = _build(spec, quantize)
+        rss_before = _rss_mb()
+        for _ in range(spec["warmup"] + 2):
+            step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+        return {
+            "peak_rss_mb": peak, "rss_before_mb": rss_before, "train_mem_mb": peak - rss_before,
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+    _, q_step = _build(spec, quantize)
+    _, f_step = _build(spec, False)
+    for _ in range(spec["warmup"]):
+        q_step()
+        f_step()
+    tq, tf = [], []
+    for _ in range(spec["steps"]):
+        tq.append(q_step())
+        tf.append(f_step())
     return {
-        "step_ms": 1e3 * statistics.median(timed),
-        "step_ms_min": 1e3 * min(timed),
-        "peak_rss_mb": peak,
-        "rss_before_mb": rss_before,
-        "train_mem_mb": peak - rss_before,
-        "params": n_weights,
+        "step_ms": 1e3 * statistics.median(tq),
+        "step_ms_min": 1e3 * min(tq),
+        "fp32_ms": 1e3 * statistics.median(tf),
+        "time_x": statistics.median(a / b for a, b in zip(tq, tf)),
     }
 
 
 # -- driver ------------------------------------------------------------------------------
+def _spawn(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        return {"error": " | ".join(tail)}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_config(model: str, cfg: tuple, args: argparse.Namespace) -> dict[str, Any]:
+    """A memory run and a paired timing run, each in its own subprocess."""
     label, method, bits, gran, opts = cfg
     spec = {
         "model": model, "method": method, "bits": bits, "granularity": gran, "options": opts,
         "threads": args.threads, "batch": args.batch, "frames": args.frames,
         "warmup": args.warmup, "steps": args.steps,
     }
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)],
-        capture_output=True, text=True, timeout=args.timeout,
-    )
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-3:]
-        return {"label": label, "model": model, "error": " | ".join(tail)}
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"label": label, "model": model, "method": method, "bits": bits, "granularity": gran, **result}
+    row: dict[str, Any] = {"label": label, "model": model, "method": method, "bits": bits, "granularity": gran}
+    for mode in ("memory", "time"):
+        result = _spawn({**spec, "mode": mode}, args.timeout)
+        if "error" in result:
+            row["error"] = f"{mode}: {result['error']}"
+            return row
+        row.update(result)
+    return row
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Ratios to the mean of the two fp32 runs of the same model."""
+    """Memory ratios to the fp32 run of the same model (time ratios come paired from the worker)."""
     for model in MODELS:
         base = [r for r in rows if r["model"] == model and r.get("method") == "fp32" and "error" not in r]
         if not base:
             continue
-        t = statistics.mean(r["step_ms"] for r in base)
-        peak = statistics.mean(r["peak_rss_mb"] for r in base)
-        train = statistics.mean(r["train_mem_mb"] for r in base)
+        peak, train = base[0]["peak_rss_mb"], base[0]["train_mem_mb"]
         for r in rows:
             if r["model"] == model and "error" not in r:
-                r["time_x"] = r["step_ms"] / t
                 r["peak_x"] = r["peak_rss_mb"] / peak
                 r["train_mem_x"] = r["train_mem_mb"] / train if train > 0 else float("nan")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'model':<12}{'config':<24}{'step ms':>9}{'time x':>8}{'peak MB':>9}{'peak x':>8}{'train MB':>10}{'train x':>9}"
+    head = (f"{'model':<12}{'config':<24}{'step ms':>9}{'fp32 ms':>9}{'time x':>8}"
+            f"{'peak MB':>9}{'peak x':>8}{'train MB':>10}{'train x':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['model']:<12}{r['label']:<24}  ERROR {r['error'][:80]}")
             continue
         lines.append(
-            f"{r['model']:<12}{r['label']:<24}{r['step_ms']:>9.1f}{r.get('time_x', float('nan')):>8.2f}"
+            f"{r['model']:<12}{r['label']:<24}{r['step_ms']:>9.1f}{r['fp32_ms']:>9.1f}{r['time_x']:>8.2f}"
             f"{r['peak_rss_mb']:>9.0f}{r.get('peak_x', float('nan')):>8.2f}"
             f"{r['train_mem_mb']:>10.0f}{r.get('train_mem_x', float('nan')):>9.2f}"
         )
@@ -233,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="3 timed steps after 1 warm-up (shapes unchanged)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    p.add_argument("--steps", type=int, default=8, help="timed steps per config (median reported)")
+    p.add_argument("--steps", type=int, default=8, help="timed step pairs per config (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=100)

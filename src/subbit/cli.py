@@ -20,6 +20,7 @@ VERB_MODULES: tuple[str, ...] = (
     "eval",
     "export",
     "bench",
+    "compare",
     "report",
 )
 

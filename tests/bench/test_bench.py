@@ -184,3 +184,20 @@ def test_cli_bench_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFi
     assert result["rows"][1]["torch_imported"] is False  # the packed runtime runs without torch
     assert png.stat().st_size > 1000
     assert "subbit-4bit" in capsys.readouterr().out
+
+
+def test_scheduled_decoding_does_equal_work(tmp_path: Path) -> None:
+    """The benchmark's fixed-rate decoding: one (non-blank) token every N encoder frames,
+    whatever the weights, so every variant runs the predictor equally often."""
+    from subbit.bench.latency import scheduled_session_class
+    from subbit.runtime.models import PackedTransducer
+
+    path = tmp_path / "m.subbit"
+    export_gq(tiny("conformer"), 4, path)
+    model = PackedTransducer.from_file(path)
+    s = scheduled_session_class()(model, 2, model.vocab_size)
+    wave = synth_audio(1.0)
+    s.accept_audio(wave)
+    tokens = s.finalize_tokens()
+    assert s.frame > 4 and len(tokens) == (s.frame + 1) // 2
+    assert all(0 < t < model.vocab_size for t in tokens)

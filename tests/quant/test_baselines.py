@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from subbit.quant.baselines import DKMQuantizer, PTQQuantizer, S8BQATQuantizer, UniformQuantizer
-from subbit.quant.baselines._common import fast_softmax, lloyd_1d, nearest_index, quantile_init
+from subbit.quant.baselines._common import fast_softmax, lloyd_1d, nearest_index, quantile_init, recompute
 from subbit.quant.mulaw import expand
 
 torch.set_num_threads(1)
@@ -330,6 +330,26 @@ def test_fast_softmax_matches_torch_softmax():
         (a * gout).sum().backward()
         (b * gout).sum().backward()
         assert torch.allclose(x.grad, x2.grad, atol=1e-6)
+
+
+def test_recompute_matches_direct_gradients():
+    def fn(x: torch.Tensor, c: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        cand = c.gather(1, idx.long().reshape(3, -1)).reshape(3, 2, 50)
+        return (x.unsqueeze(1) - cand).square().sum(1) * c.sum()
+
+    g = torch.Generator().manual_seed(10)
+    x0, c0 = torch.randn(3, 50, generator=g), torch.randn(3, 5, generator=g)
+    idx = torch.randint(0, 5, (3, 2, 50), generator=g, dtype=torch.int32)
+
+    def run(wrap: bool) -> tuple[torch.Tensor, ...]:
+        x, c = x0.clone().requires_grad_(True), c0.clone().requires_grad_(True)
+        y = recompute(fn, x, c, idx) if wrap else fn(x, c, idx)
+        assert y.requires_grad
+        (y * torch.arange(150.0).reshape(3, 50)).sum().backward()
+        return y.detach(), x.grad, c.grad
+
+    for a, b in zip(run(True), run(False)):
+        assert torch.allclose(a, b, rtol=1e-5)
 
 
 def test_lloyd_never_worse_than_its_quantile_start():

@@ -169,3 +169,52 @@ def test_zero_weight_group_is_finite():
     out = q(w.requires_grad_())
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(q.theta.grad).all()
+
+
+@pytest.mark.parametrize("g, k", [(1, 2), (1, 16), (3, 16), (1, 256), (4, 256)])
+def test_locate_equals_searchsorted(g, k):
+    from subbit.quant.gq import locate
+
+    gen = torch.Generator().manual_seed(k + g)
+    for trial in range(6):
+        th = torch.sort(torch.rand(g, k, generator=gen) * 2 - 1, 1).values
+        if trial == 0:
+            th = torch.linspace(-1, 1, k).repeat(g, 1)
+        if trial == 1:
+            th[:, : k // 2] = th[:, :1].clone()  # bunched centroids: the fallback path
+        if trial == 2:
+            th[:, :2] = th[:, :1].clone()  # a duplicate: two steps in one bin
+        u = torch.cat([torch.rand(g, 9000, generator=gen) * 2 - 1, th, th + 1e-7, th - 1e-7,
+                       torch.tensor([[-1.0, 1.0, 0.0]]).repeat(g, 1)], 1).clamp(-1, 1)
+        assert torch.equal(locate(u, th), torch.searchsorted(th, u))
+
+
+MEMORY_SCRIPT = """
+import resource, sys, torch
+torch.set_num_threads(1)
+torch.manual_seed(0)
+lin = torch.nn.Linear(1024, 1024)
+x = torch.randn(16, 1024)
+if sys.argv[1] == "gq":
+    import subbit.quant as Q
+    Q.prepare(lin, Q.QuantConfig.from_dict({"default": {"bits": 8}}))
+opt = torch.optim.Adam(lin.parameters(), 1e-3)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+opt.zero_grad()
+lin(x).square().mean().backward()
+opt.step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+"""
+
+
+def test_8bit_step_memory_within_2x_of_fp32():
+    """Peak RSS growth of one fwd+bwd+Adam step, 8-bit GQ vs fp32 (a full softmax would need ~1 GB)."""
+    import subprocess
+    import sys
+
+    def peak_kb(mode: str) -> int:
+        res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, mode], capture_output=True, text=True, check=True)
+        return int(res.stdout.strip())
+
+    fp32, gq = peak_kb("fp32"), peak_kb("gq")
+    assert gq <= 2 * fp32, (gq, fp32)

@@ -13,7 +13,7 @@ from subbit.runtime import kernels
 torch.set_num_threads(1)
 
 C_PATHS = [p for p in kernels.available_paths() if p != "ref"]
-SHAPES = [(1, 4, 32), (3, 7, 33), (2, 13, 100), (1, 9, 8), (4, 5, 64), (1, 17, 200), (2, 6, 88), (2, 5, 1064)]
+SHAPES = [(1, 4, 32), (3, 7, 33), (2, 13, 100), (1, 9, 8), (4, 5, 64), (1, 17, 200), (2, 6, 88), (2, 5, 1064), (6, 9, 300)]
 
 
 def make_weight(rng: np.random.Generator, bits: int, n: int, k: int, granularity: str) -> PackedTensor:

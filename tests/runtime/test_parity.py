@@ -130,3 +130,20 @@ def test_unknown_arch_is_refused(exported: Path) -> None:
     pm.manifest["arch"] = {**pm.manifest["arch"], "arch": "transformer"}
     with pytest.raises(ValueError, match="'arch'"):
         PackedTransducer.from_packed(pm)
+
+
+def test_runtime_imports_no_training_code_nor_torch(exported: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from subbit.runtime import PackedTransducer, StreamingSession\n"
+        f"s = StreamingSession(PackedTransducer.from_file({str(exported)!r}))\n"
+        "s.accept_audio(np.zeros(8000, np.float32)); s.finalize()\n"
+        "bad = [m for m in ('torch', 'subbit.quant', 'subbit.asr.models', 'subbit.asr.train') if m in sys.modules]\n"
+        "print('LOADED', bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOADED []" in out.stdout

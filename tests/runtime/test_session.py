@@ -165,3 +165,27 @@ def test_bad_input_is_refused(case: tuple[str, Path]) -> None:
     s.finalize()
     with pytest.raises(ValueError, match="reset"):
         s.accept_audio(np.zeros(100, np.float32))
+
+
+def test_frontend_normalisation_comes_from_the_manifest(tmp_path: Path) -> None:
+    """``subbit export`` stores the run's feature settings and global mean/std in extra.features."""
+    from subbit.asr.features import LogMel
+
+    torch.manual_seed(0)
+    model = build_model("rnnt", "tiny", vocab_size=12).eval()
+    prepare(model, QuantConfig.from_dict({"default": {"method": "gq", "bits": 4}}))
+    convert(model)
+    fe = LogMel()
+    fe.set_stats(torch.linspace(-8, -2, 80), torch.linspace(1, 3, 80))
+    feats = {"kind": "logmel", "sample_rate": 16000, "n_fft": 400, "hop_length": 160, "n_mels": 80,
+             "mean": fe.mean.tolist(), "std": fe.std.tolist()}
+    path = tmp_path / "m.subbit"
+    export_model(model, path, arch=model.config, extra={"features": feats})
+    s = StreamingSession(PackedTransducer.from_file(path))
+    wave = audio(0.5)
+    ref, _ = fe(torch.from_numpy(wave)[None])
+    np.testing.assert_allclose(s.frontend.frames(wave), ref[0].numpy(), rtol=1e-4, atol=2e-4)
+    feats["kind"] = "mfcc"
+    export_model(model, path, arch=model.config, extra={"features": feats})
+    with pytest.raises(ValueError, match="extra.features"):
+        StreamingSession(PackedTransducer.from_file(path))

@@ -242,6 +242,20 @@ def build_from_config(config: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
+def sync_quantized_weights(model: torch.nn.Module) -> None:
+    """Recompute the plain-tensor weights that quantized modules compute with.
+
+    ``Module.to(device)`` moves parameters and buffers but not those derived tensors; code that
+    reads them before the next forward (e.g. a predictor's ``init_state`` taking the embedding's
+    device) would otherwise see the old device or pre-``load_state_dict`` values.
+    """
+    from subbit.quant.modules import refresh
+
+    with torch.no_grad():
+        for module in model.modules():
+            refresh(module)
+
+
 def load_run(run_dir: str | Path, which: str = "final", map_location: str = "cpu") -> LoadedRun:
     """Rebuild a run's model from its config and load its weights.
 
@@ -262,6 +276,8 @@ def load_run(run_dir: str | Path, which: str = "final", map_location: str = "cpu
     state = model_state_from(weights)
     model.load_state_dict(state, strict=True)
     model.to(map_location)
+    if config.get("quant"):
+        sync_quantized_weights(model)
     model.eval()
     if not paths.tokenizer.is_file():
         raise FileNotFoundError(f"{paths.tokenizer} not found")

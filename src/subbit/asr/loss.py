@@ -1,12 +1,13 @@
-"""RNN-T loss in pure PyTorch (torchaudio is unusable here; autograd provides the backward).
+"""RNN-T loss in pure PyTorch (torchaudio cannot be imported with torch 2.13 on CPU).
 
 Forward variable ``alpha[t, u]`` = log-prob of having emitted ``u`` labels by frame ``t``:
 ``alpha[t, u] = logaddexp(alpha[t-1, u] + blank[t-1, u], alpha[t, u-1] + label[t, u-1])``.
 We loop over frames; inside a frame the recursion over ``u`` is linear in probability space,
 so it is solved in closed form: with ``c[u] = sum_{k<u} label[t, k]`` and ``a[u]`` the
 contribution from the previous frame, ``alpha[t, u] = c[u] + logcumsumexp(a - c)[u]``.
-Only the blank and label log-probs are kept ([B, T, U+1] and [B, T, U]), never [B, T, U+1, V]
-beyond the one log-softmax (``rnnt_loss_from_parts`` avoids even that).
+The backward is analytic (backward variables beta, same trick reversed over ``u``), and only
+the blank and label log-probs ([B, T, U+1] and [B, T, U]) are ever formed: the log-softmax over
+the vocabulary is not materialised (``rnnt_loss_from_parts`` also avoids keeping the logits).
 """
 
 from __future__ import annotations
@@ -190,6 +191,8 @@ def rnnt_loss_from_parts(enc: Tensor, pred: Tensor, joiner: Callable[[Tensor, Te
     if frames_per_chunk < 1:
         raise ValueError(f"frames_per_chunk must be >= 1, got {frames_per_chunk}")
     t_max, u1 = enc.size(1), pred.size(1)
+    if t_max == 0:
+        raise ValueError("enc has no frames (T=0)")
 
     def piece(e: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         return _gather_lp(joiner(e.unsqueeze(2), p.unsqueeze(1)), targets, blank)
@@ -198,7 +201,8 @@ def rnnt_loss_from_parts(enc: Tensor, pred: Tensor, joiner: Callable[[Tensor, Te
     for t0 in range(0, t_max, frames_per_chunk):
         e = enc[:, t0 : t0 + frames_per_chunk]
         if t0 == 0:  # the vocabulary size is only known from the joiner's output
-            first = joiner(e[:1, :1].unsqueeze(2), pred[:1, :1].unsqueeze(1))
+            with torch.no_grad():
+                first = joiner(e[:1, :1].unsqueeze(2), pred[:1, :1].unsqueeze(1))
             _check(t_max, u1 - 1, targets, enc_lens, target_lens, first.size(-1), blank, reduction)
         if torch.is_grad_enabled():
             bl, la = checkpoint(piece, e, pred, use_reentrant=False)

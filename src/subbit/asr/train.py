@@ -46,6 +46,7 @@ from subbit.asr.checkpoint import (
     model_state_from,
     read_run_config,
     run_dir_of,
+    sync_quantized_weights,
     write_run_config,
 )
 
@@ -344,14 +345,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(
         {
             "bit_generator": n["bit_generator"],
-            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "state": {"key": n["key"].cpu().numpy().astype(np.uint32), "pos": n["pos"]},
             "has_gauss": n["has_gauss"],
             "gauss": n["gauss"],
         }
     )
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def seed_everything(seed: int) -> None:
@@ -487,6 +488,8 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
         quant_dict = qconfig.to_dict()
         model = sq.prepare(model, qconfig)
     model.to(device)
+    if cfg.quant:
+        sync_quantized_weights(model)
     n_params = sum(p.numel() for p in model.parameters())
 
     if dist.main and not cfg.resume:
@@ -535,7 +538,7 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
     gq = None
     ckpt: dict[str, Any] | None = None
     if cfg.resume:
-        ckpt = load_checkpoint(paths.last, map_location=device)
+        ckpt = load_checkpoint(paths.last, map_location="cpu")  # load_state_dict moves to the device
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         lr_sched.load_state_dict(ckpt["lr_schedule"])
@@ -688,6 +691,8 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
                     est = step + max(1, int(remaining / sec_per_step * safety))
                     total = dist.broadcast_int(est)
                     lr_sched.total = total
+                    # as with --steps, the warmup takes at most 10% of the run
+                    lr_sched.warmup = min(lr_sched.warmup, max(step, total // 10))
                     bar.total = total
                     bar.refresh()
                     log.info("time budget %.1f min: %.3f s/step -> %d steps in all", cfg.minutes, sec_per_step, total)

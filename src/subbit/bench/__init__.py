@@ -35,6 +35,7 @@ PRESETS: dict[str, tuple[str, str]] = {
 ROW_KEYS = ("name", "method", "bits", "threads", "p50_ms", "p90_ms", "upl_ms", "rtf", "weight_bytes",
             "peak_rss_bytes")
 ALL_BITS = (8, 5, 4, 3, 2, 1)
+ARTIFACT_VERSION = 2  # bump when the artifacts' format changes: --workdir caches are then rebuilt
 QUICK_BITS = (8, 4, 2)
 
 
@@ -50,6 +51,7 @@ class BenchOptions:
     baselines: tuple[str, ...] = ("fp32", "torch-int8", "ort-int8")
     matvec: bool = True
     matvec_size: int = 4096
+    token_every: int = 3
     workdir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -62,6 +64,8 @@ class BenchOptions:
         for t in self.threads:
             if not isinstance(t, int) or t < 1:
                 raise ValueError(f"threads: every entry must be a positive integer, got {t!r}")
+        if not isinstance(self.token_every, int) or self.token_every < 0:
+            raise ValueError(f"token_every must be an integer >= 0, got {self.token_every!r}")
         if not self.seconds > 0:
             raise ValueError(f"seconds must be > 0, got {self.seconds!r}")
         unknown = set(self.baselines) - {"fp32", "torch-int8", "ort-int8"}
@@ -72,7 +76,7 @@ class BenchOptions:
 def quick_options(preset: str, **over: Any) -> BenchOptions:
     """The ``--quick`` set: 1 thread, bits 8/4/2, 3 s of audio, one timed pass."""
     base: dict[str, Any] = {"preset": preset, "bits": QUICK_BITS, "threads": (1,), "seconds": 3.0, "repeats": 1,
-                            "matvec_size": 2048}
+                            "matvec_size": 4096}
     base.update({k: v for k, v in over.items() if v is not None})
     return BenchOptions(**base)
 
@@ -86,7 +90,8 @@ def build_float_model(opts: BenchOptions) -> Any:
 
     arch, preset = PRESETS[opts.preset]
     torch.manual_seed(opts.seed)
-    return build_model(arch, preset, vocab_size=opts.vocab_size).eval()
+    model = build_model(arch, preset, vocab_size=opts.vocab_size).eval()
+    return model
 
 
 def gq_quantized_tensors(model: Any, bits: int) -> list[Any]:
@@ -120,6 +125,18 @@ def _specs(opts: BenchOptions, workdir: Path, progress: bool) -> list[Any]:
 
     model = build_float_model(opts)
     cfg_path = workdir / "model-config.json"
+    # artifacts of an earlier run in the same --workdir are reused when they came from the same
+    # weights (same preset config, seed and library versions)
+    import torch
+
+    stamp = json.dumps({"config": model.config, "seed": opts.seed, "torch": torch.__version__,
+                        "artifacts": ARTIFACT_VERSION}, sort_keys=True)
+    stamp_path = workdir / "stamp.json"
+    reuse = stamp_path.is_file() and stamp_path.read_text() == stamp
+    if not reuse:
+        for old in list(workdir.glob("gq*.subbit")) + list(workdir.glob("ort-int8/*.onnx")):
+            old.unlink()
+        stamp_path.write_text(stamp)
     cfg_path.write_text(json.dumps(model.config))
     jobs: list[tuple[str, str, int, str]] = []  # name, method, bits, path
     if "fp32" in opts.baselines:
@@ -130,17 +147,20 @@ def _specs(opts: BenchOptions, workdir: Path, progress: bool) -> list[Any]:
     steps += [("subbit", b) for b in opts.bits]
     for kind, bits in tqdm(steps, desc="artifacts", disable=not progress):
         if kind == "ort":
-            export_onnx_int8(model, workdir / "ort-int8")
+            if not (reuse and (workdir / "ort-int8" / "meta.json").is_file()):
+                export_onnx_int8(model, workdir / "ort-int8")
             jobs.append(("int8-onnxruntime", "ort-int8", 8, str(workdir / "ort-int8")))
         else:
             path = workdir / f"gq{bits}.subbit"
-            export_gq(model, int(bits), path)
+            if not (reuse and path.is_file()):
+                export_gq(model, int(bits), path)
             jobs.append((f"subbit-{bits}bit", "subbit", int(bits), str(path)))
     specs = []
     for threads in opts.threads:
         for name, method, bits, path in jobs:
             specs.append(VariantSpec(name=name, method=method, bits=bits, threads=threads, seconds=opts.seconds,
-                                     path=path, seed=opts.seed, repeats=opts.repeats, extra=dict(opts.extra)))
+                                     path=path, seed=opts.seed, repeats=opts.repeats,
+                                     extra={"token_every": opts.token_every, **opts.extra}))
     return specs
 
 

@@ -187,7 +187,8 @@ def export_onnx_int8(model: Any, out_dir: str | os.PathLike[str], quantize: bool
             src.unlink()
         else:
             os.replace(src, out / final)
-    meta.update({"blank": int(model.blank), "n_mels": int(cfg["n_mels"]), "pred_layers": int(cfg["pred_layers"]),
+    meta.update({"blank": int(model.blank), "n_mels": int(cfg["n_mels"]), "vocab_size": int(cfg["vocab_size"]),
+                 "pred_layers": int(cfg["pred_layers"]),
                  "pred_hidden": int(cfg["pred_hidden"]), "quantized": bool(quantize)})
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta

@@ -117,6 +117,45 @@ def time_stream(session: Any, audio: np.ndarray, chunk_samples: int, repeats: in
     return StreamTiming(chunk_ms, upl, passes, audio.shape[0] / sample_rate, tokens)
 
 
+def scheduled_session_class() -> type:
+    """A StreamingSession whose decoding does greedy's work at a fixed token rate.
+
+    With random weights, free greedy emission is arbitrary (anything from nothing to the
+    maximum symbols on every frame) and differs between variants, so the predictor's share of
+    the work would differ too. Here every encoder frame is projected and joined exactly as in
+    greedy search, but every ``token_every``-th frame emits one token (then joins again, as
+    greedy does after an emission), so all variants do identical work.
+    """
+    from subbit.runtime.session import StreamingSession
+
+    class ScheduledSession(StreamingSession):
+        def __init__(self, model: Any, token_every: int, vocab_size: int) -> None:
+            self.token_every, self.vocab = int(token_every), int(vocab_size)
+            super().__init__(model)
+
+        def reset(self) -> None:
+            super().reset()
+            self.frame = 0
+
+        def _decode(self, enc: np.ndarray) -> None:
+            if enc.shape[0] == 0:
+                return
+            joiner, predictor = self.model.joiner, self.model.predictor
+            enc_p = joiner.project_enc(enc)
+            for t in range(enc_p.shape[0]):
+                joiner.join(enc_p[t], self.pred_p)
+                if self.frame % self.token_every == 0:
+                    tok = 1 + (self.frame * 7919) % (self.vocab - 1)
+                    tok = tok if tok != self.blank else 1 + tok % (self.vocab - 1)
+                    self.tokens.append(tok)
+                    out, self.pred_state = predictor.step(tok, self.pred_state)
+                    self.pred_p = joiner.project_pred(out)
+                    joiner.join(enc_p[t], self.pred_p)
+                self.frame += 1
+
+    return ScheduledSession
+
+
 # -- one large matvec per bit depth ------------------------------------------------------------
 def matvec_rows(bits_list: list[int], n: int = 4096, k: int = 4096, repeats: int = 30,
                 seed: int = 0) -> list[dict[str, Any]]:
@@ -133,38 +172,40 @@ def matvec_rows(bits_list: list[int], n: int = 4096, k: int = 4096, repeats: int
         cb = np.sort(rng.standard_normal((1, 1 << bits))).astype(np.float32)
         pt = PackedTensor.from_indices(idx, cb, bits)
         kernels.packed_linear(x, pt)  # builds the int8 tables once
-        t = _median_time(lambda: kernels.packed_linear(x, pt), repeats)
         buf = np.ascontiguousarray(pt.packed).reshape(-1)
-        t_read = _median_time(lambda: kernels.read_sum(buf), repeats)
+        # kernel and plain read timed alternately: both see the same load on a shared machine
+        t, t_read = _paired_times(lambda: kernels.packed_linear(x, pt), lambda: kernels.read_sum(buf), repeats)
         rows.append({
-            "bits": bits, "n": n, "k": k, "us": t * 1e6, "weight_bytes": int(buf.nbytes),
-            "gbps": buf.nbytes / t / 1e9, "read_gbps": buf.nbytes / t_read / 1e9,
-            "fraction_of_read": t_read / t, "path": kernels.default_path(),
+            "bits": bits, "n": n, "k": k, "us": float(np.median(t)) * 1e6, "weight_bytes": int(buf.nbytes),
+            "gbps": buf.nbytes / float(np.median(t)) / 1e9, "read_gbps": buf.nbytes / float(np.median(t_read)) / 1e9,
+            "fraction_of_read": float(np.median(t_read / t)), "path": kernels.default_path(),
         })
     return rows
 
 
-def _median_time(fn: Any, repeats: int) -> float:
-    times = []
+def _paired_times(fa: Any, fb: Any, repeats: int) -> tuple[np.ndarray, np.ndarray]:
+    ta, tb = [], []
     for _ in range(max(3, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for fn, out in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return np.asarray(ta), np.asarray(tb)
 
 
 # -- the subprocess side -----------------------------------------------------------------------
-def _build_model(spec: VariantSpec) -> tuple[Any, int]:
-    """(streaming model in the runtime interface, resident weight bytes)."""
+def _build_model(spec: VariantSpec) -> tuple[Any, int, int]:
+    """(streaming model in the runtime interface, resident weight bytes, vocabulary size)."""
     if spec.method == "subbit":
         from subbit.runtime.models import PackedTransducer
 
-        m = PackedTransducer.from_file(spec.path)
-        return m, m.weight_bytes
+        m = PackedTransducer.from_file(spec.path, threads=spec.threads)
+        return m, m.weight_bytes, m.vocab_size
     if spec.method == "ort-int8":
         from subbit.bench.int8_baselines import OrtStreamingModel, ort_weight_bytes
 
-        return OrtStreamingModel(spec.path, threads=spec.threads), ort_weight_bytes(spec.path)
+        o = OrtStreamingModel(spec.path, threads=spec.threads)
+        return o, ort_weight_bytes(spec.path), int(o.meta["vocab_size"])
     if spec.method in ("fp32", "torch-int8"):
         import torch
 
@@ -172,12 +213,16 @@ def _build_model(spec: VariantSpec) -> tuple[Any, int]:
         from subbit.bench.int8_baselines import TorchStreamingModel, torch_int8_streaming_model, torch_weight_bytes
 
         torch.set_num_threads(spec.threads)
+        # oneDNN re-lays out the LSTM weights on every call: ~10x slower for one-frame steps
+        # (measured 56 vs 4.9 ms for a 1-step LSTM-1024), so the baselines run without it
+        torch.backends.mkldnn.enabled = False
         torch.manual_seed(spec.seed)
         cfg = json.loads(Path(spec.path).read_text())
         model = build_from_config(cfg).eval()
+        vocab = int(cfg["vocab_size"])
         if spec.method == "torch-int8":
-            return torch_int8_streaming_model(model), torch_weight_bytes(model, int8=True)
-        return TorchStreamingModel(model), torch_weight_bytes(model)
+            return torch_int8_streaming_model(model), torch_weight_bytes(model, int8=True), vocab
+        return TorchStreamingModel(model), torch_weight_bytes(model), vocab
     raise ValueError(f"variant method must be fp32, torch-int8, ort-int8 or subbit, got {spec.method!r}")
 
 
@@ -187,9 +232,13 @@ def run_variant(spec: VariantSpec) -> dict[str, Any]:
     from subbit.runtime.session import StreamingSession
 
     t0 = time.perf_counter()
-    model, weight_bytes = _build_model(spec)
+    model, weight_bytes, vocab_size = _build_model(spec)
     load_s = time.perf_counter() - t0
-    session = StreamingSession(model)
+    token_every = int(spec.extra.get("token_every", 0))
+    if token_every > 0:
+        session = scheduled_session_class()(model, token_every, vocab_size)
+    else:
+        session = StreamingSession(model)
     chunk_frames = int(spec.extra.get("chunk_frames") or model.encoder.chunk_frames)
     hop = session.frontend.hop
     chunk_samples = chunk_frames * hop
@@ -208,6 +257,7 @@ def run_variant(spec: VariantSpec) -> dict[str, Any]:
         "stream_peak_rss_bytes": stream_peak,
         "torch_imported": "torch" in sys.modules,
         "chunk_ms": 1e3 * chunk_samples / 16000, "audio_s": spec.seconds, "load_s": load_s,
+        "decode": f"one token every {token_every} frames" if token_every > 0 else "greedy",
     }
     if spec.method == "subbit":
         from subbit.runtime import kernels

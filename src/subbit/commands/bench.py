@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-matvec", action="store_true", help="skip the single large matvec per bit depth")
     p.add_argument("--vocab-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--token-every", type=int, default=3,
+                   help="decode load: emit one token every N encoder frames for every variant (same work; "
+                        "random weights make free greedy emission arbitrary); 0 = plain greedy")
     p.add_argument("--workdir", default=None, help="keep the artifacts here (default: a temporary dir)")
     p.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")
     p.add_argument("--plot", default=None, help="write a PNG plot here")
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     baselines = () if args.baselines.strip() == "none" else tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     over = {"bits": args.bits, "threads": args.threads, "seconds": args.seconds, "repeats": args.repeats,
             "vocab_size": args.vocab_size, "seed": args.seed, "baselines": baselines,
+            "token_every": args.token_every,
             "matvec": not args.no_matvec, "workdir": args.workdir}
     if args.quick:
         opts = quick_options(args.preset, **over)

@@ -170,6 +170,8 @@ def validate_manifest(m: Any, tensors: dict[str, tuple[str, tuple[int, ...]]]) -
         tok = _dict(tok, "manifest.tokenizer")
         _keys(tok, {"kind", "nbytes"}, set(), "manifest.tokenizer")
         _str(tok["kind"], "manifest.tokenizer.kind")
+        if TOKENIZER_TENSOR in expected:
+            raise _fail("manifest.tokenizer", f"tensor name {TOKENIZER_TENSOR!r} used twice")
         expected[TOKENIZER_TENSOR] = ("U8", (_int(tok["nbytes"], "manifest.tokenizer.nbytes", 0),))
 
     if set(expected) != set(tensors):

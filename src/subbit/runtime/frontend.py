@@ -79,3 +79,24 @@ class StreamingLogMel:
         out = self.frames(self.buf)
         self.buf = self.buf[out.shape[0] * self.hop :]
         return out
+
+
+def frontend_from_manifest(manifest: dict | None, n_mels: int) -> StreamingLogMel:
+    """The frontend a ``.subbit`` file was trained with: ``manifest["extra"]["features"]``
+    (written by ``subbit export`` from the run's config: log-mel settings and the global
+    mean/std), else the default log-mel without normalisation."""
+    feats = ((manifest or {}).get("extra") or {}).get("features")
+    if not feats:
+        return StreamingLogMel(n_mels=n_mels)
+    if not isinstance(feats, dict) or feats.get("kind") != "logmel":
+        raise ValueError(f"manifest extra.features: kind {feats.get('kind') if isinstance(feats, dict) else feats!r} "
+                         "is not supported (expected 'logmel')")
+    try:
+        fe = StreamingLogMel(sample_rate=int(feats["sample_rate"]), n_fft=int(feats["n_fft"]),
+                             hop_length=int(feats["hop_length"]), n_mels=int(feats["n_mels"]),
+                             mean=feats.get("mean"), std=feats.get("std"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"manifest extra.features is malformed: {exc}") from None
+    if fe.n_mels != n_mels:
+        raise ValueError(f"manifest extra.features.n_mels={fe.n_mels} but the model expects {n_mels}")
+    return fe

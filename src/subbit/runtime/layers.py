@@ -60,7 +60,10 @@ class WeightStore:
     directly (a depthwise-conv kernel, a tiny table) is decoded once with :meth:`dense`.
     """
 
-    def __init__(self, packed: dict[str, Any], floats: dict[str, Array]) -> None:
+    def __init__(self, packed: dict[str, Any], floats: dict[str, Array], threads: int = 1) -> None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        self.threads = threads
         self.packed = dict(packed)
         self.floats = {k: _f32(v) for k, v in floats.items()}
         self.used: set[str] = set()
@@ -95,7 +98,7 @@ class WeightStore:
         b = self.maybe_float(f"{prefix}.bias") if bias else None
         if w in self.packed:
             self.used.add(w)
-            return PackedLinear(self.packed[w], b)
+            return PackedLinear(self.packed[w], b, self.threads)
         return FloatLinear(self.float(w), b)
 
     def unused(self) -> list[str]:
@@ -117,9 +120,9 @@ def kernels_lut(pt: Any) -> tuple[Array, Array]:
 def packed_nbytes(pt: Any) -> int:
     """Resident bytes of one packed tensor: indices, float codebook, and the kernels' tables
     (int8 LUT, scales, per-row sums) built once at load."""
-    prep = kernels.prepare(pt)
-    extra = prep.lut.nbytes + prep.scales.nbytes + prep.rowsum.nbytes
-    return int(np.asarray(pt.packed).nbytes + np.asarray(pt.codebook).nbytes + extra)
+    groups, rows = int(pt.groups), int(pt.shape[0]) if len(pt.shape) > 1 else 1
+    tables = groups * kernels.lut_stride(int(pt.bits)) + 4 * groups + 4 * rows  # int8 LUT, scales, row sums
+    return int(np.asarray(pt.packed).nbytes + np.asarray(pt.codebook).nbytes + tables)
 
 
 # -- Linear --------------------------------------------------------------------------------------
@@ -158,22 +161,67 @@ class FloatLinear(Linear):
 
 
 class PackedLinear(Linear):
-    """Bit-packed weight through the C kernels (or their NumPy reference)."""
+    """Bit-packed weight through the C kernels (or their NumPy reference).
 
-    def __init__(self, packed: Any, bias: Array | None = None) -> None:
+    ``threads > 1`` splits the output rows into that many slices run concurrently (the kernels
+    are single-threaded and ctypes releases the GIL); each output still comes from the same
+    integer math, so the result is bit-identical to one thread. Small layers stay whole.
+    """
+
+    MIN_ROWS_PER_THREAD = 256
+
+    def __init__(self, packed: Any, bias: Array | None = None, threads: int = 1) -> None:
         shape = tuple(int(s) for s in packed.shape)
         if len(shape) != 2:
             raise ValueError(f"packed Linear weight must be 2-D, got shape {shape}")
         self.packed = packed
         self.bias = None if bias is None else _f32(bias)
         self.out_features, self.in_features = shape
+        parts = max(1, min(int(threads), shape[0] // self.MIN_ROWS_PER_THREAD))
+        self.slices = _row_slices(packed, self.bias, parts) if parts > 1 else []
 
     def __call__(self, x: Array) -> Array:
-        return kernels.packed_linear(_f32(x), self.packed, self.bias)
+        x = _f32(x)
+        if not self.slices:
+            return kernels.packed_linear(x, self.packed, self.bias)
+        pool = _pool(len(self.slices))
+        futures = [pool.submit(kernels.packed_linear, x, pt, b) for pt, b in self.slices[1:]]
+        first = kernels.packed_linear(x, *self.slices[0])
+        return np.concatenate([first] + [f.result() for f in futures], axis=1)
 
     @property
     def nbytes(self) -> int:
+        if self.slices:  # the slices are views of the packed rows; their tables are rebuilt
+            return sum(packed_nbytes(pt) for pt, _ in self.slices) + (0 if self.bias is None else self.bias.nbytes)
         return packed_nbytes(self.packed) + (0 if self.bias is None else self.bias.nbytes)
+
+
+def _row_slices(pt: Any, bias: Array | None, parts: int) -> list[tuple[Any, Array | None]]:
+    """Split a packed ``[N, K]`` weight into ``parts`` row ranges (views, no copy of the indices)."""
+    from dataclasses import replace
+
+    n, k = int(pt.shape[0]), int(pt.shape[1])
+    rows = np.asarray(pt.packed).reshape(n, -1)
+    cb = np.asarray(pt.codebook)
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        sub_cb = cb[a:b] if int(pt.groups) > 1 else cb
+        sub = replace(pt, shape=(int(b - a), k), packed=rows[a:b], codebook=sub_cb,
+                      groups=int(pt.groups) if int(pt.groups) == 1 else int(b - a), runtime_cache={})
+        out.append((sub, None if bias is None else bias[a:b]))
+    return out
+
+
+_POOLS: dict[int, Any] = {}
+
+
+def _pool(workers: int) -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(max_workers=workers - 1 or 1, thread_name_prefix="subbit-linear")
+    return _POOLS[workers]
 
 
 # -- LSTM ----------------------------------------------------------------------------------------
@@ -198,11 +246,10 @@ class LSTMLayer:
         ys = np.empty((x.shape[0], self.output_size), dtype=np.float32)
         for t in range(x.shape[0]):
             g = gi[t] + self.hh(h.reshape(1, -1))[0]
-            i = sigmoid(g[:hd])
-            f = sigmoid(g[hd : 2 * hd])
+            i_f = sigmoid(g[: 2 * hd])  # input and forget gates in one pass
             gg = np.tanh(g[2 * hd : 3 * hd])
             o = sigmoid(g[3 * hd :])
-            c = f * c + i * gg
+            c = i_f[hd:] * c + i_f[:hd] * gg
             h = o * np.tanh(c)
             if self.proj is not None:
                 h = self.proj(h.reshape(1, -1))[0]
@@ -273,7 +320,7 @@ def _lstm_layer(store: WeightStore, prefix: str, k: int) -> LSTMLayer:
 def _linear_from(store: WeightStore, name: str, bias: Array | None) -> Linear:
     if store.is_packed(name):
         store.used.add(name)
-        return PackedLinear(store.packed[name], bias)
+        return PackedLinear(store.packed[name], bias, store.threads)
     return FloatLinear(store.float(name), bias)
 
 

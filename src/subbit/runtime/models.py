@@ -220,19 +220,21 @@ class PackedTransducer:
             raise ValueError(f"model file has tensors the {arch} runtime does not use: {unused[:8]}")
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> "PackedTransducer":
-        """Load a ``.subbit`` file (validated by :func:`subbit.export.load_packed`)."""
+    def from_file(cls, path: str | os.PathLike[str], threads: int = 1) -> "PackedTransducer":
+        """Load a ``.subbit`` file (validated by :func:`subbit.export.load_packed`).
+
+        ``threads``: large packed layers split their rows over this many threads."""
         try:
             from subbit.export import load_packed
         except ImportError:  # the package __init__ may not re-export it
             from subbit.export.container import load_packed
 
-        return cls.from_packed(load_packed(path))
+        return cls.from_packed(load_packed(path), threads)
 
     @classmethod
-    def from_packed(cls, pm: Any) -> "PackedTransducer":
+    def from_packed(cls, pm: Any, threads: int = 1) -> "PackedTransducer":
         packed, floats, manifest, arch, tok = _unpack_model(pm)
-        return cls(WeightStore(packed, floats), arch, tok, manifest)
+        return cls(WeightStore(packed, floats, threads), arch, tok, manifest)
 
     @property
     def weight_bytes(self) -> int:

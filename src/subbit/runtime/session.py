@@ -7,7 +7,8 @@ interface (NumPy in and out, batch 1):
   ``encoder.flush(state)`` (end of stream);
 * ``predictor.init_state()``, ``predictor.step(token: int, state) -> (out [P], state)``;
 * ``joiner.project_enc(enc [t', D])``, ``joiner.project_pred(out [P])``, ``joiner.join(e, p) -> [V]``;
-* ``blank``, ``n_mels`` and optionally ``tokenizer_bytes``.
+* ``blank``, ``n_mels`` and optionally ``tokenizer_bytes`` and ``manifest`` (whose
+  ``extra.features`` gives the log-mel settings and global mean/std the model was trained with).
 
 :class:`subbit.runtime.models.PackedTransducer` is one; the benchmark wraps fp32 PyTorch, torch.ao
 int8 and onnxruntime models in the same interface so every variant runs this very loop. Greedy
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from subbit.runtime.frontend import StreamingLogMel
+from subbit.runtime.frontend import StreamingLogMel, frontend_from_manifest
 
 
 class StreamingSession:
@@ -34,7 +35,9 @@ class StreamingSession:
         self.model = model
         self.max_symbols = int(max_symbols_per_frame)
         self.blank = int(model.blank)
-        self.frontend = frontend or StreamingLogMel(n_mels=int(model.n_mels))
+        if frontend is None:
+            frontend = frontend_from_manifest(getattr(model, "manifest", None), int(model.n_mels))
+        self.frontend = frontend
         if tokenizer is None and getattr(model, "tokenizer_bytes", None):
             tokenizer = _load_tokenizer(model.tokenizer_bytes)
         self.tokenizer = tokenizer

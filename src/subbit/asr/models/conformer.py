@@ -181,6 +181,8 @@ class ConformerEncoder(nn.Module):
         _check_feats(feats, self.n_mels)
         x = self.dropout(self.inp(stack_frames(feats, self.stack)))
         lens = torch.div(lens, self.stack, rounding_mode="floor")
+        if x.size(1) == 0:  # input shorter than one encoder frame
+            return x, lens
         valid = torch.arange(x.size(1), device=x.device)[None, :] < lens[:, None]
         x, _ = self._run(x, self._empty_cache(x.size(0)), 0, valid)
         return x, lens

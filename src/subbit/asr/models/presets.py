@@ -43,7 +43,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 _RNNT_KEYS = ("stack", "enc_hidden", "enc_layers", "enc_dim", "stack2", "stack2_after", "chunk_frames")
 _CONF_KEYS = ("stack", "d_model", "n_heads", "ff_mult", "conv_kernel", "n_blocks", "chunk_size",
               "left_chunks", "rel_pos")
-_SHARED_KEYS = ("pred_embed", "pred_hidden", "pred_layers", "joiner_dim", "dropout", "loss_norm", "blank")
+_SHARED_KEYS = ("pred_embed", "pred_hidden", "pred_layers", "joiner_dim", "dropout", "loss_norm", "blank",
+                "loss_chunk_frames")
 _META_KEYS = ("version", "arch", "preset", "vocab_size", "n_mels")
 
 
@@ -54,7 +55,8 @@ def preset_config(arch: str, preset: str, vocab_size: int, n_mels: int = 80, **o
     if preset not in PRESETS[arch]:
         raise ValueError(f"preset must be one of {tuple(PRESETS[arch])}, got {preset!r}")
     cfg: dict[str, Any] = {"version": CONFIG_VERSION, "arch": arch, "preset": preset,
-                           "vocab_size": vocab_size, "n_mels": n_mels, "blank": 0, "loss_norm": "token"}
+                           "vocab_size": vocab_size, "n_mels": n_mels, "blank": 0, "loss_norm": "utterance",
+                           "loss_chunk_frames": 0}
     cfg.update(_COMMON[preset])
     cfg.update(PRESETS[arch][preset])
     if arch == "rnnt":
@@ -80,7 +82,8 @@ def build_from_config(config: dict[str, Any]) -> Transducer:
         raise ValueError(f"model config field 'arch' must be one of {ARCHS}, got {arch!r}")
     if config.get("version", CONFIG_VERSION) != CONFIG_VERSION:
         raise ValueError(f"model config field 'version' is {config.get('version')!r}; this code reads {CONFIG_VERSION}")
-    missing = [k for k in _keys(arch) if k not in config and k not in ("version", "preset", "chunk_frames")]
+    optional = ("version", "preset", "chunk_frames", "loss_chunk_frames")
+    missing = [k for k in _keys(arch) if k not in config and k not in optional]
     if missing:
         raise ValueError(f"model config is missing field(s) {missing}")
     unknown = sorted(set(config) - set(_keys(arch)))
@@ -90,6 +93,11 @@ def build_from_config(config: dict[str, Any]) -> Transducer:
     for k in ("vocab_size", "n_mels", "pred_embed", "pred_hidden", "pred_layers", "joiner_dim"):
         if not isinstance(c[k], int) or isinstance(c[k], bool) or c[k] < 1:
             raise ValueError(f"model config field {k!r} must be a positive integer, got {c[k]!r}")
+    lcf = c.get("loss_chunk_frames", 0)
+    if not isinstance(lcf, int) or isinstance(lcf, bool) or lcf < 0:
+        raise ValueError(f"model config field 'loss_chunk_frames' must be an integer >= 0, got {lcf!r}")
+    if c.get("loss_norm", "utterance") not in ("utterance", "token"):
+        raise ValueError(f"model config field 'loss_norm' must be 'utterance' or 'token', got {c['loss_norm']!r}")
     if not 0 <= int(c["blank"]) < c["vocab_size"]:
         raise ValueError(f"model config field 'blank'={c['blank']} is outside the vocabulary of {c['vocab_size']}")
     encoder: nn.Module

@@ -7,7 +7,7 @@ Everything works on grouped views ``[G, N]`` (rows = quantization groups, see
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -43,6 +43,37 @@ def positive_int(method: str, name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{method}: option {name!r} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+# -- recompute-in-backward --------------------------------------------------------------
+class _Recompute(torch.autograd.Function):
+    """Run ``fn`` without keeping its graph; rebuild it from the saved inputs in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.fn = fn
+        ctx.save_for_backward(*inputs)
+        return fn(*inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        need = ctx.needs_input_grad[1:]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, need)]
+            out = ctx.fn(*leaves)
+            wanted = [t for t, n in zip(leaves, need) if n]
+            grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
+        return (None, *(next(grads) if n else None for n in need))
+
+
+def recompute(fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+    """``fn(*inputs)`` (one tensor out) keeping only ``inputs`` for backward.
+
+    A small activation checkpoint: torch's non-reentrant ``checkpoint`` costs ~4 s on its first
+    call in a process (it initialises the compiler stack), which a CLI and the tests would pay.
+    ``fn`` must be deterministic; integer inputs (indices) pass through without gradient.
+    """
+    return _Recompute.apply(fn, *inputs)
 
 
 # -- softmax without the slow exp path ------------------------------------------------------

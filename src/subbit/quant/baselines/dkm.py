@@ -14,10 +14,12 @@ weight attends only to a ``window`` of its nearest centroids (default 4, found w
 ``searchsorted``; ``window >= 2**bits`` is the exact full softmax; entries outside the window
 weigh below ``exp(-spacing / (s * tau))``). The k-means updates run on at most
 ``max_samples`` weights per tensor (spread over the groups, at least ``2**bits`` per group),
-taken with a fixed stride (deterministic); only the final assignment covers every weight. That
-assignment runs in blocks of ``chunk`` weights under activation checkpointing, so autograd keeps
-only each block's inputs and recomputes its attention in backward. Memory is O(chunk * window)
-plus the output, not O(N * 2**bits); the price is one recomputation of the final assignment.
+taken with a fixed stride (deterministic); only the final assignment covers every weight. The
+updates, and the final assignment in blocks of ``chunk`` weights, run under activation
+checkpointing (``_common.recompute``): autograd keeps their inputs only and recomputes them in
+backward. Memory is
+O(chunk * window) plus the output, not O(N * 2**bits); the price is one more forward pass of
+the quantizer.
 
 Centroids (raw weight units, ascending) start at the weight quantiles and persist in the
 ``centroids`` buffer: each training-mode forward starts from the previous result and stores the
@@ -30,7 +32,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from subbit.quant.base import WeightQuantizer
 from subbit.quant.baselines._common import (
@@ -41,10 +42,11 @@ from subbit.quant.baselines._common import (
     positive_float,
     positive_int,
     quantile_init,
+    recompute,
 )
 from subbit.quant.registry import register_method
 
-DEFAULTS = {"tau": 1e-4, "iters": 3, "window": 4, "max_samples": 65536, "chunk": 65536}
+DEFAULTS = {"tau": 1e-4, "iters": 3, "window": 4, "max_samples": 16384, "chunk": 65536}
 
 
 @register_method("dkm")
@@ -128,18 +130,23 @@ class DKMQuantizer(WeightQuantizer):
             return self.hard(w)
         wg = self.grouped(w)
         s = self._scale(wg)
-        c = self._kmeans(self._samples(wg), self.centroids.to(wg.dtype), s)
+        c0 = self.centroids.to(wg.dtype, copy=True)  # a copy: the buffer is updated below
+        grad = torch.is_grad_enabled() and wg.requires_grad
+        if grad:  # the iterations are recomputed in backward instead of kept
+            c = recompute(self._kmeans, self._samples(wg), c0, s)
+        else:
+            c = self._kmeans(self._samples(wg), c0, s)
         if self.training:
             with torch.no_grad():
                 self.centroids.copy_(c.detach())
         cols = max(1, self.chunk // wg.shape[0])
-        if not (torch.is_grad_enabled() and (wg.requires_grad or c.requires_grad)) or wg.shape[1] <= cols:
+        if not grad or wg.shape[1] <= cols:
             return self._assign(wg, c, s).reshape(w.shape)
         # keep only the inputs of each block (and its int32 window starts, found once);
         # the attention is recomputed in backward
         start = self._window_start(wg, c)
         parts = [
-            checkpoint(self._assign, wg[:, lo : lo + cols], c, s, start[:, lo : lo + cols], use_reentrant=False)
+            recompute(self._assign, wg[:, lo : lo + cols], c, s, start[:, lo : lo + cols])
             for lo in range(0, wg.shape[1], cols)
         ]
         return torch.cat(parts, dim=1).reshape(w.shape)

@@ -2,8 +2,11 @@
  * 16-entry int8 tables with vpshufb (bits > 4: one table per high value, merged with vpblendvb),
  * and take the int8 dot product with maddubs. maddubs multiplies unsigned x signed and
  * saturates pairs at int16, so we feed it |x| and sign(x) * w: every pair sum is at most
- * 2 * 127 * 127 = 32258, exact. Four weight rows share each activation block.
- * Compiled for AVX2 via target pragmas; only called after a runtime CPU check.
+ * 2 * 127 * 127 = 32258, exact. Four weight rows share each activation block and each decoded
+ * weight vector serves two input rows. At 1, 2 and 4 bits one 32-byte load yields 32 indices per
+ * field (activations permuted to match, once per call). 7-8 bit weights come here expanded to int8
+ * (subbit_int8_linear, identity table). Compiled for AVX2 via target pragmas; only called after
+ * a runtime CPU check.
  */
 #include <string.h>
 
@@ -85,54 +88,97 @@ AI int32_t hsum(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* R rows (1..4) starting at r0 against one quantized activation row. */
-AI void rows(const subbit_weight *w, const int8_t *xr, int64_t r0, const int R, const int bits,
-             const int id, int32_t *out) {
+/* Single-plane depths (1, 2, 4 bits): a 32-byte load holds S = 8 / bits whole blocks and field t
+ * of every byte gives 32 indices at once, in the order subbit_permute_x gives the activations. */
+AI int super_blocks(const int bits) { return (bits == 1 || bits == 2 || bits == 4) ? 8 / bits : 0; }
+
+/* acc += int8 dot of x and w (32 lanes): maddubs(|x|, sign(x) * w) is exact (pairs <= 32258). */
+AI __m256i dot32(__m256i acc, __m256i x, __m256i ax, __m256i wv) {
+    __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, x));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+/* R weight rows (1..4) from r0 against MT activation rows (1..2) xr + i * ldx; xp: the same rows
+ * permuted for the super-block loop. Each weight vector is decoded once for all MT inputs. */
+AI void rows(const subbit_weight *w, const int8_t *xr, const int8_t *xp, int64_t ldx, int64_t r0,
+             const int R, const int MT, const int bits, const int id, int32_t out[4][4]) {
     const int8_t *lut[4];
     const uint8_t *src[4];
-    __m256i acc[4];
+    __m256i acc[4][2], wv[4];
     for (int r = 0; r < R; r++) {
         lut[r] = subbit_row_lut(w, r0 + r);
         src[r] = w->packed + (r0 + r) * w->row_bytes;
-        acc[r] = _mm256_setzero_si256();
+        for (int i = 0; i < MT; i++) acc[r][i] = _mm256_setzero_si256();
     }
-    const __m256i ones = _mm256_set1_epi16(1);
     const int64_t nblk = w->nfull;
-    for (int64_t b = 0; b < nblk; b++) {
-        __m256i x = _mm256_loadu_si256((const __m256i *)(xr + b * SUBBIT_BLOCK));
-        __m256i ax = _mm256_sign_epi8(x, x);
-        for (int r = 0; r < R; r++) {
-            __m256i wv = lookup(src[r] + b * 4 * bits, bits, id, lut[r]);
-            __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, x));
-            acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(p, ones));
+    int64_t b = 0;
+    const int S = super_blocks(bits);
+    if (S && !id) {
+        const int F = 8 / bits;
+        const __m256i mask = _mm256_set1_epi8((char)((1 << bits) - 1));
+        const int64_t nsup = nblk / S;
+        for (int64_t s = 0; s < nsup; s++) {
+            __m256i v[4];
+            for (int r = 0; r < R; r++) v[r] = _mm256_loadu_si256((const __m256i *)(src[r] + s * 32));
+            for (int t = 0; t < F; t++) {
+                for (int r = 0; r < R; r++)
+                    wv[r] = _mm256_shuffle_epi8(table16(lut[r]),
+                                                _mm256_and_si256(t ? _mm256_srli_epi16(v[r], t * bits) : v[r], mask));
+                for (int i = 0; i < MT; i++) {
+                    __m256i x = _mm256_loadu_si256((const __m256i *)(xp + i * ldx + (s * F + t) * 32));
+                    __m256i ax = _mm256_sign_epi8(x, x);
+                    for (int r = 0; r < R; r++) acc[r][i] = dot32(acc[r][i], x, ax, wv[r]);
+                }
+            }
+        }
+        b = nsup * S;
+    }
+    for (; b < nblk; b++) {
+        for (int r = 0; r < R; r++) wv[r] = lookup(src[r] + b * 4 * bits, bits, id, lut[r]);
+        for (int i = 0; i < MT; i++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xr + i * ldx + b * SUBBIT_BLOCK));
+            __m256i ax = _mm256_sign_epi8(x, x);
+            for (int r = 0; r < R; r++) acc[r][i] = dot32(acc[r][i], x, ax, wv[r]);
         }
     }
-    for (int r = 0; r < R; r++) {
-        out[r] = hsum(acc[r]);
-        if (w->tail)
-            out[r] += subbit_tail_dot(src[r] + nblk * 4 * bits, bits, (int)w->tail, lut[r], xr + nblk * SUBBIT_BLOCK);
-    }
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < MT; i++) {
+            out[r][i] = hsum(acc[r][i]);
+            if (w->tail)
+                out[r][i] += subbit_tail_dot(src[r] + nblk * 4 * bits, bits, (int)w->tail, lut[r],
+                                             xr + i * ldx + nblk * SUBBIT_BLOCK);
+        }
 }
 
-#define DEFINE_BITS(NAME, B, ID)                                                                         \
-    static void NAME(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,        \
-                            const float *bias, float *y) {                                       \
-        int32_t acc[4];                                                                          \
-        for (int64_t i = 0; i < m; i++) {                                                        \
-            const int8_t *xr = xq + i * w->kp;                                                   \
-            int64_t r = 0;                                                                       \
-            for (; r + 4 <= w->n; r += 4) {                                                      \
-                rows(w, xr, r, 4, B, ID, acc);                                                       \
-                for (int j = 0; j < 4; j++)                                                      \
-                    y[i * w->n + r + j] = subbit_epilogue(                                       \
-                        acc[j], sx[i], w->scales[w->groups == 1 ? 0 : r + j], bias, r + j);      \
-            }                                                                                    \
-            for (; r < w->n; r++) {                                                              \
-                rows(w, xr, r, 1, B, ID, acc);                                                       \
-                y[i * w->n + r] =                                                                \
-                    subbit_epilogue(acc[0], sx[i], w->scales[w->groups == 1 ? 0 : r], bias, r);  \
-            }                                                                                    \
-        }                                                                                        \
+#define ROWS_AND_STORE(R, MT, B, ID)                                                                       \
+    do {                                                                                                   \
+        rows(w, xq + i * w->kp, xp + i * w->kp, w->kp, r, R, MT, B, ID, acc);                              \
+        for (int a = 0; a < (R); a++)                                                                      \
+            for (int c = 0; c < (MT); c++)                                                                 \
+                y[(i + c) * w->n + r + a] = subbit_epilogue(acc[a][c], sx[i + c],                          \
+                                                            w->scales[w->groups == 1 ? 0 : r + a], bias, r + a); \
+    } while (0)
+
+/* Rows in groups of 4 outside, inputs in pairs inside (a group of rows stays in L1). */
+#define DEFINE_BITS(NAME, B, ID)                                                                           \
+    static void NAME(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,                 \
+                     const float *bias, float *y) {                                                        \
+        int32_t acc[4][4];                                                                                 \
+        const int S = (ID) ? 0 : super_blocks(B);                                                          \
+        int8_t *xp = w->scratch; /* m permuted activation rows */                                          \
+        if (S)                                                                                             \
+            for (int64_t i = 0; i < m; i++)                                                                \
+                subbit_permute_x((const uint8_t *)(xq + i * w->kp), w->nfull / (S ? S : 1), B, 32,      \
+                                 (uint8_t *)(xp + i * w->kp));                                    \
+        int64_t r = 0, i;                                                                                  \
+        for (; r + 4 <= w->n; r += 4) {                                                                    \
+            for (i = 0; i + 2 <= m; i += 2) ROWS_AND_STORE(4, 2, B, ID);                                   \
+            for (; i < m; i++) ROWS_AND_STORE(4, 1, B, ID);                                                \
+        }                                                                                                  \
+        for (; r < w->n; r++) {                                                                            \
+            for (i = 0; i + 2 <= m; i += 2) ROWS_AND_STORE(1, 2, B, ID);                                   \
+            for (; i < m; i++) ROWS_AND_STORE(1, 1, B, ID);                                                \
+        }                                                                                                  \
     }
 
 DEFINE_BITS(linear_b1, 1, 0)

@@ -3,7 +3,11 @@
  *    is removed with the precomputed row sums: sum (x + 128) w = sum x w + 128 * rowsum;
  *  - bits 5..8 look up their 32/64/128/256-entry tables with VBMI byte permutes (vpermb,
  *    vpermi2b) instead of a chain of pshufb;
- *  - two blocks (64 weights) are decoded per zmm register; an odd last block uses ymm.
+ *  - two blocks (64 weights) are decoded per zmm register (an odd last block uses ymm); at 1, 2
+ *    and 4 bits one 64-byte load yields 64 indices per field, with the activations permuted once
+ *    per call to match;
+ *  - four weight rows x up to four input rows per iteration: each decoded weight vector is used
+ *    by every input of the tile.
  * Compiled through target pragmas; only called after a runtime CPU check.
  */
 #include <string.h>
@@ -153,19 +157,11 @@ AI int32_t hsum256(__m256i v) {
  * this costs a shift, an and, a vpshufb and a vpdpbusd. */
 AI int super_blocks(const int bits) { return (bits == 1 || bits == 2 || bits == 4) ? 16 / bits : 0; }
 
-/* xp[(s * F + t) * 64 + p] = xu[(s * S + p / (4b)) * 32 + p % (4b) + 4b * t], F = 8 / b. */
-static void permute_x(const uint8_t *xu, int64_t nsup, int bits, uint8_t *xp) {
-    const int S = 16 / bits, F = 8 / bits, B = 4 * bits;
-    for (int64_t s = 0; s < nsup; s++)
-        for (int t = 0; t < F; t++)
-            for (int p = 0; p < 64; p++)
-                xp[(s * F + t) * 64 + p] = xu[(s * S + p / B) * SUBBIT_BLOCK + p % B + B * t];
-}
-
-/* R rows (1..4) from r0 against one activation row xu (= xq + 128, uint8, zero-padded xq);
- * xp: the same row permuted for the super-block loop. */
-AI void rows(const subbit_weight *w, const uint8_t *xu, const uint8_t *xp, int64_t r0, const int R,
-             const int bits, const int id, int32_t *out) {
+/* R weight rows (1..4) from r0 against MT activation rows (1..4), xu + i * ldx (= xq + 128 as
+ * uint8, zero-padded xq); xp: the same rows permuted for the super-block loop. Each weight vector
+ * is decoded once and used for all MT inputs: out[r][i] = sum_k xq[i][k] * w[r0 + r][k]. */
+AI void rows(const subbit_weight *w, const uint8_t *xu, const uint8_t *xp, int64_t ldx, int64_t r0,
+             const int R, const int MT, const int bits, const int id, int32_t out[4][4]) {
     const uint8_t *src[4];
     tables tb[4];
     const int64_t bb = 4 * bits, nblk = w->nfull;
@@ -175,8 +171,9 @@ AI void rows(const subbit_weight *w, const uint8_t *xu, const uint8_t *xp, int64
     }
     int64_t b = 0;
     {
-        __m512i acc[4];
-        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_si512();
+        __m512i acc[4][4], wv[4];
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < MT; i++) acc[r][i] = _mm512_setzero_si512();
         const int S = super_blocks(bits);
         if (S) {
             const int F = 8 / bits;
@@ -186,65 +183,77 @@ AI void rows(const subbit_weight *w, const uint8_t *xu, const uint8_t *xp, int64
                 __m512i v[4];
                 for (int r = 0; r < R; r++) v[r] = _mm512_loadu_si512((const void *)(src[r] + s * 64));
                 for (int t = 0; t < F; t++) {
-                    __m512i x = _mm512_loadu_si512((const void *)(xp + (s * F + t) * 64));
-                    for (int r = 0; r < R; r++) {
-                        __m512i idx = _mm512_and_si512(t ? _mm512_srli_epi16(v[r], t * bits) : v[r], mask);
-                        acc[r] = _mm512_dpbusd_epi32(acc[r], x, _mm512_shuffle_epi8(tb[r].t0, idx));
+                    for (int r = 0; r < R; r++)
+                        wv[r] = _mm512_shuffle_epi8(
+                            tb[r].t0, _mm512_and_si512(t ? _mm512_srli_epi16(v[r], t * bits) : v[r], mask));
+                    for (int i = 0; i < MT; i++) {
+                        __m512i x = _mm512_loadu_si512((const void *)(xp + i * ldx + (s * F + t) * 64));
+                        for (int r = 0; r < R; r++) acc[r][i] = _mm512_dpbusd_epi32(acc[r][i], x, wv[r]);
                     }
                 }
             }
             b = nsup * S;
         }
         for (; b + 2 <= nblk; b += 2) {
-            __m512i x = _mm512_loadu_si512((const void *)(xu + b * SUBBIT_BLOCK));
             for (int r = 0; r < R; r++) {
                 __m512i d = decode64(src[r] + b * bb, bits);
-                __m512i wv = id ? d : lookup64(d, bits, &tb[r]);
-                acc[r] = _mm512_dpbusd_epi32(acc[r], x, wv);
+                wv[r] = id ? d : lookup64(d, bits, &tb[r]);
+            }
+            for (int i = 0; i < MT; i++) {
+                __m512i x = _mm512_loadu_si512((const void *)(xu + i * ldx + b * SUBBIT_BLOCK));
+                for (int r = 0; r < R; r++) acc[r][i] = _mm512_dpbusd_epi32(acc[r][i], x, wv[r]);
             }
         }
-        for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_epi32(acc[r]);
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < MT; i++) out[r][i] = _mm512_reduce_add_epi32(acc[r][i]);
     }
-    __m256i acc[4];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_si256();
-    for (; b < nblk; b++) {
-        __m256i x = _mm256_loadu_si256((const __m256i *)(xu + b * SUBBIT_BLOCK));
+    if (b < nblk) { /* one last full block */
         for (int r = 0; r < R; r++) {
             __m256i d = decode32(src[r] + b * bb, bits);
-            __m256i wv = id ? d : lookup32(d, bits, &tb[r]);
-            acc[r] = _mm256_dpbusd_epi32(acc[r], x, wv);
+            __m256i wr = id ? d : lookup32(d, bits, &tb[r]);
+            for (int i = 0; i < MT; i++) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(xu + i * ldx + b * SUBBIT_BLOCK));
+                out[r][i] += hsum256(_mm256_dpbusd_epi32(_mm256_setzero_si256(), x, wr));
+            }
         }
     }
-    for (int r = 0; r < R; r++) {
-        out[r] += hsum256(acc[r]) - 128 * w->rowsum[r0 + r];
-        if (w->tail)
-            out[r] += subbit_tail_dot_u8(src[r] + nblk * bb, bits, (int)w->tail,
-                                         subbit_row_lut(w, r0 + r), xu + nblk * SUBBIT_BLOCK);
-    }
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < MT; i++) {
+            out[r][i] -= 128 * w->rowsum[r0 + r];
+            if (w->tail)
+                out[r][i] += subbit_tail_dot_u8(src[r] + nblk * bb, bits, (int)w->tail, subbit_row_lut(w, r0 + r),
+                                                xu + i * ldx + nblk * SUBBIT_BLOCK);
+        }
 }
 
-#define DEFINE_BITS(NAME, B, ID)                                                                         \
-    static void NAME(const subbit_weight *w, const uint8_t *xu, const float *sx, int64_t m,       \
-                            const float *bias, float *y) {                                       \
-        int32_t acc[4];                                                                          \
-        const int S = super_blocks(B);                                                           \
-        for (int64_t i = 0; i < m; i++) {                                                        \
-            const uint8_t *xr = xu + i * w->kp;                                                  \
-            const uint8_t *xp = (const uint8_t *)w->scratch;                                     \
-            if (S) permute_x(xr, w->nfull / S, B, (uint8_t *)w->scratch);                        \
-            int64_t r = 0;                                                                       \
-            for (; r + 4 <= w->n; r += 4) {                                                      \
-                rows(w, xr, xp, r, 4, B, ID, acc);                                                       \
-                for (int j = 0; j < 4; j++)                                                      \
-                    y[i * w->n + r + j] = subbit_epilogue(                                       \
-                        acc[j], sx[i], w->scales[w->groups == 1 ? 0 : r + j], bias, r + j);      \
-            }                                                                                    \
-            for (; r < w->n; r++) {                                                              \
-                rows(w, xr, xp, r, 1, B, ID, acc);                                                       \
-                y[i * w->n + r] =                                                                \
-                    subbit_epilogue(acc[0], sx[i], w->scales[w->groups == 1 ? 0 : r], bias, r);  \
-            }                                                                                    \
-        }                                                                                        \
+/* Rows in groups of 4 outside, inputs in groups of 4 inside: a group of packed rows stays in L1
+ * while every input uses it, and each decoded weight vector serves up to 4 inputs. */
+#define ROWS_AND_STORE(R, MT, B, ID)                                                                           \
+    do {                                                                                                   \
+        rows(w, xu + i * w->kp, xp + i * w->kp, w->kp, r, R, MT, B, ID, acc);                              \
+        for (int a = 0; a < (R); a++)                                                                      \
+            for (int c = 0; c < (MT); c++)                                                                 \
+                y[(i + c) * w->n + r + a] = subbit_epilogue(acc[a][c], sx[i + c],                          \
+                                                            w->scales[w->groups == 1 ? 0 : r + a], bias, r + a); \
+    } while (0)
+
+#define DEFINE_BITS(NAME, B, ID)                                                                           \
+    static void NAME(const subbit_weight *w, const uint8_t *xu, const float *sx, int64_t m,                \
+                     const float *bias, float *y) {                                                        \
+        int32_t acc[4][4];                                                                                 \
+        const int S = super_blocks(B);                                                                     \
+        uint8_t *xp = (uint8_t *)w->scratch; /* m permuted activation rows */                              \
+        if (S)                                                                                             \
+            for (int64_t i = 0; i < m; i++) subbit_permute_x(xu + i * w->kp, w->nfull / (S ? S : 1), B, 64, xp + i * w->kp);    \
+        int64_t r = 0, i;                                                                                  \
+        for (; r + 4 <= w->n; r += 4) {                                                                    \
+            for (i = 0; i + 4 <= m; i += 4) ROWS_AND_STORE(4, 4, B, ID);                                          \
+            for (; i < m; i++) ROWS_AND_STORE(4, 1, B, ID);                                                       \
+        }                                                                                                  \
+        for (; r < w->n; r++) {                                                                            \
+            for (i = 0; i + 4 <= m; i += 4) ROWS_AND_STORE(1, 4, B, ID);                                          \
+            for (; i < m; i++) ROWS_AND_STORE(1, 1, B, ID);                                                       \
+        }                                                                                                  \
     }
 
 DEFINE_BITS(linear_b1, 1, 0)

@@ -56,7 +56,7 @@ float subbit_epilogue(int32_t acc, float sx, float scale, const float *bias, int
     return v;
 }
 
-void subbit_decode_block(const uint8_t *blk, int bits, int len, uint8_t *idx) {
+inline void subbit_decode_block(const uint8_t *blk, int bits, int len, uint8_t *idx) {
     static const int widths[9][3] = {{0}, {1}, {2}, {2, 1}, {4}, {4, 1}, {4, 2}, {4, 2, 1}, {8}};
     memset(idx, 0, (size_t)len);
     int shift = 0;
@@ -69,6 +69,14 @@ void subbit_decode_block(const uint8_t *blk, int bits, int len, uint8_t *idx) {
         blk += nb;
         shift += w;
     }
+}
+
+void subbit_permute_x(const uint8_t *x, int64_t nsup, int bits, int vec, uint8_t *xp) {
+    const int nb = 4 * bits, per = vec / nb, fields = 8 / bits;
+    for (int64_t s = 0; s < nsup; s++)
+        for (int t = 0; t < fields; t++)
+            for (int p = 0; p < vec; p++)
+                xp[(s * fields + t) * vec + p] = x[(s * per + p / nb) * SUBBIT_BLOCK + p % nb + nb * t];
 }
 
 int32_t subbit_tail_dot(const uint8_t *blk, int bits, int len, const int8_t *t, const int8_t *x) {
@@ -126,20 +134,46 @@ int subbit_rowsums(const uint8_t *packed, int64_t n, int64_t k, int bits, const 
     return SUBBIT_OK;
 }
 
+/* Decode + look up one row into int8 weights; bits is a constant in each instantiation below so
+ * the plane loops unroll. */
+static inline __attribute__((always_inline)) void decode_row_const(const uint8_t *row, const int bits,
+                                                                   const subbit_weight *w, const int8_t *t,
+                                                                   int8_t *out) {
+    uint8_t idx[SUBBIT_BLOCK];
+    for (int64_t b = 0; b * SUBBIT_BLOCK < w->kp; b++) {
+        const int len = b < w->nfull ? SUBBIT_BLOCK : (int)w->tail;
+        subbit_decode_block(row + b * 4 * bits, bits, len, idx);
+        for (int i = 0; i < len; i++) out[b * SUBBIT_BLOCK + i] = t[idx[i]];
+    }
+}
+
+#define DECODE_ROW(B)                                                                                \
+    static void decode_row_b##B(const uint8_t *row, const subbit_weight *w, const int8_t *t, int8_t *out) { \
+        decode_row_const(row, B, w, t, out);                                                         \
+    }
+DECODE_ROW(1)
+DECODE_ROW(2)
+DECODE_ROW(3)
+DECODE_ROW(4)
+DECODE_ROW(5)
+DECODE_ROW(6)
+DECODE_ROW(7)
+DECODE_ROW(8)
+
 /* Portable path: decode each row once into int8 weights, then one dot product per input row. */
 void subbit_linear_portable(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
                             const float *bias, float *y) {
+    static void (*const decoders[9])(const uint8_t *, const subbit_weight *, const int8_t *, int8_t *) = {
+        0, decode_row_b1, decode_row_b2, decode_row_b3, decode_row_b4,
+        decode_row_b5, decode_row_b6, decode_row_b7, decode_row_b8};
     int8_t *wrow = w->scratch;
-    uint8_t idx[SUBBIT_BLOCK];
     for (int64_t r = 0; r < w->n; r++) {
         int64_t g = w->groups == 1 ? 0 : r;
-        const int8_t *t = subbit_row_lut(w, r);
         const uint8_t *row = w->packed + r * w->row_bytes;
-        for (int64_t b = 0; b * SUBBIT_BLOCK < w->kp; b++) {
-            int len = b < w->nfull ? SUBBIT_BLOCK : (int)w->tail;
-            subbit_decode_block(row + b * 4 * w->bits, w->bits, len, idx);
-            for (int i = 0; i < len; i++) wrow[b * SUBBIT_BLOCK + i] = t[idx[i]];
-        }
+        if (w->identity)
+            memcpy(wrow, row, (size_t)w->kp);
+        else
+            decoders[w->bits](row, w, subbit_row_lut(w, r), wrow);
         for (int64_t i = 0; i < m; i++) {
             const int8_t *xr = xq + i * w->kp;
             int32_t s = 0;
@@ -179,10 +213,9 @@ static int run_linear(int path, const float *x, int64_t m, subbit_weight *w, con
     size_t bytes = (size_t)(m * w->kp) + 64;
     int8_t *xq = (int8_t *)aligned_alloc(64, (bytes + 63) / 64 * 64);
     float *sx = (float *)malloc(sizeof(float) * (size_t)m);
-    /* portable: one decoded row; AVX-512: one permuted activation row */
-    int scratch = path == SUBBIT_PORTABLE || path == SUBBIT_AVX512;
-    w->scratch = scratch ? (int8_t *)malloc((size_t)w->kp + 64) : 0;
-    if (!xq || !sx || (scratch && !w->scratch)) {
+    /* portable: one decoded row; AVX2 / AVX-512: the activation rows permuted for their block order */
+    w->scratch = (int8_t *)malloc((size_t)(path == SUBBIT_PORTABLE ? 1 : m) * (size_t)w->kp + 64);
+    if (!xq || !sx || !w->scratch) {
         free(xq);
         free(sx);
         free(w->scratch);

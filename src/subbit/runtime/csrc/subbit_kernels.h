@@ -36,7 +36,7 @@ typedef struct {
     const int8_t *lut;     /* [groups][SUBBIT_LUT_STRIDE(bits)], values in [-127, 127] */
     const float *scales;   /* [groups] */
     const int32_t *rowsum; /* [n]: sum over kp of lut values (padding = index 0); AVX-512 path */
-    int8_t *scratch;       /* kp + 64 bytes: portable path's decoded row / AVX-512 permuted x row */
+    int8_t *scratch;       /* portable: a decoded row (kp + 64); AVX2/512: m permuted x rows (m*kp + 64) */
     int identity;          /* 1: packed holds int8 weights (8-bit layout), lut is the identity */
 } subbit_weight;
 
@@ -76,6 +76,10 @@ float subbit_quantize_row(const float *x, int64_t k, int64_t kp, int8_t *xq);
 float subbit_epilogue(int32_t acc, float sx, float scale, const float *bias, int64_t n);
 /* Decode one block of len (8, 16, 24 or 32) indices (scalar). */
 void subbit_decode_block(const uint8_t *blk, int bits, int len, uint8_t *idx);
+/* Activations in the order of the single-plane super-block loops (bits 1, 2, 4; vec = 32 for AVX2,
+ * 64 for AVX-512): xp[(s*F + t)*vec + p] = x[(s*S + p / (4b))*32 + p % (4b) + 4b*t], F = 8 / b,
+ * S = vec / (4b): field t of byte p of the s-th vec-byte load is the index at that position. */
+void subbit_permute_x(const uint8_t *x, int64_t nsup, int bits, int vec, uint8_t *xp);
 /* Integer dot product of the short last block of a row: sum x[i] * t[idx[i]], i < len. */
 int32_t subbit_tail_dot(const uint8_t *blk, int bits, int len, const int8_t *t, const int8_t *x);
 int32_t subbit_tail_dot_u8(const uint8_t *blk, int bits, int len, const int8_t *t, const uint8_t *x);

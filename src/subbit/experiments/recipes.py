@@ -1,0 +1,192 @@
+"""Named method configurations for the paper's comparisons (``subbit compare --list``).
+
+A :class:`Recipe` is a QuantConfig dict (``None`` for fp32), per-parameter rules that are
+expanded against a concrete model's parameter names, and the GQ scheduler settings that go with
+the method. Every recipe is fine-tuned from the same fp32 model with the same budget; the only
+exceptions are the PTQ recipes (``train=False``): they are prepared and converted, never trained.
+
+Why parameter rules: ``QuantConfig`` regexes match *module* names, but an LSTM holds its input
+kernel (``weight_ih``) and its recurrent kernel (``weight_hh``) in one module. Bit allocations
+that treat them differently must name parameters exactly, so a recipe keeps regexes over
+parameter FQNs and turns them into exact-name rules (which win over everything) per model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+#: GQ scheduler / training-loop knobs a recipe may set (names of TrainConfig fields)
+SCHEDULE_KEYS = ("tau_start", "tau_end", "anneal", "anneal_end", "quant_every", "quant_mode")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One row of a comparison: how the fp32 model is quantized and fine-tuned."""
+
+    name: str
+    method: str  # display name of the method family: fp32, uniform, s8bqat, gq, dkm, ptq
+    description: str
+    quant: dict[str, Any] | None = None  # QuantConfig dict; None = stay in fp32
+    param_rules: tuple[tuple[str, dict[str, Any] | None], ...] = ()  # (fullmatch regex on param FQN, spec)
+    schedule: dict[str, Any] = field(default_factory=dict)
+    train: bool = True
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]*", self.name):
+            raise ValueError(f"recipe name: lower-case letters, digits, '.', '-' only, got {self.name!r}")
+        unknown = sorted(set(self.schedule) - set(SCHEDULE_KEYS))
+        if unknown:
+            raise ValueError(f"recipe {self.name}: schedule: unknown key {unknown[0]!r}; known: {SCHEDULE_KEYS}")
+        if self.quant is None and (self.param_rules or not self.train):
+            raise ValueError(f"recipe {self.name}: an fp32 recipe has no parameter rules and must train")
+        for pattern, _ in self.param_rules:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"recipe {self.name}: param_rules: invalid regex {pattern!r}: {err}") from None
+        if self.quant is not None:
+            self.quant_config([])  # validates the dict now, not in the middle of a compare run
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant is not None
+
+    def quant_config(self, param_names: Iterable[str]) -> Any:
+        """The :class:`subbit.quant.QuantConfig` for a model whose quantizable parameters are
+        ``param_names`` (``None`` for fp32). Parameter rules become exact-name rules; the first
+        matching pattern wins."""
+        from subbit.quant import QuantConfig
+
+        if self.quant is None:
+            return None
+        data = {**self.quant, "rules": dict(self.quant.get("rules") or {})}
+        for name in param_names:
+            for pattern, spec in self.param_rules:
+                if re.fullmatch(pattern, name):
+                    data["rules"][name] = spec
+                    break
+        try:
+            return QuantConfig.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"recipe {self.name}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "method": self.method,
+            "description": self.description,
+            "quant": self.quant,
+            "param_rules": [[p, s] for p, s in self.param_rules],
+            "schedule": dict(self.schedule),
+            "train": self.train,
+        }
+
+    def variant(self, name: str, description: str, **changes: Any) -> Recipe:
+        """A copy with another name (ablations derive their variants this way)."""
+        return replace(self, name=name, description=description, **changes)
+
+
+def quantizable_names(model: nn.Module) -> list[str]:
+    """FQNs of every parameter ``subbit.quant.prepare`` could quantize, in module order."""
+    from subbit.quant.modules import quantizable_params
+
+    names = []
+    for mname, module in model.named_modules():
+        for pname in quantizable_params(module):
+            names.append(f"{mname}.{pname}" if mname else pname)
+    return names
+
+
+def _gq(bits: int, **options: Any) -> dict[str, Any]:
+    return {"default": {"method": "gq", "bits": bits, "granularity": "tensor", "options": dict(options)}}
+
+
+#: recurrent kernels of the encoder (RNN-T: encoder.lstms.N.weight_hh_lK); absent in a Conformer
+ENC_RECURRENT = r"encoder\..*\.weight_hh_l\d+"
+#: the two tensors that touch token ids directly: predictor embedding and joiner output layer
+TOKEN_EDGES = r"predictor\.embed\.weight|joiner\.out\.weight"
+
+_S8BQAT_SCHEDULE = {"quant_every": 50, "quant_mode": "project"}
+
+_RECIPES: tuple[Recipe, ...] = (
+    Recipe("fp32", "fp32", "fp32 fine-tuned for the same budget (no quantization)"),
+    Recipe("qat8", "uniform", "8-bit QAT: uniform symmetric per-channel fake quant + STE (the paper's 8-bit baseline)",
+           {"default": {"method": "uniform", "bits": 8, "granularity": "channel"}}),
+    Recipe("s8bqat4", "s8bqat", "S8BQAT 4-bit: fixed mu-law centroids + MRACos regularizer, hard compressor every 50 steps",
+           {"default": {"method": "s8bqat", "bits": 4, "granularity": "tensor"}}, schedule=_S8BQAT_SCHEDULE),
+    Recipe("s8bqat5", "s8bqat", "S8BQAT 5-bit: fixed mu-law centroids + MRACos regularizer, hard compressor every 50 steps",
+           {"default": {"method": "s8bqat", "bits": 5, "granularity": "tensor"}}, schedule=_S8BQAT_SCHEDULE),
+    *(Recipe(f"gq{b}", "gq", f"GQ {b}-bit everywhere: learnable mu-law centroids, softmax annealed soft->hard", _gq(b))
+      for b in (8, 5, 4, 3, 2)),
+    Recipe(
+        "gq-mixed", "gq",
+        "GQ mixed: 2 bits on encoder recurrent kernels (weight_hh), 8 on predictor.embed and joiner.out, "
+        "4 elsewhere. weight_hh is a large share of the weights and its error is damped by the gates at "
+        "every step; the embedding and output layer are small but act on token scores directly",
+        _gq(4), param_rules=((ENC_RECURRENT, {"bits": 2}), (TOKEN_EDGES, {"bits": 8})),
+    ),
+    Recipe("dkm4", "dkm", "DKM 4-bit: soft k-means attention, fixed tau, no mu-law, no anneal",
+           {"default": {"method": "dkm", "bits": 4, "granularity": "tensor"}}),
+    Recipe("ptq4-uniform", "ptq", "PTQ 4-bit uniform per-channel round-to-nearest, no training",
+           {"default": {"method": "ptq", "bits": 4, "granularity": "channel", "options": {"algo": "uniform"}}},
+           train=False),
+    Recipe("ptq4-kmeans", "ptq", "PTQ 4-bit 1-D k-means codebook per tensor, no training",
+           {"default": {"method": "ptq", "bits": 4, "granularity": "tensor", "options": {"algo": "kmeans"}}},
+           train=False),
+)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The named recipe (ablation variants included); ValueError lists the known names."""
+    if name in RECIPES:
+        return RECIPES[name]
+    from subbit.experiments.ablations import all_variants
+
+    variants = all_variants()
+    if name in variants:
+        return variants[name]
+    raise ValueError(f"recipes: unknown recipe {name!r}; known: {', '.join(RECIPES)} (and ablation variants)")
+
+
+def parse_recipes(text: str) -> list[Recipe]:
+    """``"qat8,gq4"`` -> recipes, in order, duplicates dropped."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--recipes: give at least one recipe name")
+    seen: dict[str, Recipe] = {}
+    for n in names:
+        seen.setdefault(n, get_recipe(n))
+    return list(seen.values())
+
+
+def describe(recipe: Recipe) -> str:
+    """One block of ``--list`` output: name, method, bits, schedule and the config."""
+    import json
+
+    q = recipe.quant
+    if q is None:
+        bits = "32 (float)"
+    else:
+        d = q["default"]
+        bits = f"{d['bits']} ({d['granularity']})"
+        if recipe.param_rules:
+            bits += "; " + "; ".join(f"{p} -> {s['bits'] if s else 'float'}" for p, s in recipe.param_rules)
+    lines = [f"{recipe.name:<14} {recipe.method:<8} bits {bits}", f"    {recipe.description}"]
+    if q is not None:
+        lines.append(f"    config: {json.dumps(q, sort_keys=True)}")
+    if recipe.schedule:
+        lines.append(f"    schedule: {json.dumps(recipe.schedule, sort_keys=True)}")
+    if not recipe.train:
+        lines.append("    no training (post-training quantization)")
+    return "\n".join(lines)
+
+
+def format_recipes(recipes: Iterable[Recipe] | None = None) -> str:
+    return "\n".join(describe(r) for r in (recipes if recipes is not None else RECIPES.values()))
