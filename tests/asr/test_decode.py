@@ -62,7 +62,7 @@ def test_beam_one_equals_greedy_one_symbol(arch: str) -> None:
     assert modified_beam_search(m, enc, enc_lens, beam=1) == greedy_search(m, enc, enc_lens, 1)
 
 
-def _exhaustive(m: Transducer, enc: torch.Tensor) -> tuple[list[int], float]:
+def _exhaustive(m: Transducer, enc: torch.Tensor) -> list[int]:
     """Most probable token sequence under one-symbol-per-frame decoding, all paths summed."""
     v, blank = m.vocab_size, m.blank
     seqs: dict[tuple[int, ...], list[float]] = {}
@@ -77,14 +77,14 @@ def _exhaustive(m: Transducer, enc: torch.Tensor) -> tuple[list[int], float]:
                     toks.append(k)
             seqs.setdefault(tuple(toks), []).append(score)
     best = max(seqs.items(), key=lambda kv: math.log(sum(math.exp(s) for s in kv[1])))
-    return list(best[0]), 0.0
+    return list(best[0])
 
 
 def test_beam_search_is_exact_with_a_wide_beam() -> None:
     m = _model("rnnt", vocab=3, seed=3, blank_bias=0.0)
     _, _, enc, enc_lens = _enc(m, b=1, t=16)  # 4 encoder frames -> 3**4 paths
     assert enc.size(1) == 4
-    want, _ = _exhaustive(m, enc[0])
+    want = _exhaustive(m, enc[0])
     assert modified_beam_search(m, enc, enc_lens, beam=3**4) == [want]
 
 

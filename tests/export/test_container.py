@@ -313,3 +313,11 @@ def test_cli_export_of_a_run(tmp_path: Path, arch: str, capsys: pytest.CaptureFi
     for qt in q.quantized_tensors(model):
         assert torch.equal(state[qt.name], qt.quantizer.hard(qt.latent))
     assert json.loads((tmp_path / "s.json").read_text())["file_bytes"] == out.stat().st_size
+
+
+def test_cli_export_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from subbit.cli import main
+
+    assert main(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "m.subbit")]) == 2
+    assert "export: error" in capsys.readouterr().err
+    assert not (tmp_path / "m.subbit").exists()

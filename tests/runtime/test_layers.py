@@ -156,3 +156,13 @@ def test_frontend_matches_torch_logmel_and_streams() -> None:
     np.testing.assert_allclose(fe.frames(wave), ref[0].numpy(), rtol=1e-4, atol=2e-4)
     pieces = [fe.accept(wave[i : i + 333]) for i in range(0, wave.size, 333)]
     np.testing.assert_array_equal(np.concatenate(pieces), fe.frames(wave))
+
+
+@pytest.mark.parametrize("groups", [1, 600])
+def test_row_split_threads_give_identical_outputs(groups: int) -> None:
+    pt = random_packed(600, 90, 4, seed=5, groups=groups)
+    bias = np.random.default_rng(6).standard_normal(600).astype(np.float32)
+    x = np.random.default_rng(7).standard_normal((2, 90)).astype(np.float32)
+    one, two = PackedLinear(pt, bias), PackedLinear(pt, bias, threads=2)
+    assert len(two.slices) == 2 and not one.slices
+    np.testing.assert_array_equal(two(x), one(x))

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 FP32_BASE = "fp32-base"
 REFERENCE = "fp32-init"  # the row of the fp32 model every recipe starts from (no fine-tuning)
 ROW_KEYS = ("recipe", "method", "bits", "wer", "size_bytes", "size_theory_bytes", "size_file_bytes", "fp32_bytes",
-            "size_vs_fp32", "train_minutes", "steps", "status")
+            "size_vs_fp32", "size_deploy_bytes", "deploy_vs_fp32", "train_minutes", "steps", "status")
 
 
 @dataclass
@@ -324,6 +324,34 @@ def _sizes(model: torch.nn.Module) -> tuple[float, int, list[dict[str, Any]]]:
     return bits, rep.quantized_bytes + rep.float_bytes, rep.to_dict()["rows"]
 
 
+def deploy_bytes(model: torch.nn.Module) -> int:
+    """Packed indices + the smallest exact codebook + float tensors.
+
+    A codebook row on an evenly spaced grid (uniform QAT, uniform PTQ, any 1-bit row) is stored
+    as offset and step (8 bytes); any other row as its ``2**bits`` fp32 entries. This is what an
+    int8/intN deployment of a uniform method costs, which a table of fp32 codebooks overstates
+    (256 fp32 entries per output channel at 8 bits).
+    """
+    import subbit.quant as sq
+
+    if not sq.is_prepared(model):
+        return 4 * sum(p.numel() for p in model.parameters())
+    total = sq.report(model).float_bytes
+    with torch.no_grad():
+        for qt in sq.quantized_tensors(model):
+            q = qt.quantizer
+            _, cb = q.encode(qt.latent.detach())
+            cb = cb.double()
+            groups, k = cb.shape
+            per_group = qt.latent.numel() // groups
+            step = cb.diff(dim=1)
+            tol = 1e-5 * cb.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+            affine = ((step - step[:, :1]).abs() <= tol).all(dim=1) if k > 2 else torch.ones(groups, dtype=torch.bool)
+            n_affine = int(affine.sum())
+            total += groups * math.ceil(per_group * q.bits / 8) + 8 * n_affine + 4 * k * (groups - n_affine)
+    return total
+
+
 def _evaluate(model: torch.nn.Module, loaded: Any, cfg: CompareConfig, data: Path, split: str) -> dict[str, Any]:
     from subbit.asr.data import read_manifest
     from subbit.asr.evaluate import evaluate
@@ -359,7 +387,7 @@ def evaluate_recipe(name: str, method: str, run: Path, cfg: CompareConfig, data:
                 file_bytes = (subbit_path.stat().st_size if subbit_path.is_file()
                               else _export(model.cpu(), loaded, subbit_path, name))
             row.update({"bits": bits, "size_theory_bytes": theory, "size_file_bytes": file_bytes,
-                        "tensors": tensors})
+                        "size_deploy_bytes": deploy_bytes(model), "tensors": tensors})
     steps, minutes = _run_log_totals(run) if name != REFERENCE else (0, 0.0)
     theory, file_bytes = row.get("size_theory_bytes"), row.get("size_file_bytes")
     use_file = file_bytes is not None and fp32_file is not None
@@ -370,6 +398,7 @@ def evaluate_recipe(name: str, method: str, run: Path, cfg: CompareConfig, data:
         "wer": {s: (evals[s]["wer"] if s in evals else None) for s in cfg.splits},
         "size_bytes": size, "fp32_bytes": ref,
         "size_vs_fp32": (size / ref) if (size and ref) else None,
+        "deploy_vs_fp32": (row["size_deploy_bytes"] / fp32_bytes) if row.get("size_deploy_bytes") else None,
         "train_minutes": round(minutes, 3), "steps": steps,
     })
     row.setdefault("bits", None)
@@ -473,19 +502,24 @@ def format_row_line(row: dict[str, Any], splits: Sequence[str]) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], splits: Sequence[str]) -> str:
-    """results.md: one line per recipe; WER in %, size in KiB and as a fraction of fp32."""
-    head = ["recipe", "method", "bits", *[f"WER {s} %" for s in splits], "size KiB", "size vs fp32", "x smaller",
-            "train min", "steps"]
+    """results.md: one line per recipe; WER in %, sizes in KiB and as a fraction of fp32."""
+    head = ["recipe", "method", "bits", *[f"WER {s} %" for s in splits], "size KiB", "vs fp32", "deploy KiB",
+            "deploy vs fp32", "train min", "steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+
+    def kib(x: Any) -> str:
+        return "-" if x is None else f"{x / 1024:.1f}"
+
+    def frac(x: Any) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
     for r in rows:
-        size, frac = r.get("size_bytes"), r.get("size_vs_fp32")
         cells = [
             r["recipe"] + ("" if r.get("status", "done") == "done" else f" ({r['status']})"), r["method"],
             "-" if r.get("bits") is None else f"{r['bits']:.2f}",
             *[_pct(r["wer"].get(s)) for s in splits],
-            "-" if size is None else f"{size / 1024:.1f}",
-            "-" if frac is None else f"{frac:.3f}",
-            "-" if not frac else f"{1 / frac:.2f}",
+            kib(r.get("size_bytes")), frac(r.get("size_vs_fp32")),
+            kib(r.get("size_deploy_bytes")), frac(r.get("deploy_vs_fp32")),
             f"{r['train_minutes']:.1f}", str(r["steps"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -506,8 +540,10 @@ def write_outputs(cfg: CompareConfig, rows: list[dict[str, Any]], name: str, kin
         md += f"Command: `{cfg.command}`\n\n"
     md += markdown_table(slim, cfg.splits)
     md += ("\nsize: the .subbit file when the exporter wrote one (vs the fp32 model's .subbit), else "
-           "packed bits + codebooks + float tensors (vs 4 bytes per parameter). bits: mean over quantized "
-           f"weights. {REFERENCE}: the fp32 model every recipe starts from, without fine-tuning.\n")
+           "packed bits + codebooks + float tensors from the quant report (vs 4 bytes per parameter). "
+           "deploy: packed indices + smallest exact codebook (evenly spaced rows as offset+step) + float "
+           "tensors, vs 4 bytes per parameter; the plots use it. bits: mean over quantized weights. "
+           f"{REFERENCE}: the fp32 model every recipe starts from, without fine-tuning.\n")
     files["md"].write_text(md)
     if kind == "ablation":
         files["png"] = plots.plot_ablation(slim, cfg.splits, root / f"{name}.png", title=name)

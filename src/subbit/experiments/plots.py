@@ -30,11 +30,14 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 
 def plot_wer_vs_size(rows: Sequence[dict[str, Any]], split: str, path: str | Path, title: str = "") -> Path:
-    """WER (%) against model size (KiB, log scale), one labelled point per recipe."""
+    """WER (%) against deployed size (KiB, log scale; ``size_deploy_bytes``, else ``size_bytes``)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = [(r["size_bytes"] / 1024, 100 * r["wer"][split], r["recipe"], r.get("method", ""))
-           for r in rows if r.get("size_bytes") and r.get("wer", {}).get(split) is not None]
+    def size(r: dict[str, Any]) -> Any:
+        return r.get("size_deploy_bytes") or r.get("size_bytes")
+
+    pts = [(size(r) / 1024, 100 * r["wer"][split], r["recipe"], r.get("method", ""))
+           for r in rows if size(r) and r.get("wer", {}).get(split) is not None]
     methods = sorted({m for *_, m in pts})
     colors = {m: f"C{i}" for i, m in enumerate(methods)}
     for i, (x, y, name, method) in enumerate(pts):
@@ -48,7 +51,7 @@ def plot_wer_vs_size(rows: Sequence[dict[str, Any]], split: str, path: str | Pat
         ax.set_xscale("log")
     else:
         ax.text(0.5, 0.5, "no finished recipe yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("model size (KiB, log scale)")
+    ax.set_xlabel("deployed model size (KiB, log scale)")
     ax.set_ylabel(f"WER on {split} (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or f"WER vs size ({split})")

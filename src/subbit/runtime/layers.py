@@ -67,6 +67,7 @@ class WeightStore:
         self.packed = dict(packed)
         self.floats = {k: _f32(v) for k, v in floats.items()}
         self.used: set[str] = set()
+        self.decoded_bytes = 0
 
     def has(self, name: str) -> bool:
         return name in self.packed or name in self.floats
@@ -90,7 +91,9 @@ class WeightStore:
         if name not in self.packed:
             return self.float(name)
         self.used.add(name)
-        return decode_packed(self.packed[name])
+        arr = decode_packed(self.packed[name])
+        self.decoded_bytes += arr.nbytes  # held in float by the layer: counted as resident weights
+        return arr
 
     def linear(self, prefix: str, bias: bool = True) -> "Linear":
         """``prefix.weight`` (+ ``prefix.bias``) as a packed or float Linear."""

@@ -245,27 +245,17 @@ class PackedTransducer:
 def weight_bytes(store: WeightStore) -> int:
     from subbit.runtime.layers import packed_nbytes
 
-    total = sum(packed_nbytes(p) for p in store.packed.values())
+    total = sum(packed_nbytes(p) for p in store.packed.values()) + store.decoded_bytes
     return total + sum(int(a.nbytes) for a in store.floats.values())
 
 
 def _unpack_model(pm: Any) -> tuple[dict[str, Any], dict[str, Array], dict[str, Any], dict[str, Any], bytes | None]:
     """(packed tensors, float tensors, manifest, arch config, tokenizer bytes) of a PackedModel."""
-    packed = _first_attr(pm, ("packed", "tensors", "packed_tensors"))
-    floats = _first_attr(pm, ("floats", "float_tensors"))
-    manifest = _first_attr(pm, ("manifest",))
-    if packed is None or floats is None or manifest is None:
-        raise ValueError(f"not a PackedModel (needs packed tensors, float tensors, manifest): {type(pm).__name__}")
-    arch = manifest.get("arch") if isinstance(manifest, dict) else getattr(manifest, "arch", None)
+    try:
+        packed, floats, manifest, tok = pm.packed, pm.floats, pm.manifest, pm.tokenizer_bytes
+    except AttributeError:
+        raise ValueError(f"expected a subbit.export PackedModel, got {type(pm).__name__}") from None
+    arch = manifest.get("arch") if isinstance(manifest, dict) else None
     if not isinstance(arch, dict):
         raise ValueError("the .subbit manifest has no 'arch' config dict: export with arch=model.config")
-    tok = _first_attr(pm, ("tokenizer_bytes", "tokenizer"))
-    mdict = manifest if isinstance(manifest, dict) else dict(vars(manifest))
-    return dict(packed), {k: np.asarray(v) for k, v in dict(floats).items()}, mdict, arch, tok
-
-
-def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
-    for n in names:
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return None
+    return dict(packed), {k: np.asarray(v) for k, v in dict(floats).items()}, manifest, arch, tok

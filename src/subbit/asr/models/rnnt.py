@@ -38,7 +38,9 @@ class LSTMEncoder(nn.Module):
         self.subsampling = stack * stack2
         self.chunk_frames = chunk_frames or self.subsampling
         if self.chunk_frames % self.subsampling:
-            raise ValueError(f"chunk_frames={self.chunk_frames} must be a multiple of the subsampling {self.subsampling}")
+            raise ValueError(
+                f"chunk_frames={self.chunk_frames} must be a multiple of the subsampling {self.subsampling}"
+            )
         self.lstms = nn.ModuleList()
         in_dim = n_mels * stack
         for i in range(layers):

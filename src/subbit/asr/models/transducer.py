@@ -191,7 +191,7 @@ class Transducer(nn.Module):
         if enc_lens.numel() and int(enc_lens.min()) < 1:
             raise ValueError(
                 "feat_lens: some utterance is shorter than one encoder frame "
-                f"(subsampling {self.encoder.subsampling}); min feat_len={int(feat_lens.min())}"
+                f"(subsampling {getattr(self.encoder, 'subsampling', '?')}); min feat_len={int(feat_lens.min())}"
             )
         pred = self.predictor(targets)
         chunk = int(self._config.get("loss_chunk_frames", 0))

@@ -56,7 +56,7 @@ float subbit_epilogue(int32_t acc, float sx, float scale, const float *bias, int
     return v;
 }
 
-inline void subbit_decode_block(const uint8_t *blk, int bits, int len, uint8_t *idx) {
+void subbit_decode_block(const uint8_t *blk, int bits, int len, uint8_t *idx) {
     static const int widths[9][3] = {{0}, {1}, {2}, {2, 1}, {4}, {4, 1}, {4, 2}, {4, 2, 1}, {8}};
     memset(idx, 0, (size_t)len);
     int shift = 0;
@@ -134,16 +134,39 @@ int subbit_rowsums(const uint8_t *packed, int64_t n, int64_t k, int bits, const 
     return SUBBIT_OK;
 }
 
+/* One plane of a full 32-index block, width w at shift sh (constants after inlining). */
+static inline __attribute__((always_inline)) void plane_full(const uint8_t *p, const int w, const int sh,
+                                                             uint8_t *idx) {
+    const int nb = 4 * w, fields = 8 / w;
+    const unsigned mask = (1u << w) - 1;
+    for (int j = 0; j < nb; j++)
+        for (int t = 0; t < fields; t++) idx[j + nb * t] |= (uint8_t)(((p[j] >> (t * w)) & mask) << sh);
+}
+
 /* Decode + look up one row into int8 weights; bits is a constant in each instantiation below so
- * the plane loops unroll. */
+ * the plane loops unroll. The short last block goes through the generic decoder. */
 static inline __attribute__((always_inline)) void decode_row_const(const uint8_t *row, const int bits,
                                                                    const subbit_weight *w, const int8_t *t,
                                                                    int8_t *out) {
     uint8_t idx[SUBBIT_BLOCK];
-    for (int64_t b = 0; b * SUBBIT_BLOCK < w->kp; b++) {
-        const int len = b < w->nfull ? SUBBIT_BLOCK : (int)w->tail;
-        subbit_decode_block(row + b * 4 * bits, bits, len, idx);
-        for (int i = 0; i < len; i++) out[b * SUBBIT_BLOCK + i] = t[idx[i]];
+    for (int64_t b = 0; b < w->nfull; b++) {
+        const uint8_t *blk = row + b * 4 * bits;
+        for (int i = 0; i < SUBBIT_BLOCK; i++) idx[i] = 0;
+        switch (bits) {
+        case 1: plane_full(blk, 1, 0, idx); break;
+        case 2: plane_full(blk, 2, 0, idx); break;
+        case 3: plane_full(blk, 2, 0, idx); plane_full(blk + 8, 1, 2, idx); break;
+        case 4: plane_full(blk, 4, 0, idx); break;
+        case 5: plane_full(blk, 4, 0, idx); plane_full(blk + 16, 1, 4, idx); break;
+        case 6: plane_full(blk, 4, 0, idx); plane_full(blk + 16, 2, 4, idx); break;
+        case 7: plane_full(blk, 4, 0, idx); plane_full(blk + 16, 2, 4, idx); plane_full(blk + 24, 1, 6, idx); break;
+        default: plane_full(blk, 8, 0, idx);
+        }
+        for (int i = 0; i < SUBBIT_BLOCK; i++) out[b * SUBBIT_BLOCK + i] = t[idx[i]];
+    }
+    if (w->tail) {
+        subbit_decode_block(row + w->nfull * 4 * bits, bits, (int)w->tail, idx);
+        for (int i = 0; i < w->tail; i++) out[w->nfull * SUBBIT_BLOCK + i] = t[idx[i]];
     }
 }
 
