@@ -80,12 +80,14 @@ def _exhaustive(m: Transducer, enc: torch.Tensor) -> list[int]:
     return list(best[0])
 
 
-def test_beam_search_is_exact_with_a_wide_beam() -> None:
-    m = _model("rnnt", vocab=3, seed=3, blank_bias=0.0)
+@pytest.mark.parametrize("seed", [3, 4, 10])
+def test_beam_search_is_exact_with_a_wide_beam(seed: int) -> None:
+    m = _model("rnnt", vocab=3, seed=seed, blank_bias=0.0)
     _, _, enc, enc_lens = _enc(m, b=1, t=16)  # 4 encoder frames -> 3**4 paths
     assert enc.size(1) == 4
     want = _exhaustive(m, enc[0])
     assert modified_beam_search(m, enc, enc_lens, beam=3**4) == [want]
+    assert modified_beam_search(m, enc, enc_lens, beam=1) != [want]  # a case greedy gets wrong
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])

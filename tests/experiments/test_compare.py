@@ -105,6 +105,8 @@ def test_compare_writes_rows_table_plots_and_resumes(corpus, tmp_path, monkeypat
         assert rows[name]["size_file_bytes"] == f.stat().st_size == rows[name]["size_bytes"]
     assert rows["fp32"]["size_vs_fp32"] == pytest.approx(1.0, rel=0.02)
     assert rows["gq4"]["size_vs_fp32"] < 0.5 and rows["gq4"]["size_theory_bytes"] < rows["fp32"]["size_theory_bytes"]
+    assert rows["gq4"]["size_deploy_bytes"] <= rows["gq4"]["size_theory_bytes"]
+    assert rows["ptq4-uniform"]["deploy_vs_fp32"] < rows["ptq4-uniform"]["size_vs_fp32"]
     for s in ("test_seen", "test_heldout"):
         png = out / f"results_wer_vs_size_{s}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -187,4 +189,25 @@ def test_cli_errors_name_the_problem(corpus, tmp_path, capsys) -> None:
 def test_markdown_table_marks_unfinished_rows() -> None:
     rows = [{"recipe": "gq2", "method": "gq", "bits": None, "wer": {"a": None}, "size_bytes": None,
              "size_vs_fp32": None, "train_minutes": 0.5, "steps": 7, "status": "diverged"}]
-    assert "| gq2 (diverged) | gq | - | - | - | - | - | 0.5 | 7 |" in markdown_table(rows, ["a"])
+    assert "| gq2 (diverged) | gq | - | - | - | - | - | - | 0.5 | 7 |" in markdown_table(rows, ["a"])
+
+
+def test_deploy_bytes_counts_indices_codebooks_and_floats(tiny_model) -> None:
+    import copy
+    import math
+
+    import subbit.quant as sq
+    from subbit.experiments.compare import deploy_bytes
+
+    shapes = {n: tuple(p.shape) for n, p in tiny_model.named_parameters()}
+    qnames = quantizable_names(tiny_model)
+    floats = 4 * sum(math.prod(s) for n, s in shapes.items() if n not in qnames)
+    assert deploy_bytes(tiny_model) == 4 * sum(math.prod(s) for s in shapes.values())
+    # uniform 8-bit per channel: 1 byte per weight + offset/step per row (its grid is evenly spaced)
+    m = sq.prepare(copy.deepcopy(tiny_model), RECIPES["qat8"].quant_config(qnames))
+    expect = sum(s[0] * (math.prod(s[1:]) + 8) for n, s in shapes.items() if n in qnames) + floats
+    assert deploy_bytes(sq.convert(m)) == expect
+    # GQ 4-bit per tensor: half a byte per weight + 16 fp32 centroids per tensor (mu-law: not evenly spaced)
+    m = sq.prepare(copy.deepcopy(tiny_model), RECIPES["gq4"].quant_config(qnames))
+    expect = sum(math.ceil(math.prod(s) * 4 / 8) + 16 * 4 for n, s in shapes.items() if n in qnames) + floats
+    assert deploy_bytes(sq.convert(m)) == expect

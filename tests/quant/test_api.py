@@ -181,3 +181,25 @@ def test_deepcopy_and_multihead_attention_out_proj():
     q = torch.randn(4, 1, 8)
     mha(q, q, q)[0].sum().backward()
     assert qt.latent.grad is not None and qt.quantizer.theta.grad is not None
+
+
+def test_no_grad_forwards_reuse_the_quantized_weight_until_something_changes():
+    model = prepare(toy(), CFG)
+    calls = []
+    for qt in quantized_tensors(model):
+        qt.quantizer.register_forward_hook(lambda m, a, o: calls.append(m))
+    n = len(list(quantized_tensors(model)))
+    with torch.no_grad():
+        first = model(X)
+        c0 = len(calls)  # prepare already computed (and cached) every weight without autograd
+        assert c0 <= n
+        assert torch.equal(model(X), first) and len(calls) == c0  # cached: no second quantization
+        qt = next(quantized_tensors(model))
+        qt.latent.add_(1.0)  # an optimizer step
+        assert not torch.equal(model(X), first)
+        assert len(calls) == c0 + 1
+        qt.quantizer.set_tau(0.5)
+        model(X)
+        assert len(calls) == c0 + 2
+    model(X).sum().backward()  # with autograd: always recomputed
+    assert len(calls) == c0 + 2 + n

@@ -128,6 +128,24 @@ def _weights_of(run: Path) -> str:
     raise FileNotFoundError(f"{run}: no final.pt nor checkpoints/last.pt (is the run trained?)")
 
 
+def init_identity(run: Path) -> dict[str, Any]:
+    """Which fp32 weights a comparison starts from: path, file and content hash. A run that is
+    retrained (or still training) changes the hash, so results from two different starting points
+    are never mixed in one table."""
+    import hashlib
+
+    from subbit.asr.checkpoint import RunPaths
+
+    which = _weights_of(run)
+    paths = RunPaths(run)
+    f = paths.final if which == "final" else paths.last
+    h = hashlib.sha256()
+    with f.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return {"run": str(Path(run).resolve()), "weights": which, "sha256": h.hexdigest()}
+
+
 def _run_log_totals(run: Path) -> tuple[int, float]:
     """(steps, minutes) of a run, from the last row of its log.csv."""
     from subbit.asr.checkpoint import RunPaths
@@ -203,13 +221,14 @@ def _train(tc: Any) -> Any:
 
 
 # -- one recipe --------------------------------------------------------------------------------
-def fingerprint(recipe: Recipe, cfg: CompareConfig, init: Path) -> dict[str, Any]:
-    """What makes two runs of a recipe the same experiment (the description does not)."""
+def fingerprint(recipe: Recipe, cfg: CompareConfig, init: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs of a recipe the same experiment (the description does not);
+    ``init`` is :func:`init_identity` of the fp32 run."""
     r = recipe.to_dict()
     r.pop("description")
     return {
         "recipe": r,
-        "init": str(Path(init).resolve()),
+        "init": init,
         "data": str(Path(cfg.data).resolve()) if cfg.data else None,
         "budget": {"minutes": cfg.minutes, "steps": cfg.steps} if recipe.train else None,
         "train": {"lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
@@ -445,7 +464,8 @@ def run_compare(cfg: CompareConfig, recipes: Sequence[Recipe], name: str = "resu
     # fp32 reference: parameter bytes, the exported file, WER without fine-tuning
     results_dir = root / "results"
     results_dir.mkdir(exist_ok=True)
-    ref_fp = {"init": str(fp32.resolve()), "data": str(data.resolve())}
+    init_id = init_identity(fp32)
+    ref_fp = {"init": init_id, "data": str(data.resolve())}
     ref_path = results_dir / f"{REFERENCE}.json"
     _check_fingerprint(ref_path, ref_fp, f"{ref_path}")
     init = load_run(fp32, which=_weights_of(fp32))
@@ -461,7 +481,7 @@ def run_compare(cfg: CompareConfig, recipes: Sequence[Recipe], name: str = "resu
     for i, recipe in enumerate(bar):
         bar.set_postfix(recipe=recipe.name)
         run = root / "runs" / recipe.name
-        fp = fingerprint(recipe, cfg, fp32)
+        fp = fingerprint(recipe, cfg, init_id)
         result_path = results_dir / f"{recipe.name}.json"
         _check_fingerprint(run / "compare.json", fp, f"run {run}")
         _check_fingerprint(result_path, fp, f"result {result_path}")

@@ -45,12 +45,29 @@ class QuantizedWeight(nn.Module):
         self.quantizer = quantizer
         # False = this forward uses the latent weight unquantized ("forward" quantization mode)
         self.enabled = True
+        self._cache: tuple[tuple, Tensor] | None = None
+
+    def _state_key(self) -> tuple:
+        # in-place updates (optimizer steps, load_state_dict, set_tau) bump a tensor's _version
+        tensors = [self.latent, *self.quantizer.parameters(), *self.quantizer.buffers()]
+        return tuple((t._version, t.data_ptr()) for t in tensors)
 
     def compute(self) -> Tensor:
-        """The weight the module computes with (a plain tensor, never the Parameter itself)."""
-        if self.enabled or bool(self.quantizer.converted):
+        """The weight the module computes with (a plain tensor, never the Parameter itself).
+
+        Without autograd (evaluation, step-by-step decoding) the result is cached until the
+        latent weight or a quantizer parameter/buffer changes, so a predictor called once per
+        emitted token does not re-quantize its weights each call.
+        """
+        if not (self.enabled or bool(self.quantizer.converted)):
+            return self.latent.view_as(self.latent)
+        if torch.is_grad_enabled():
+            self._cache = None
             return self.quantizer(self.latent)
-        return self.latent.view_as(self.latent)
+        key = self._state_key()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.quantizer(self.latent))
+        return self._cache[1]
 
 
 def _holder(module: nn.Module) -> nn.ModuleDict | None:
