@@ -189,7 +189,21 @@ def test_cli_errors_name_the_problem(corpus, tmp_path, capsys) -> None:
 def test_markdown_table_marks_unfinished_rows() -> None:
     rows = [{"recipe": "gq2", "method": "gq", "bits": None, "wer": {"a": None}, "size_bytes": None,
              "size_vs_fp32": None, "train_minutes": 0.5, "steps": 7, "status": "diverged"}]
-    assert "| gq2 (diverged) | gq | - | - | - | - | - | - | 0.5 | 7 |" in markdown_table(rows, ["a"])
+    assert "| gq2 (diverged) | gq | - | - | - | - | - | - | - | 0.5 | 7 |" in markdown_table(rows, ["a"])
+
+
+def test_lossless_uses_the_fp32_row_and_the_papers_yardstick() -> None:
+    from subbit.experiments.compare import mark_lossless
+
+    def row(name, wer):
+        return {"recipe": name, "status": "done", "wer": {"a": wer}}
+
+    rows = [row("fp32-init", 0.30), row("fp32", 0.20), row("gq4", 0.2039), row("gq2", 0.2041), row("gq8", 0.0021)]
+    assert mark_lossless(rows, ["a"]) == "fp32"
+    assert [r["lossless"]["a"] for r in rows] == [False, True, True, False, True]
+    low = [row("fp32", 0.001), row("gq4", 0.0029), row("gq3", 0.0031)]  # 0.2 absolute wins at low WER
+    mark_lossless(low, ["a"])
+    assert [r["lossless"]["a"] for r in low] == [True, True, False]
 
 
 def test_deploy_bytes_counts_indices_codebooks_and_floats(tiny_model) -> None:

@@ -521,10 +521,24 @@ def format_row_line(row: dict[str, Any], splits: Sequence[str]) -> str:
             f"{row['steps']} steps in {row['train_minutes']:.1f} min")
 
 
+def mark_lossless(rows: Sequence[dict[str, Any]], splits: Sequence[str]) -> str | None:
+    """Set ``row["lossless"][split]``: WER within max(2% relative, 0.2 absolute) of the fp32 row
+    trained with the same budget (``fp32``; else ``fp32-init``), the yardstick of gq-method.md.
+    Returns the reference recipe's name (None when there is none)."""
+    ref = next((r for r in rows if r["recipe"] == "fp32" and r.get("status") == "done"), None)
+    ref = ref or next((r for r in rows if r["recipe"] == REFERENCE), None)
+    for r in rows:
+        r["lossless"] = {}
+        for s in splits:
+            w, w0 = r["wer"].get(s), (ref or {}).get("wer", {}).get(s)
+            r["lossless"][s] = None if w is None or w0 is None else bool(w <= w0 + max(0.02 * w0, 0.002) + 1e-12)
+    return None if ref is None else ref["recipe"]
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], splits: Sequence[str]) -> str:
     """results.md: one line per recipe; WER in %, sizes in KiB and as a fraction of fp32."""
     head = ["recipe", "method", "bits", *[f"WER {s} %" for s in splits], "size KiB", "vs fp32", "deploy KiB",
-            "deploy vs fp32", "train min", "steps"]
+            "deploy vs fp32", "lossless", "train min", "steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
 
     def kib(x: Any) -> str:
@@ -540,6 +554,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], splits: Sequence[str]) -> str
             *[_pct(r["wer"].get(s)) for s in splits],
             kib(r.get("size_bytes")), frac(r.get("size_vs_fp32")),
             kib(r.get("size_deploy_bytes")), frac(r.get("deploy_vs_fp32")),
+            "/".join({True: "yes", False: "no", None: "-"}[(r.get("lossless") or {}).get(s)] for s in splits),
             f"{r['train_minutes']:.1f}", str(r["steps"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -551,6 +566,7 @@ def write_outputs(cfg: CompareConfig, rows: list[dict[str, Any]], name: str, kin
 
     root = cfg.root
     slim = [{k: v for k, v in r.items() if k != "tensors"} for r in rows]
+    ref = mark_lossless(slim, cfg.splits)
     doc = {"name": name, "kind": kind, "command": cfg.command, "settings": cfg.to_dict(), "splits": list(cfg.splits),
            "rows": slim}
     files = {"json": root / f"{name}.json", "md": root / f"{name}.md"}
@@ -563,6 +579,7 @@ def write_outputs(cfg: CompareConfig, rows: list[dict[str, Any]], name: str, kin
            "packed bits + codebooks + float tensors from the quant report (vs 4 bytes per parameter). "
            "deploy: packed indices + smallest exact codebook (evenly spaced rows as offset+step) + float "
            "tensors, vs 4 bytes per parameter; the plots use it. bits: mean over quantized weights. "
+           f"lossless (per split): WER within max(2% relative, 0.2 absolute) of {ref}. "
            f"{REFERENCE}: the fp32 model every recipe starts from, without fine-tuning.\n")
     files["md"].write_text(md)
     if kind == "ablation":
