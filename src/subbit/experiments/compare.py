@@ -565,8 +565,8 @@ def write_outputs(cfg: CompareConfig, rows: list[dict[str, Any]], name: str, kin
     from subbit.experiments import plots
 
     root = cfg.root
+    ref = mark_lossless(rows, cfg.splits)
     slim = [{k: v for k, v in r.items() if k != "tensors"} for r in rows]
-    ref = mark_lossless(slim, cfg.splits)
     doc = {"name": name, "kind": kind, "command": cfg.command, "settings": cfg.to_dict(), "splits": list(cfg.splits),
            "rows": slim}
     files = {"json": root / f"{name}.json", "md": root / f"{name}.md"}

@@ -339,15 +339,15 @@ class LayerNorm:
         return cls(store.maybe_float(f"{prefix}.weight"), store.maybe_float(f"{prefix}.bias"), eps)
 
     def __call__(self, x: Array) -> Array:
-        mu = x.mean(axis=-1, keepdims=True)
-        d = x - mu
-        var = (d * d).mean(axis=-1, keepdims=True)
-        y = d / np.sqrt(var + self.eps)
+        inv_n = np.float32(1.0 / x.shape[-1])
+        d = x - np.add.reduce(x, axis=-1, keepdims=True) * inv_n  # ufunc reductions: no wrapper cost
+        var = np.add.reduce(d * d, axis=-1, keepdims=True) * inv_n
+        d *= 1.0 / np.sqrt(var + np.float32(self.eps))
         if self.weight is not None:
-            y = y * self.weight
+            d *= self.weight
         if self.bias is not None:
-            y = y + self.bias
-        return _f32(y)
+            d += self.bias
+        return _f32(d)
 
     @property
     def nbytes(self) -> int:
@@ -435,6 +435,7 @@ class ChunkedSelfAttention:
                 f"{prefix}.rel_bias.weight has shape {self.rel_bias.shape}, expected {(self.num_rel, heads)}"
             )
         self.scale = np.float32(1.0 / np.sqrt(self.dh))
+        self._cache: dict[tuple[int, int, int], tuple[Array | None, Array]] = {}
 
     def __call__(self, x: Array, k_cache: Array, v_cache: Array, pos: int) -> tuple[Array, Array, Array]:
         """``x [Tq, d]`` for frames ``[pos, pos+Tq)``; returns (out, all keys, all values)."""
@@ -444,17 +445,30 @@ class ChunkedSelfAttention:
         k = np.concatenate([k_cache, self.k(x).reshape(tq, h, dh).transpose(1, 0, 2)], axis=1)
         v = np.concatenate([v_cache, self.v(x).reshape(tq, h, dh).transpose(1, 0, 2)], axis=1)
         tc = k_cache.shape[1]
-        q_pos = np.arange(pos, pos + tq)
-        k_pos = np.arange(pos - tc, pos + tq)
         scores = np.matmul(q, k.transpose(0, 2, 1)) * self.scale  # [H, Tq, Tk]
-        if self.rel_bias is not None:
-            rel = np.clip(q_pos[:, None] - k_pos[None, :] + self.chunk - 1, 0, self.num_rel - 1)
-            scores = scores + self.rel_bias[rel].transpose(2, 0, 1)
-        allowed = chunk_mask(q_pos, k_pos, self.chunk, self.left)
+        bias, allowed = self._bias_and_mask(pos, tq, tc)
+        if bias is not None:
+            scores += bias
         scores = np.where(allowed[None], scores, np.finfo(np.float32).min)
         attn = softmax(scores.astype(np.float32), axis=-1)
         o = np.matmul(attn, v).transpose(1, 0, 2).reshape(tq, h * dh)
         return self.out(_f32(o)), k, v
+
+    def _bias_and_mask(self, pos: int, tq: int, tc: int) -> tuple[Array | None, Array]:
+        """Relative-position bias ``[H, Tq, Tk]`` and mask ``[Tq, Tk]``; both depend on the
+        positions only through ``(pos mod chunk, Tq, Tc)``, so they are cached on that key."""
+        key = (pos % self.chunk, tq, tc)
+        hit = self._cache.get(key)
+        if hit is None:
+            q_pos = np.arange(pos, pos + tq)
+            k_pos = np.arange(pos - tc, pos + tq)
+            bias = None
+            if self.rel_bias is not None:
+                rel = np.clip(q_pos[:, None] - k_pos[None, :] + self.chunk - 1, 0, self.num_rel - 1)
+                bias = np.ascontiguousarray(self.rel_bias[rel].transpose(2, 0, 1))
+            hit = (bias, chunk_mask(q_pos, k_pos, self.chunk, self.left))
+            self._cache[key] = hit
+        return hit
 
 
 class CausalConvModule:

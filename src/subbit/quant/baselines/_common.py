@@ -191,8 +191,3 @@ def lloyd_1d(x: Tensor, k: int, iters: int, init: Tensor | None = None) -> Tenso
             break
         c = new
     return c
-
-
-def gather_codebook(codebook: Tensor, idx: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """``codebook [G, K]`` gathered at ``idx`` (any shape with ``G * n`` entries) -> ``shape``."""
-    return codebook.gather(1, idx.reshape(codebook.shape[0], -1)).reshape(shape)

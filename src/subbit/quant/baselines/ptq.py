@@ -18,11 +18,11 @@ from torch import Tensor
 
 from subbit.quant.base import WeightQuantizer
 from subbit.quant.baselines._common import (
-    merge_options,
     int_levels,
     level_index,
     lloyd_1d,
     max_step,
+    merge_options,
     nearest_index,
     positive_int,
     round_to_grid,

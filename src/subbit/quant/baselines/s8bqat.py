@@ -73,10 +73,14 @@ class S8BQATQuantizer(WeightQuantizer):
         lo = c.gather(1, region)
         width = (c.gather(1, region + 1) - lo).clamp_min(TINY)
         t = (wg - lo) / width
-        inside = (t >= 0) & (t <= 1)
-        e = torch.where(t < 0, -t, t - 1)
-        outside = torch.where(e <= 0.5, torch.sin(math.pi * e.clamp(max=0.5)), 0.5 + e)
-        return torch.where(inside, torch.sin(math.pi * t.clamp(0.0, 1.0)), outside)
+        # e > 0 only beyond the outermost centroids (t is in [0, 1] inside the grid); written
+        # with clamps and relus, not torch.where chains, which cost 2-3x more in backward
+        e = (-t).relu() + (t - 1).relu()
+        return (
+            torch.sin(math.pi * t.clamp(0.0, 1.0)).abs()
+            + torch.sin(math.pi * e.clamp(max=0.5))
+            + (e - 0.5).relu()
+        )
 
     def regularization(self, w: Tensor) -> Tensor:
         return self.lam * self.penalty(w).mean()

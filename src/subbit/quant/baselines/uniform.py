@@ -28,10 +28,10 @@ from torch import Tensor, nn
 from subbit.quant.base import WeightQuantizer
 from subbit.quant.baselines._common import (
     TINY,
-    merge_options,
     int_levels,
     level_index,
     max_step,
+    merge_options,
     qrange,
     round_to_grid,
 )
