@@ -94,7 +94,8 @@ def run(steps: int = 300, seed: int = 0, lr: float = 2e-3, progress: bool = True
 def mu_sweep(steps: int = 300, n: int = 4096, seeds: tuple[int, ...] = (0, 1)) -> dict:
     """RMSE / std of converted weights after GQ fits them (loss: MSE to the fp32 weights)."""
     table: dict = {}
-    cells = [(dist, bits, mu) for dist in ("gauss", "laplace") for bits in (2, 4, 5) for mu in (0.0, 1.0, 5.0, 10.0, 50.0, 255.0)]
+    mus = (0.0, 1.0, 5.0, 10.0, 50.0, 255.0)
+    cells = [(dist, bits, mu) for dist in ("gauss", "laplace") for bits in (2, 4, 5) for mu in mus]
     for dist, bits, mu in tqdm(cells, desc="mu sweep"):
         errs = []
         for seed in seeds:

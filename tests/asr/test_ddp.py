@@ -70,3 +70,20 @@ def test_two_process_gloo_training(tmp_path) -> None:
     assert paths.final.is_file()
     # each rank took half of the 6 batches of an epoch: 4 steps cross into epoch 1
     assert int(rows[-1]["epoch"]) == 1
+
+
+class _DurSampler(_Sampler):
+    durations = [float(400 - i) for i in range(400)]  # later indices are shorter
+
+
+class _DurLoader(_Loader):
+    batch_sampler = _DurSampler()
+
+
+def test_sortagrad_orders_the_first_epochs_by_length() -> None:
+    stream = BatchStream(_DurLoader(), sortagrad_epochs=1)
+    first = [next(stream) for _ in range(5)]
+    longest = [max(_DurSampler.durations[k[0]] for k in b) for b in first]
+    assert longest == sorted(longest)
+    second = [next(stream) for _ in range(5)]  # epoch 1: the sampler's own order
+    assert [b[0][0] for b in second] == [10 + b for b in range(5)]

@@ -156,6 +156,7 @@ def test_load_run_round_trip(corpus, tmp_path) -> None:
     sq.convert(qlast.model)
     assert torch.allclose(qfinal.model(*args), qlast.model(*args), atol=1e-6)
     assert qfinal.tokenizer.to_bytes() == final.tokenizer.to_bytes()  # warm start keeps the tokenizer
+    assert read_run_config(qout)["features"] == read_run_config(out)["features"]  # and the feature stats
 
 
 def test_load_run_errors(tmp_path) -> None:

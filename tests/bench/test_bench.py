@@ -201,3 +201,13 @@ def test_scheduled_decoding_does_equal_work(tmp_path: Path) -> None:
     tokens = s.finalize_tokens()
     assert s.frame > 4 and len(tokens) == (s.frame + 1) // 2
     assert all(0 < t < model.vocab_size for t in tokens)
+
+
+def test_merge_rounds_takes_medians_and_max_rss() -> None:
+    from subbit.bench import merge_rounds
+
+    rows = [{"name": "a", "p50_ms": p, "p90_ms": 2 * p, "upl_ms": p, "rtf": p / 10, "peak_rss_bytes": p * 100,
+             "stream_peak_rss_bytes": None} for p in (3.0, 1.0, 2.0)]
+    m = merge_rounds(rows)
+    assert m["p50_ms"] == 2.0 and m["p90_ms"] == 4.0 and m["p50_ms_rounds"] == [3.0, 1.0, 2.0]
+    assert m["peak_rss_bytes"] == 300.0 and m["stream_peak_rss_bytes"] is None and m["rounds"] == 3

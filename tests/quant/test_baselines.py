@@ -179,6 +179,24 @@ def test_s8bqat_regularizer_zero_at_centroids_max_midway(bits):
     assert (pen[:21].diff() >= -1e-6).all() and (pen[20:].diff() <= 1e-6).all()
 
 
+def test_s8bqat_closed_form_gradient_matches_autograd():
+    q = S8BQATQuantizer(linear_weight(), 3, "channel", lam=0.7)
+    bound = 1.0 / math.sqrt(40)
+    g = torch.Generator().manual_seed(11)
+    # fresh values (never exactly on a centroid, where the term has a kink): inside the grid,
+    # and beyond it on both sides, within and past half an outer region
+    w0 = torch.randn(24, 40, generator=g) * bound * 0.8
+    w0[:, :6] *= 4.0
+    wa, wb = w0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+    ra = q.regularization(wa)
+    rb = q.lam * q.penalty(wb).mean()
+    assert torch.allclose(ra, rb)
+    ra.backward()
+    rb.backward()
+    assert torch.allclose(wa.grad, wb.grad, atol=1e-7, rtol=1e-4)
+    assert (wa.grad != 0).float().mean() > 0.99
+
+
 def test_s8bqat_regularizer_pulls_stray_weights_back():
     w = linear_weight()
     q = S8BQATQuantizer(w, 2, "tensor")

@@ -190,7 +190,7 @@ def test_locate_equals_searchsorted(g, k):
 
 
 MEMORY_SCRIPT = """
-import resource, sys, torch
+import sys, torch
 torch.set_num_threads(1)
 torch.manual_seed(0)
 gq = sys.argv[1] == "gq"
@@ -209,16 +209,22 @@ def step(lin, opt, x):
     opt.step()
 
 step(*layer(64), torch.randn(2, 64))  # warm-up: lazy kernel/autograd/Adam set-up is not the step's
+def status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
 x = torch.randn(16, 1024)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak-RSS mark (ru_maxrss would include the parent's RSS at fork)
+base = status_kb("VmRSS")
 lin, opt = layer(1024)  # counted: weights, quantizer, grads, Adam state and the step's temporaries
 step(lin, opt, x)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+print(status_kb("VmHWM") - base)
 """
 
 
 def test_8bit_step_memory_within_2x_of_fp32():
-    """Peak RSS growth of a layer plus one fwd+bwd+Adam step, 8-bit GQ vs fp32 (a full softmax
+    """Peak RSS growth (Linux /proc) of a layer plus one fwd+bwd+Adam step, 8-bit GQ vs fp32 (a full softmax
     would need ~1 GB). A fixed malloc mmap threshold makes RSS follow live memory deterministically
     (glibc's adaptive threshold otherwise keeps freed blocks in the heap or not, run to run)."""
     import os
@@ -237,11 +243,13 @@ def test_8bit_step_memory_within_2x_of_fp32():
 
 @pytest.mark.parametrize("distance", ["squared", "absolute"])
 def test_window_shrinks_with_tau_without_changing_results(distance):
+    """In float64 (so float32 rounding of the 1/tau-sized gradients does not hide it) the shrunk
+    window matches the full softmax to ~1e-9: what it drops weighs < exp(-30)."""
     from subbit.quant.gq import needed_window
 
     torch.manual_seed(6)
-    w = torch.randn(32, 32)
-    q = GeneralQuantizer(w, 5, distance=distance, window=32)
+    w = torch.randn(32, 32, dtype=torch.float64)
+    q = GeneralQuantizer(w, 5, distance=distance, window=32).double()
     with torch.no_grad():
         q.theta.add_(0.01 * torch.randn_like(q.theta))
     q.constrain_()
@@ -251,5 +259,5 @@ def test_window_shrinks_with_tau_without_changing_results(distance):
         sizes.append(needed_window(q.centroids().detach(), q.abs_tau, q.window, distance))
         mine, ref = grads(q, q, w), grads(q, lambda x: naive(q, x), w)
         for a, b in zip(mine, ref):
-            assert (a - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())
+            assert (a - b).abs().max() <= 1e-9 * max(1.0, b.abs().max().item())
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 2 and sizes[0] > 2

@@ -6,7 +6,9 @@ except for S8BQAT). Everything else (AdamW, warmup + cosine lr, gradient clippin
 resume, DDP) is shared, so fp32 and QAT runs differ only in what the config says.
 
 Time budget (``minutes``): the first ``calib_steps`` steps are timed and the total number of
-steps is set from their speed, ``total = steps_done + remaining_time / sec_per_step * safety``.
+steps is set from their speed, ``total = steps_done + remaining_time / sec_per_step * safety``,
+where ``sec_per_step`` is the time of an average batch at the measured audio throughput (batches
+differ in length, and with ``sortagrad_epochs`` the first ones are the shortest).
 The lr schedule and the GQ schedule then run over that total. An fp32 run also stops when the
 time is up (its cosine tail is simply cut); a QAT run always runs to its total, because the
 temperature anneal must finish and the last ~15% must train the deployed hard weights, so its
@@ -88,6 +90,7 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     augment: bool = True
+    sortagrad_epochs: int = 0
     num_workers: int = 0
     eval_every: int = 0
     eval_limit: int = 200
@@ -118,7 +121,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
-        for name in ("num_workers", "eval_every", "ckpt_every", "keep_every", "quant_every", "warmup_steps", "calib_steps"):
+        for name in ("sortagrad_epochs", "num_workers", "eval_every", "ckpt_every", "keep_every", "quant_every", "warmup_steps", "calib_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
@@ -257,10 +260,12 @@ class BatchStream:
     key, so workers change nothing but speed); the position counts batches consumed, not loaded.
     """
 
-    def __init__(self, loader: Any, rank: int = 0, world: int = 1, num_workers: int = 0) -> None:
+    def __init__(self, loader: Any, rank: int = 0, world: int = 1, num_workers: int = 0,
+                 sortagrad_epochs: int = 0) -> None:
         self.loader = loader
         self.rank, self.world = rank, world
         self.num_workers = num_workers
+        self.sortagrad_epochs = sortagrad_epochs
         self.epoch, self.index = 0, 0
         self._batches: list[list[Any]] | None = None
         self._it: Iterator[dict[str, Any]] | None = None
@@ -273,6 +278,11 @@ class BatchStream:
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self.epoch)
             batches = [list(b) for b in sampler]
+        durations = getattr(sampler, "durations", None)
+        if self.epoch < self.sortagrad_epochs and durations is not None:
+            # curriculum ("SortaGrad", Deep Speech 2): shortest batches first; alignment is
+            # learnt on short commands before long sentences
+            batches.sort(key=lambda b: max(durations[i] for i in b))
         n = len(batches) // self.world * self.world
         if n == 0:
             raise ValueError(f"too few training batches ({len(batches)}) for {self.world} processes")
@@ -310,6 +320,15 @@ class BatchStream:
         batch = next(self._it)
         self.index += 1
         return batch
+
+    def mean_batch_seconds(self) -> float | None:
+        """Mean audio seconds per batch over an epoch (None when the sampler has no durations)."""
+        sampler = self.loader.batch_sampler
+        durations = getattr(sampler, "durations", None)
+        if durations is None or not hasattr(sampler, "batches"):
+            return None
+        batches = sampler.batches(self.epoch)
+        return sum(durations[i] for b in batches for i in b) / max(1, len(batches))
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}
@@ -476,6 +495,8 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
             model = build_model(cfg.model, cfg.preset, vocab_size=tokenizer.vocab_size, **cfg.model_overrides)
     if cfg.resume:
         frontend = frontend_from_config(stored)
+    elif init_cfg is not None:  # the warm-started weights expect the features they were trained on
+        frontend = frontend_from_config(init_cfg)
     else:
         frontend = LogMel()
         mean, std = frontend_stats(train_utts, frontend, seed=cfg.seed)
@@ -496,8 +517,10 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
         tokenizer.save(paths.tokenizer)
         args = cfg.to_dict()
-        if init_cfg is not None:
+        if init_cfg is not None:  # record what was really built: the init run's model and tokenizer
             args["tokenizer"] = init_cfg["tokenizer"]["kind"]
+            args["model"] = init_cfg["model"].get("arch", args["model"])
+            args["preset"] = init_cfg["model"].get("preset", args["preset"])
         write_run_config(
             paths,
             model_config=_unwrap_config(model),
@@ -531,7 +554,8 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
         max_frames=cfg.max_frames,
         frontend=frontend,
     )
-    stream = BatchStream(loader, dist.rank, dist.world, num_workers=cfg.num_workers)
+    stream = BatchStream(loader, dist.rank, dist.world, num_workers=cfg.num_workers,
+                         sortagrad_epochs=cfg.sortagrad_epochs)
     frame_sec = _frame_seconds(loader)
 
     step, elapsed_before, gq_start, best_wer = 0, 0.0, 0, math.inf
@@ -617,7 +641,7 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
 
     budget = cfg.minutes * 60 if cfg.minutes else None
     t_start = time.perf_counter()
-    calib_t0: float | None = None
+    calib_t0, calib_audio = 0.0, 0.0
     session_steps = 0
     last_loss = float("nan")
     speeds: list[float] = []
@@ -683,9 +707,17 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
             # time budget: calibrate the total number of steps from the first steps' speed
             if total is None:
                 if session_steps == 2:
-                    calib_t0 = time.perf_counter()
+                    calib_t0, calib_audio = time.perf_counter(), 0.0
+                elif session_steps > 2:
+                    calib_audio += audio_sec
                 if session_steps >= max(cfg.calib_steps, 3):
-                    sec_per_step = (time.perf_counter() - calib_t0) / (session_steps - 2)
+                    calib_dt = time.perf_counter() - calib_t0
+                    sec_per_step = calib_dt / (session_steps - 2)
+                    mean_batch = stream.mean_batch_seconds()
+                    if mean_batch and calib_audio > 0:
+                        # batches differ in length (bucketing, curriculum): convert the measured
+                        # audio throughput into the time of an average batch
+                        sec_per_step = mean_batch * dist.world / (calib_audio / calib_dt)
                     remaining = budget - elapsed
                     safety = 0.9 if cfg.quant else 1.0
                     est = step + max(1, int(remaining / sec_per_step * safety))

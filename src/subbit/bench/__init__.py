@@ -52,6 +52,7 @@ class BenchOptions:
     matvec: bool = True
     matvec_size: int = 4096
     token_every: int = 3
+    rounds: int = 1
     workdir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -64,6 +65,8 @@ class BenchOptions:
         for t in self.threads:
             if not isinstance(t, int) or t < 1:
                 raise ValueError(f"threads: every entry must be a positive integer, got {t!r}")
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"rounds must be a positive integer, got {self.rounds!r}")
         if not isinstance(self.token_every, int) or self.token_every < 0:
             raise ValueError(f"token_every must be an integer >= 0, got {self.token_every!r}")
         if not self.seconds > 0:
@@ -204,11 +207,14 @@ def run_benchmark(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
         workdir = Path(opts.workdir) if opts.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         specs = _specs(opts, workdir, progress)
-        rows = []
-        bar = tqdm(specs, desc="variants", disable=not progress)
-        for spec in bar:
-            bar.set_postfix_str(f"{spec.name} x{spec.threads}")
-            rows.append(run_in_subprocess(spec))
+        runs: list[list[dict[str, Any]]] = [[] for _ in specs]
+        # rounds interleave the variants, so a change of load on a shared machine hits all of them
+        bar = tqdm([(r, i) for r in range(opts.rounds) for i in range(len(specs))], desc="variants",
+                   disable=not progress)
+        for _, i in bar:
+            bar.set_postfix_str(f"{specs[i].name} x{specs[i].threads}")
+            runs[i].append(run_in_subprocess(specs[i]))
+        rows = [merge_rounds(r) for r in runs]
     result: dict[str, Any] = {
         "machine": machine_info(),
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
@@ -219,6 +225,22 @@ def run_benchmark(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
         result["matvec"] = matvec_rows(sorted(set(opts.bits) | {8, 4}), n=n, k=n)
     result["targets"] = check_targets(rows, opts.preset)
     return result
+
+
+def merge_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the rounds of a variant: median latencies and RTF, largest peak RSS."""
+    import numpy as np
+
+    out = dict(rows[0])
+    if len(rows) > 1:
+        for key in ("p50_ms", "p90_ms", "upl_ms", "rtf"):
+            out[key] = float(np.median([r[key] for r in rows]))
+            out[f"{key}_rounds"] = [r[key] for r in rows]
+        for key in ("peak_rss_bytes", "stream_peak_rss_bytes"):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            out[key] = max(vals) if vals else None
+    out["rounds"] = len(rows)
+    return out
 
 
 def check_targets(rows: list[dict[str, Any]], preset: str) -> list[dict[str, Any]]:

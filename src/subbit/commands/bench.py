@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", type=_int_list, default=None, help="comma list, default 8,5,4,3,2,1")
     p.add_argument("--seconds", type=float, default=None, help="audio per pass (default 10; quick 3)")
     p.add_argument("--repeats", type=int, default=None, help="timed passes per variant (default 2; quick 1)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="run every variant this many times, interleaved; report medians (default 1)")
     p.add_argument("--baselines", default="fp32,torch-int8,ort-int8",
                    help="comma list of fp32, torch-int8, ort-int8 ('none' for none)")
     p.add_argument("--no-matvec", action="store_true", help="skip the single large matvec per bit depth")
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     baselines = () if args.baselines.strip() == "none" else tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     over = {"bits": args.bits, "threads": args.threads, "seconds": args.seconds, "repeats": args.repeats,
+            "rounds": args.rounds,
             "vocab_size": args.vocab_size, "seed": args.seed, "baselines": baselines,
             "token_every": args.token_every,
             "matvec": not args.no_matvec, "workdir": args.workdir}

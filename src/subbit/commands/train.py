@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -27,6 +28,8 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (under torchrun: one GPU per rank)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no speed/noise/SpecAugment")
+    p.add_argument("--sortagrad", dest="sortagrad_epochs", type=int, default=0, metavar="N",
+                   help="curriculum: the first N epochs run from the shortest batches to the longest")
     p.add_argument("--eval-every", type=int, default=0, help="dev WER every N steps (keeps checkpoints/best.pt)")
     p.add_argument("--eval-limit", type=int, default=200, help="dev utterances used by --eval-every")
     p.add_argument("--ckpt-every", type=int, default=200, help="write checkpoints/last.pt every N steps")
@@ -59,14 +62,32 @@ def register(subparsers: Any) -> None:
     p.add_argument("--init", help="warm start from an fp32 run directory or checkpoint")
     p.add_argument("--tokenizer", choices=("bpe", "char"), default="bpe")
     p.add_argument("--vocab-size", type=int, default=128)
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model hyperparameter of the preset, e.g. dropout=0.3 (repeatable)")
     add_schedule_options(p)
     p.set_defaults(func=run)
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``["dropout=0.3", "enc_layers=3"]`` -> ``{"dropout": 0.3, "enc_layers": 3}`` (JSON values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-arg: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """Build the TrainConfig; on --resume the stored config wins, so budget/data may be omitted."""
     keys = {f for f in TrainConfig.__dataclass_fields__ if f != "model_overrides"}
     values = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    if getattr(args, "model_arg", None):
+        values["model_overrides"] = parse_model_args(args.model_arg)
     values.update(overrides)
     if values.get("resume"):
         # placeholders: train() replaces them with RUN/config.json's train_args

@@ -217,7 +217,10 @@ class QuantReport:
             for r in self.rows
         ]
         widths = [max(len(x) for x in col) for col in zip(head, *body)]
-        fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+
+        def fmt(cells: list[str]) -> str:  # names left-aligned, numbers right-aligned
+            return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
         lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
         lines.append(f"quantized: {self.quantized_bytes} B packed; float: {self.float_bytes} B")
         if self.float_tensors:

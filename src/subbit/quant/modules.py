@@ -109,7 +109,9 @@ def _children_post_hook(module: nn.Module, args: tuple, output: object) -> None:
         _detach(child)
 
 
-def attach(module: nn.Module, name: str, quantizer: WeightQuantizer, parent: nn.Module | None = None) -> QuantizedWeight:
+def attach(
+    module: nn.Module, name: str, quantizer: WeightQuantizer, parent: nn.Module | None = None
+) -> QuantizedWeight:
     """Quantize ``module.<name>`` with ``quantizer``; returns the new :class:`QuantizedWeight`."""
     param = module._parameters.get(name)
     if not isinstance(param, nn.Parameter):

@@ -85,7 +85,9 @@ class _Expand(torch.autograd.Function):
         b = y.abs()
         gy = gmu = None
         if ctx.needs_input_grad[0]:
-            dy = _branch(mu, lambda m: torch.exp(b * torch.log1p(m)).mul_(torch.log1p(m) / m), lambda: 1 + mu * (b - 0.5))
+            dy = _branch(
+                mu, lambda m: torch.exp(b * torch.log1p(m)).mul_(torch.log1p(m) / m), lambda: 1 + mu * (b - 0.5)
+            )
             gy = _reduce_to(g * dy, y.shape)
         if ctx.needs_input_grad[1]:
 

@@ -54,7 +54,9 @@ class LayerSpec:
             raise ValueError(f"options: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "bits": self.bits, "granularity": self.granularity, "options": dict(self.options)}
+        return {
+            "method": self.method, "bits": self.bits, "granularity": self.granularity, "options": dict(self.options),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: LayerSpec | None = None) -> LayerSpec:

@@ -32,6 +32,54 @@ from subbit.quant.registry import register_method
 DEFAULTS = {"mu": 5.0, "lam": 0.1}
 
 
+def _region(wg: Tensor, c: Tensor) -> Tensor:
+    """Index ``k`` of the region ``[c_k, c_{k+1}]`` of each weight (outermost regions extended)."""
+    pos = torch.searchsorted(c.contiguous(), wg.detach().contiguous())
+    return (pos - 1).clamp_(0, c.shape[1] - 2)
+
+
+def _region_t(wg: Tensor, c: Tensor, region: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Position ``t`` of each weight in its region (0..1 inside the grid) and the region's width."""
+    region = _region(wg, c) if region is None else region.long()
+    lo = c.gather(1, region)
+    width = (c.gather(1, region + 1) - lo).clamp_min_(TINY)
+    return (wg - lo) / width, width
+
+
+def _penalty_of_t(t: Tensor) -> Tensor:
+    """``|sin(pi t)|`` inside the grid; beyond it (``e > 0``) ``sin(pi e)`` up to 1/2, then ``1/2 + e``."""
+    e = (-t).relu() + (t - 1).relu()  # > 0 only beyond the outermost centroids
+    return torch.sin(math.pi * t.clamp(0.0, 1.0)).abs() + torch.sin(math.pi * e.clamp(max=0.5)) + (e - 0.5).relu()
+
+
+class _MeanPenalty(torch.autograd.Function):
+    """``mean(penalty(w))`` whose backward recomputes ``t`` from ``w`` and applies the closed-form
+    derivative: autograd through :func:`_penalty_of_t` would keep ~10 floats per weight per layer
+    until backward (3x fp32's training memory on the LSTM benchmark). Keeps ``w``, the
+    centroids and one byte per weight (its region)."""
+
+    @staticmethod
+    def forward(ctx: Any, wg: Tensor, c: Tensor) -> Tensor:  # type: ignore[override]
+        region = _region(wg, c)
+        # one byte per weight (K <= 256) spares the backward a second searchsorted
+        ctx.save_for_backward(wg, c, region.to(torch.uint8))
+        t, _ = _region_t(wg, c, region)
+        return _penalty_of_t(t).mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        wg, c, region = ctx.saved_tensors
+        t, width = _region_t(wg, c, region)
+        # inside (0 < t < 1): d|sin(pi t)|/dt = pi cos(pi t); sin > 0 there
+        d = torch.cos(math.pi * t).mul_(math.pi).mul_((t > 0) & (t < 1))
+        # beyond the grid: e = -t (t < 0) or t - 1 (t > 1); de/dt = -1 or +1
+        e = (-t).relu_().add_((t - 1).relu_())
+        slope = torch.cos(math.pi * e).mul_(math.pi).mul_(e < 0.5).add_(e >= 0.5)
+        side = (t > 1).to(t.dtype).sub_((t < 0).to(t.dtype))
+        d.add_(slope.mul_(side))
+        return d.mul_(grad / t.numel()).div_(width), None
+
+
 @register_method("s8bqat")
 class S8BQATQuantizer(WeightQuantizer):
     """Fixed mu-law grid, MRACos regularizer; options ``mu`` (>= 0) and ``lam`` (> 0)."""
@@ -66,24 +114,13 @@ class S8BQATQuantizer(WeightQuantizer):
     def penalty(self, w: Tensor) -> Tensor:
         """Per-weight MRACos term (shape ``[G, N/G]``), before ``lam`` and the mean."""
         wg = self.grouped(w)
-        c = self.centroids.to(wg.dtype)
-        k = c.shape[1]
-        pos = torch.searchsorted(c.contiguous(), wg.detach().contiguous())
-        region = (pos - 1).clamp(0, k - 2)
-        lo = c.gather(1, region)
-        width = (c.gather(1, region + 1) - lo).clamp_min(TINY)
-        t = (wg - lo) / width
-        # e > 0 only beyond the outermost centroids (t is in [0, 1] inside the grid); written
-        # with clamps and relus, not torch.where chains, which cost 2-3x more in backward
-        e = (-t).relu() + (t - 1).relu()
-        return (
-            torch.sin(math.pi * t.clamp(0.0, 1.0)).abs()
-            + torch.sin(math.pi * e.clamp(max=0.5))
-            + (e - 0.5).relu()
-        )
+        t, _ = _region_t(wg, self.centroids.to(wg.dtype))
+        return _penalty_of_t(t)
 
     def regularization(self, w: Tensor) -> Tensor:
-        return self.lam * self.penalty(w).mean()
+        """``lam * mean(penalty)`` with a hand-written backward that keeps only ``w``."""
+        wg = self.grouped(w)
+        return self.lam * _MeanPenalty.apply(wg, self.centroids.to(wg.dtype))
 
     @torch.no_grad()
     def encode(self, w: Tensor) -> tuple[Tensor, Tensor]:
