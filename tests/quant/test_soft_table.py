@@ -140,6 +140,14 @@ def test_policy_grid_size_and_fallback():
     # G groups share the budget
     th3 = theta.expand(3, -1)
     assert choose_grid(th3, 0.1 * spacing**2, 12 * sizes[1] - 1, "squared", mu[:1]) is None
+    # two equal centroids force the full window (W = K): the grid's window work is capped
+    _, _, mu8, theta8, spacing8 = setup(8)
+    tau8 = 0.1 * spacing8**2
+    assert choose_grid(theta8, tau8, 10**9, "squared", mu8, fraction=math.inf) is not None
+    theta8[0, 100] = theta8[0, 101]
+    assert choose_grid(theta8, tau8, 10**9, "squared", mu8, fraction=math.inf) is None
+    # clip: a forced table keeps MAX_GRID points however cold
+    assert choose_grid(theta, 1e-9, 10**9, "squared", mu, fraction=math.inf, clip=True) == MAX_GRID
 
 
 def test_bad_input_named():

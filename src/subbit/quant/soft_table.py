@@ -24,10 +24,16 @@ u, i.e. ``w_u / compand'(x_mid)`` in x. Linear interpolation with cells of ``1 /
 of the narrowest width keeps the value error below ``~2e-4 g`` and the slope (gradient) error
 per weight below a few percent at the steepest point (the slope over a cell is the exact mean
 slope there, so summed gradients are closer still; tests/quant/test_soft_table.py measures it).
-When ``tau`` anneals down the grid grows as ``1 / tau``; past the budget (more than
-``MAX_GRID`` points, or more grid points than ``GRID_FRACTION`` of the weights) the policy
-returns ``None`` and the caller uses the exact windowed path: early and mid anneal use the table,
-the very end the window.
+At least ``MIN_GRID`` points: the companding alone bends ``T`` near ``x = 0``. When ``tau``
+anneals down the grid grows as ``1 / tau``; past the budget (more than ``MAX_GRID`` points, more
+grid points than ``GRID_FRACTION`` of the weights, or more than ``MAX_WORK`` grid x window
+entries) the policy returns ``None`` and the caller uses the exact windowed path: early and mid
+anneal use the table, the very end the window.
+
+**Cost** (per weight, fwd + bwd): about 10 flat passes (scale, int32 cell, one gather of
+``(A, B)`` pairs, a multiply-add; a gather for the slope and two ``scatter_add_`` back), plus
+``G * M * W`` grid work; measured 10-20x faster than the window path at 1-5 bits, see
+``benchmarks/gq_soft_speed.py`` and GeneralQuantizer's docstring.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from subbit.quant.mulaw import compand, expand
 CELLS_PER_WIDTH = 8  # grid cells per transition width (value error ~ 2e-4 of a gap)
 MAX_GRID = 1 << 18  # points per group; beyond this the window path is cheaper and exact
 GRID_FRACTION = 0.25  # total grid points (all groups) at most this share of the weights
+MAX_WORK = 1 << 22  # grid points x window: bounds the grid's autograd memory (~16 MB a tensor)
 MIN_GRID = 257  # the companding curvature near x = 0 needs cells even when f is flat
 NEGLIGIBLE_LOGIT = 30.0  # centroids trailing the nearest by more than this add exp(-30)
 
@@ -76,13 +83,16 @@ def _compand_slope(x: Tensor, mu: Tensor) -> Tensor:
 @torch.no_grad()
 def choose_grid(
     theta: Tensor, tau: float, numel: int, distance: str, mu: float | Tensor = 0.0,
-    *, max_grid: int = MAX_GRID, fraction: float = GRID_FRACTION,
+    *, max_grid: int = MAX_GRID, fraction: float = GRID_FRACTION, clip: bool = False,
 ) -> int | None:
     """Grid size ``M`` for :func:`tabulate`, or ``None`` when the exact window path should run.
 
     ``theta`` [G, K] sorted companded centroids, ``tau`` the absolute temperature, ``numel``
     the weights the table will serve, ``mu`` the mu-law parameter(s). ``None`` for the hard
-    mode (``tau <= 0``) and when ``M > max_grid`` or ``G * M > fraction * numel``.
+    mode (``tau <= 0``), when ``M > max_grid`` (with ``clip``: ``M = max_grid`` instead, coarser
+    than the accuracy target), when ``G * M > fraction * numel`` (the grid would cost about
+    what it saves), and when the grid's window work ``G * M * W`` exceeds ``MAX_WORK``
+    (centroids bunched together widen the window, see :func:`tabulate`).
     """
     _check(distance)
     if theta.dim() != 2 or theta.shape[1] < 2:
@@ -97,14 +107,16 @@ def choose_grid(
     mu_t = _mu_rows(mu, g, th)
     mid_x = expand(mid_u, mu_t)
     width_x = width / _compand_slope(mid_x, mu_t)  # [G, K-1]: transition width in x
-    if distance == "squared":
+    if distance == "squared":  # equal centroids: no transition between them
         width_x = torch.where(gaps > 0, width_x, torch.full_like(width_x, math.inf))
     narrowest = float(width_x.min())
     cells = 2.0 * CELLS_PER_WIDTH / narrowest if math.isfinite(narrowest) else 0.0
-    if cells > max_grid:  # also guards the int conversion against huge values
-        return None
-    m = max(MIN_GRID, math.ceil(cells) + 1)
-    if m > max_grid or g * m > fraction * numel:
+    if cells > max_grid:  # also keeps huge values away from the int conversion
+        if not clip:
+            return None
+        cells = max_grid
+    m = min(max(MIN_GRID, math.ceil(cells) + 1), max(max_grid, 2))
+    if g * m > fraction * numel or g * m * _window(th, tau, distance) > MAX_WORK:
         return None
     return m
 
