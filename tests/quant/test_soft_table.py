@@ -118,8 +118,12 @@ def test_monotone_in_w(distance):
     w, s, mu, theta, spacing = setup(3, dtype=torch.float32)
     tau = 0.05 * (spacing**2 if distance == "squared" else spacing)
     size = choose_grid(theta, tau, 10**9, distance, mu)
-    ws = torch.linspace(-1.2, 1.2, 20001).unsqueeze(0) * s
+    ws = (torch.linspace(-1.2, 1.2, 20001).unsqueeze(0) * s).requires_grad_()
     y = table_soft(ws, s, mu, theta, tau, distance, "companded", size)
+    y.sum().backward()
+    outside = ws.detach().abs() > s
+    assert bool((ws.grad[outside] == 0).all()) and bool((ws.grad[~outside] >= 0).all())
+    y = y.detach()
     # float32 rounding of A_j + pos B_j may wobble by an ulp-scale amount at cell edges
     assert float(y.diff().min()) >= -1e-6 * float(s)
     assert float(y[0, 0]) == pytest.approx(float(y[0, 1]))  # clamped below -s: flat

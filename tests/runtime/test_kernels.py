@@ -145,11 +145,44 @@ def test_prepare_is_cached_and_deployed_weight() -> None:
 
 
 def test_env_var_forces_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    best = kernels.available_paths()[-1]
+    monkeypatch.delenv("SUBBIT_KERNEL", raising=False)
+    assert kernels.default_path() == best  # cached now: a later change of the variable must win
     monkeypatch.setenv("SUBBIT_KERNEL", "ref")
     assert kernels.default_path() == "ref"
     monkeypatch.setenv("SUBBIT_KERNEL", "bogus")
     with pytest.raises(ValueError, match="SUBBIT_KERNEL"):
         kernels.default_path()
+    monkeypatch.delenv("SUBBIT_KERNEL")
+    assert kernels.default_path() == best
+
+
+@pytest.mark.parametrize("path", C_PATHS or ["ref"])
+def test_streaming_shapes_every_depth(path: str) -> None:
+    """Shapes of the streaming LSTM: M = 1..7 input rows (tiles of 4 and a rest of 1-3), K = 240
+    (7 full blocks + a 16-index tail), K = 536 (super-blocks + last block + 24-index tail)."""
+    rng = np.random.default_rng(21)
+    for bits in range(1, 9):
+        for k in (240, 536):
+            w = make_weight(rng, bits, 13, k, "channel" if bits % 2 else "tensor")
+            bias = rng.normal(size=13).astype(np.float32)
+            for m in range(1, 8):
+                x = (rng.normal(size=(m, k)) * 3).astype(np.float32)
+                ref = kernels.reference_packed_linear(x, w, bias)
+                np.testing.assert_array_equal(kernels.packed_linear(x, w, bias, path=path), ref,
+                                              err_msg=f"{path} bits={bits} m={m} k={k}")
+
+
+def test_bias_objects_are_not_confused() -> None:
+    """The bias address is remembered per weight: a new bias array (or one needing conversion)
+    must be used, not the remembered one."""
+    rng = np.random.default_rng(5)
+    w = make_weight(rng, 4, 6, 40, "tensor")
+    x = rng.normal(size=(2, 40)).astype(np.float32)
+    b1, b2 = rng.normal(size=6).astype(np.float32), rng.normal(size=6).astype(np.float32)
+    for bias in (b1, b2, b1, b2.astype(np.float64), b1[::-1].copy()[::-1], None):
+        want = kernels.reference_packed_linear(x, w, bias)
+        np.testing.assert_array_equal(kernels.packed_linear(x, w, bias), want)
 
 
 def test_bad_inputs() -> None:

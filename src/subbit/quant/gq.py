@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from subbit.quant.base import WeightQuantizer
 from subbit.quant.mulaw import compand, expand
 from subbit.quant.registry import register_method
+from subbit.quant.soft_table import choose_grid, table_soft
 
 
 @dataclass(frozen=True)
@@ -358,8 +359,11 @@ _DEFAULTS: dict[str, Any] = {
     "int8_codebook": False,
     "window": 8,
     "chunk_size": 1 << 16,
+    "impl": "auto",
 }
-_CHOICES = {"domain": ("companded", "linear"), "distance": ("squared", "absolute")}
+_CHOICES = {
+    "domain": ("companded", "linear"), "distance": ("squared", "absolute"), "impl": ("auto", "table", "window"),
+}
 _BOOLS = ("learn_mu", "learn_scale", "symmetric", "zero_centroid", "straight_through", "int8_codebook")
 
 
@@ -376,7 +380,12 @@ class GeneralQuantizer(WeightQuantizer):
     ``round(c / s8) * s8``, ``s8 = max|c| / 127``, as the packed runtime deploys it; the soft
     forward is not rounded, so combine it with ``straight_through`` late in training),
     ``window`` (at most this many nearest centroids in the softmax, default ``min(K, 8)``; fewer
-    once ``tau`` makes the rest negligible), ``chunk_size`` (weights per soft-assignment chunk).
+    once ``tau`` makes the rest negligible), ``chunk_size`` (weights per soft-assignment chunk),
+    ``impl`` (how the soft forward is computed: "auto" (default) = the tabulated function of
+    :mod:`subbit.quant.soft_table` when its policy :func:`~subbit.quant.soft_table.choose_grid`
+    allows, else the exact window; "table" = the table even where it costs more than it saves,
+    the grid clipped to ``MAX_GRID`` points, unless bunched centroids make its window work exceed
+    ``MAX_WORK``; "window" = always the exact :class:`SoftAssign`).
     """
 
     @classmethod
@@ -418,6 +427,7 @@ class GeneralQuantizer(WeightQuantizer):
         k, g = self.levels, self.num_groups
         self.window = min(k, opts["window"])
         self.chunk_size: int = opts["chunk_size"]
+        self.impl: str = opts["impl"]
 
         w = self.grouped(weight.detach().float())
         s = w.abs().amax(1)
@@ -487,6 +497,16 @@ class GeneralQuantizer(WeightQuantizer):
         worst = (span * span if self.distance == "squared" else span) / tau if tau > 0 else math.inf
         return AssignConfig(tau, window, self.distance, self.domain, chunk, guard=worst > 80.0)
 
+    def grid_size(self, theta: Tensor | None = None) -> int | None:
+        """Points of the tabulated soft function the next soft forward uses; ``None`` = exact window."""
+        if self.impl == "window" or self.is_hard:
+            return None
+        th = (self.centroids() if theta is None else theta).detach()
+        if self.impl == "table":
+            return choose_grid(th, self.abs_tau, self.shape_numel, self.distance, self.mu.detach(),
+                               fraction=math.inf, clip=True)
+        return choose_grid(th, self.abs_tau, self.shape_numel, self.distance, self.mu.detach())
+
     def _check(self, w: Tensor) -> None:
         if tuple(w.shape) != self.shape:
             raise ValueError(f"gq: weight shape {tuple(w.shape)} does not match the quantizer's {self.shape}")
@@ -502,10 +522,13 @@ class GeneralQuantizer(WeightQuantizer):
             return hard + (w - w.detach())  # exact hard value, identity gradient to w
         wg = self.grouped(w)
         theta = self.centroids()
-        soft = soft_assign(
-            wg, self._scale().unsqueeze(1).to(w.dtype), self.mu.unsqueeze(1).to(w.dtype),
-            theta.to(w.dtype), self._cfg(theta),
-        ).reshape(w.shape)
+        s, mu = self._scale().unsqueeze(1).to(w.dtype), self.mu.unsqueeze(1).to(w.dtype)
+        size = self.grid_size(theta)
+        if size is None:
+            soft = soft_assign(wg, s, mu, theta.to(w.dtype), self._cfg(theta))
+        else:
+            soft = table_soft(wg, s, mu, theta.to(w.dtype), self.abs_tau, self.distance, self.domain, size)
+        soft = soft.reshape(w.shape)
         if self.straight_through:
             return self.hard(w) + (soft - soft.detach())
         return soft
@@ -547,4 +570,5 @@ class GeneralQuantizer(WeightQuantizer):
             self.scale.clamp_(min=1e-12)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, tau={float(self.tau):.3g}, mu={self.options['mu']}, window={self.window}"
+        return (f"{super().extra_repr()}, tau={float(self.tau):.3g}, mu={self.options['mu']}, window={self.window}, "
+                f"impl={self.impl}")

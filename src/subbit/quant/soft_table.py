@@ -74,12 +74,6 @@ def _mu_rows(mu: float | Tensor, groups: int, like: Tensor) -> Tensor:
     return m.expand(groups, 1)
 
 
-def _compand_slope(x: Tensor, mu: Tensor) -> Tensor:
-    """``d compand(x, mu) / dx`` (1 where ``mu`` is ~0)."""
-    mu = mu.clamp(min=1e-6)
-    return mu / torch.log1p(mu) / (1.0 + mu * x.abs())
-
-
 @torch.no_grad()
 def choose_grid(
     theta: Tensor, tau: float, numel: int, distance: str, mu: float | Tensor = 0.0,
@@ -99,38 +93,41 @@ def choose_grid(
         raise ValueError(f"soft_table: theta must be [G, K >= 2], got {tuple(theta.shape)}")
     if tau <= 0 or not math.isfinite(tau):
         return None
-    g = theta.shape[0]
-    th = theta.detach().double()
-    gaps = (th[:, 1:] - th[:, :-1]).clamp(min=0.0)
-    width = tau / 2.0 if distance == "absolute" else tau / (2.0 * gaps.clamp(min=1e-30))
-    mid_u = ((th[:, 1:] + th[:, :-1]) / 2).clamp(-1.0, 1.0)
-    mu_t = _mu_rows(mu, g, th)
-    mid_x = expand(mid_u, mu_t)
-    width_x = width / _compand_slope(mid_x, mu_t)  # [G, K-1]: transition width in x
-    if distance == "squared":  # equal centroids: no transition between them
-        width_x = torch.where(gaps > 0, width_x, torch.full_like(width_x, math.inf))
-    narrowest = float(width_x.min())
-    cells = 2.0 * CELLS_PER_WIDTH / narrowest if math.isfinite(narrowest) else 0.0
+    g, k = theta.shape
+    th = theta.detach()
+    gaps = (th[:, 1:] - th[:, :-1]).clamp_(min=0.0)
+    width = torch.full_like(gaps, tau / 2.0) if distance == "absolute" else (tau / 2.0) / gaps
+    # compand'(x) at x = expand(u) is (mu / L) exp(-|u| L), L = ln(1 + mu): the x-width of a
+    # transition centred at u is its u-width times (L / mu) exp(|u| L)
+    mu_t = _mu_rows(mu, g, th).detach().clamp(min=1e-6)
+    log_mu = torch.log1p(mu_t)
+    mid = ((th[:, 1:] + th[:, :-1]) / 2).abs_().clamp_(max=1.0)
+    width_x = width * (log_mu / mu_t) * torch.exp(mid * log_mu)  # [G, K-1]; equal centroids: inf
+    narrowest, gmin = torch.stack([width_x.min(), gaps.min()]).tolist()  # one sync
+    cells = 2.0 * CELLS_PER_WIDTH / narrowest if math.isfinite(narrowest) and narrowest > 0 else 0.0
     if cells > max_grid:  # also keeps huge values away from the int conversion
         if not clip:
             return None
         cells = max_grid
     m = min(max(MIN_GRID, math.ceil(cells) + 1), max(max_grid, 2))
-    if g * m > fraction * numel or g * m * _window(th, tau, distance) > MAX_WORK:
+    if g * m > fraction * numel or g * m * _window_size(k, gmin, tau, distance) > MAX_WORK:
         return None
     return m
 
 
-def _window(theta: Tensor, tau: float, distance: str) -> int:
-    """Centroids per side x 2 beyond which softmax weights are below ``exp(-30)`` of the nearest."""
-    k = theta.shape[1]
-    if k <= 2:
-        return k
-    gmin = float((theta[:, 1:] - theta[:, :-1]).min())
-    if gmin <= 0:
+def _window_size(k: int, gmin: float, tau: float, distance: str) -> int:
+    """Centroids per side x 2 beyond which softmax weights are below ``exp(-30)`` of the nearest,
+    given the smallest centroid gap (the argument of gq.needed_window)."""
+    if k <= 2 or gmin <= 0:
         return k
     reach = math.sqrt(NEGLIGIBLE_LOGIT * tau) if distance == "squared" else NEGLIGIBLE_LOGIT * tau
     return min(k, 2 * max(1, math.ceil(reach / gmin)))
+
+
+def _window(theta: Tensor, tau: float, distance: str) -> int:
+    """:func:`_window_size` for the current centroids."""
+    k = theta.shape[1]
+    return k if k <= 2 else _window_size(k, float((theta[:, 1:] - theta[:, :-1]).min()), tau, distance)
 
 
 def _count_below(theta: Tensor, u: Tensor) -> Tensor:
@@ -182,20 +179,30 @@ def tabulate(
     return expand(f, mu_t) if domain == "companded" else f
 
 
-def _lines(table: Tensor, s: Tensor) -> Tensor:
-    """Per-cell lines ``s * T(x) = A_j + pos * B_j`` (``pos = (x + 1) (M - 1) / 2``) as a flat
-    ``[G * M, 2]`` table of ``(A_j, B_j)`` pairs.
+def _lines(table: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-cell lines ``T(x) = A_j + pos * B_j`` (``pos = (x + 1) (M - 1) / 2``), ``[G, M]`` each:
+    ``B_j = T_{j+1} - T_j``, ``A_j = T_j - j B_j``.
 
-    Row ``M - 1`` repeats row ``M - 2`` so ``pos = M - 1`` (``x = 1``) needs no index clamp.
-    Differentiable (tiny: ``G * M``); folding ``s`` in saves a pass over the weights. In float32
-    ``A_j`` cancels against ``pos * B_j`` up to ``~1e-7 * M * |B|``, ~1e-4 of a centroid gap at
-    the largest grids: below the interpolation error.
+    Row ``M - 1`` repeats row ``M - 2`` so ``pos = M - 1`` (``x = 1``) needs no index clamp. In
+    float32 ``A_j`` cancels against ``pos * B_j`` up to ``~1e-7 * M * |B|``, ~1e-4 of a centroid
+    gap at the largest grids: below the interpolation error.
     """
-    g, m = table.shape
     step = table[:, 1:] - table[:, :-1]
     step = torch.cat([step, step[:, -1:]], 1)
-    j = torch.arange(m, dtype=table.dtype, device=table.device)
-    return torch.stack([s * (table - j * step), s * step], -1).reshape(g * m, 2)
+    j = torch.arange(table.shape[1], dtype=table.dtype, device=table.device)
+    return table - j * step, step
+
+
+def _lines_backward(ga: Tensor, gb: Tensor) -> Tensor:
+    """Adjoint of :func:`_lines`: gradients on ``(A, B)`` -> gradient on the table."""
+    m = ga.shape[1]
+    j = torch.arange(m, dtype=ga.dtype, device=ga.device)
+    gstep = gb - j * ga
+    gstep[:, -2] += gstep[:, -1]  # row M - 1 repeats row M - 2
+    gt = ga.clone()
+    gt[:, 1:] += gstep[:, :-1]
+    gt[:, :-1] -= gstep[:, :-1]
+    return gt
 
 
 def _pairs(ab: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -208,59 +215,65 @@ def _pairs(ab: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class TableLookup(torch.autograd.Function):
-    """``w [G, N], s [G, 1], ab [G * M, 2] -> A_j + pos B_j``, ``pos = (clamp(w / s, -1, 1) + 1) c``,
-    ``c = (M - 1) / 2``, ``j = floor(pos)``: the piecewise-linear interpolant of ``s * T``.
+    """``w [G, N], s [G, 1], table [G, M] -> s T(x)`` interpolated: ``s (A_j + pos B_j)`` with
+    ``pos = (clamp(w / s, -1, 1) + 1) c``, ``c = (M - 1) / 2``, ``j = floor(pos)`` (:func:`_lines`).
 
     Every per-weight step is one flat pass (a scaled copy, a truncation to int32, one gather of
-    ``(A, B)`` pairs, one fused multiply-add); a broadcast ``addcmul`` measured 4-7x slower than
-    a scalar multiply. Saves the int32 cell and ``pos`` (8 bytes per weight); backward is one
-    gather for the slope and two ``scatter_add_`` for the table gradient (faster than
-    ``index_add_``/``bincount`` here, with int64 indices). The gradient to ``s`` here is only the
-    one through ``pos``; the one through the table (``A``, ``B`` carry ``s``) flows via autograd.
+    ``(A, B)`` pairs with ``s`` folded in, one fused multiply-add); a broadcast ``addcmul``
+    measured 4-7x slower than a scalar multiply. Saves the int32 cell and ``pos`` (8 bytes per
+    weight); backward is one gather for the slope and two ``scatter_add_`` for the table
+    gradient (faster than ``index_add_``/``bincount`` here, with int64 indices), then the small
+    adjoint of the lines (analytic: an autograd graph over ``G * M`` cost more than the rest at
+    65k weights).
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, s: Tensor, ab: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, w: Tensor, s: Tensor, table: Tensor) -> Tensor:  # type: ignore[override]
         g, n = w.shape
-        m = ab.shape[0] // g
+        m = table.shape[1]
         c = (m - 1) / 2.0
+        a, b = _lines(table)
+        ab = torch.stack([a * s, b * s], -1).reshape(g * m, 2)
+        # decided on w, not pos: rounding may put the largest weight's pos an ulp past M - 1,
+        # harmless (row M - 1 exists) but it would cost backward a clamp mask
+        lo, hi = torch.aminmax(w, dim=1, keepdim=True) if g > 1 else torch.aminmax(w)
+        clamped = bool(torch.maximum(-lo, hi).gt(s.reshape(lo.shape)).any())
         pos = w.mul(c / float(s)) if g == 1 else w.mul(c / s)
         pos.add_(c)
-        lo, hi = torch.aminmax(pos)
-        clamped = bool(lo < 0) or bool(hi > m - 1)
         if clamped:
             pos.clamp_(0.0, m - 1.0)
         idx = pos.to(torch.int32)  # pos >= 0: truncation is floor
         if g > 1:
             idx += torch.arange(0, g * m, m, dtype=torch.int32, device=w.device).unsqueeze(1)
         idx, pos = idx.view(-1), pos.view(-1)
-        a, b = _pairs(ab, idx)
-        out = torch.addcmul(a, pos, b)
-        ctx.save_for_backward(w, s, ab, idx, pos)
+        ga, gb = _pairs(ab, idx)
+        out = torch.addcmul(ga, pos, gb)
+        ctx.save_for_backward(w, s, a, b, idx, pos)
         ctx.clamped, ctx.c = clamped, c
         return out.view(g, n)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        w, s, ab, idx, pos = ctx.saved_tensors
-        need_w, need_s, need_ab = ctx.needs_input_grad[:3]
+        w, s, a, b, idx, pos = ctx.saved_tensors
+        need_w, need_s, need_table = ctx.needs_input_grad[:3]
         g, n = w.shape
-        gw = gs = gab = None
+        m = a.shape[1]
+        gw = gs = gtab = None
         flat = grad.contiguous().view(-1)
         idx = idx.long()  # scatter_add_ converts int32 itself, per call and slower
         if need_w or need_s:
-            slope = (ab[:, 1].view(g, -1) * (ctx.c / s)).reshape(-1)  # dT/dx per cell, s cancels
+            slope = (b * ctx.c).reshape(-1)  # dT/dx per cell; s cancels against 1 / s
             gw = slope.index_select(0, idx).mul_(flat).view(g, n)
             if ctx.clamped:  # like torch.clamp: |w| == s still passes gradient
                 gw.masked_fill_(w.abs() > s, 0.0)
-            if need_s:  # d pos / ds = -(w / s) c / s
-                gs = -(gw * w).sum(1, keepdim=True) / s
-        if need_ab:
-            gab = torch.stack([
-                ab.new_zeros(ab.shape[0]).scatter_add_(0, idx, flat),
-                ab.new_zeros(ab.shape[0]).scatter_add_(0, idx, flat * pos),
-            ], 1)
-        return (gw if need_w else None), gs, gab
+        if need_s or need_table:
+            ga = a.new_zeros(g * m).scatter_add_(0, idx, flat).view(g, m)
+            gb = b.new_zeros(g * m).scatter_add_(0, idx, flat * pos).view(g, m)
+            if need_s:  # through the table (s A, s B) and through pos (d pos / ds = -(w / s) c / s)
+                gs = (ga * a + gb * b).sum(1, keepdim=True) - (gw * w).sum(1, keepdim=True) / s
+            if need_table:
+                gtab = _lines_backward(ga * s, gb * s)
+        return (gw if need_w else None), gs, gtab
 
 
 def table_lookup(w: Tensor, s: Tensor, table: Tensor) -> Tensor:
@@ -272,7 +285,7 @@ def table_lookup(w: Tensor, s: Tensor, table: Tensor) -> Tensor:
     s = s.reshape(-1, 1).to(w.dtype)
     if s.shape[0] != w.shape[0]:
         raise ValueError(f"soft_table: s has {s.shape[0]} values for {w.shape[0]} groups")
-    return TableLookup.apply(w.contiguous(), s, _lines(table.to(w.dtype), s))
+    return TableLookup.apply(w.contiguous(), s, table.to(w.dtype))
 
 
 def table_soft(

@@ -97,12 +97,25 @@ def available_paths() -> list[str]:
     return list(_available)
 
 
+_default_cache: tuple[str | None, ctypes.CDLL | None, str] | None = None
+
+
 def default_path() -> str:
-    """``SUBBIT_KERNEL`` when set, else the best available path."""
-    forced = os.environ.get("SUBBIT_KERNEL", "").strip().lower()
-    if forced:
-        return _check_path(forced, source="SUBBIT_KERNEL")
-    return available_paths()[-1]
+    """``SUBBIT_KERNEL`` when set, else the best available path.
+
+    The decision is cached against the raw environment value and the loaded library (one dict
+    lookup per call, not a parse and a check): changing ``SUBBIT_KERNEL`` or reloading the
+    library at run time still takes effect.
+    """
+    global _default_cache
+    raw = os.environ.get("SUBBIT_KERNEL")
+    cached = _default_cache
+    if cached is not None and _lib_tried and cached[0] == raw and cached[1] is _lib:
+        return cached[2]
+    forced = (raw or "").strip().lower()
+    path = _check_path(forced, source="SUBBIT_KERNEL") if forced else available_paths()[-1]
+    _default_cache = (raw, _lib, path)
+    return path
 
 
 def _check_path(path: str, source: str = "path") -> str:
@@ -139,6 +152,18 @@ class PreparedWeight:
         # raw addresses, taken once: reading .ctypes.data costs about a microsecond per call
         self._ptrs = (self.packed.ctypes.data, self.lut.ctypes.data, self.scales.ctypes.data, self.rowsum.ctypes.data)
         self._int8: tuple[np.ndarray, np.ndarray] | None = None
+        self._bias: tuple[np.ndarray, int] | None = None
+
+    def bias_pointer(self, bias: np.ndarray) -> int:
+        """Address of ``bias`` (float32, contiguous), remembered for the last bias object seen:
+        a layer passes the same bias on every call, and ``.ctypes.data`` costs over a microsecond.
+        The reference kept here keeps that buffer alive, so the address stays valid."""
+        last = self._bias
+        if last is not None and last[0] is bias:
+            return last[1]
+        ptr = int(bias.ctypes.data)
+        self._bias = (bias, ptr)
+        return ptr
 
     def int8_weights(self) -> tuple[np.ndarray, np.ndarray]:
         """``(w8 int8 [N, Kp], row sums)``: the weights expanded once, for 7-8 bits on paths
@@ -238,6 +263,10 @@ def _check_x(x: np.ndarray, k: int) -> np.ndarray:
 def _check_bias(bias: np.ndarray | None, n: int) -> np.ndarray | None:
     if bias is None:
         return None
+    if type(bias) is np.ndarray and bias.dtype == np.float32 and bias.ndim == 1 and bias.flags.c_contiguous:
+        if bias.shape[0] != n:
+            raise ValueError(f"bias must have {n} entries, got {bias.shape[0]}")
+        return bias  # the caller's own array: lets PreparedWeight.bias_pointer recognise it
     b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
     if b.shape[0] != n:
         raise ValueError(f"bias must have {n} entries, got {b.shape[0]}")
@@ -262,7 +291,7 @@ def packed_linear(
     y = np.empty((m, p.n), dtype=np.float32)
     lib = _load()
     assert lib is not None  # _check_path guarantees it
-    bptr = None if b is None else b.ctypes.data
+    bptr = None if b is None else p.bias_pointer(b)
     if p.bits >= EXPAND_BITS and path in ("c", "avx2"):
         rc = _int8_linear(lib, path, xc, p, bptr, y)
     else:
