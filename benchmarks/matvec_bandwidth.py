@@ -10,6 +10,11 @@ the same machine load, and "%read" is their ratio (median) and "%best" the ratio
 
     .venv/bin/python benchmarks/matvec_bandwidth.py            # 1024^2 and 4096^2, bits 1..8
     .venv/bin/python benchmarks/matvec_bandwidth.py --sizes 4096x4096,8192x4096 --paths all
+    .venv/bin/python benchmarks/matvec_bandwidth.py --sizes 4096x1024,4096x240 --m 2 --bits 4,8
+
+"cold" columns: streaming inference reads each weight once per frame, so a weight is not in L1/L2
+when its call starts. They cycle through copies of the weight (--cold-mib in all, beyond the
+L2 cache) and compare with a plain read cycling through as many buffers.
 
 Prints a table and writes benchmarks/out/matvec.json. Never a timed test: numbers vary with
 the machine and its load (this one is shared), so read them with their spread (p10/p90).
@@ -128,6 +133,22 @@ def ort_matmulnbits(n: int, k: int, x: np.ndarray, reps: int, bits: int = 4, blo
         return None
 
 
+def cold_pair(weights: list[PackedTensor], bufs: list[np.ndarray], x: np.ndarray, path: str,
+              reps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Kernel and plain read, each call on the next copy (cycling), timed alternately."""
+    state = {"w": 0, "b": 0}
+
+    def kern() -> None:
+        kernels.packed_linear(x, weights[state["w"] % len(weights)], path=path)
+        state["w"] += 1
+
+    def read() -> None:
+        kernels.read_sum(bufs[state["b"] % len(bufs)])
+        state["b"] += 1
+
+    return timeit_pair(kern, read, max(reps, 2 * len(weights)))
+
+
 def read_bandwidth(nbytes: int, reps: int) -> dict[str, Any]:
     buf = np.ones(nbytes, dtype=np.uint8)
     c = timeit(lambda: kernels.read_sum(buf), reps)
@@ -145,6 +166,8 @@ def main() -> int:
     ap.add_argument("--bits", default="1,2,3,4,5,6,7,8")
     ap.add_argument("--paths", default="best", help="'best', 'all' or a comma list of c,avx2,avx512")
     ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--m", type=int, default=1, help="input rows per call (2 = two frames of a chunk)")
+    ap.add_argument("--cold-mib", type=float, default=64.0, help="bytes of weight copies cycled for 'cold' (0: skip)")
     ap.add_argument("--out", default="benchmarks/out/matvec.json")
     args = ap.parse_args()
 
@@ -167,10 +190,12 @@ def main() -> int:
         "sizes": [],
     }
     for n, k in sizes:
-        if k % 32:
-            raise SystemExit(f"--sizes: K={k} must be a multiple of 32")
-        x = rng.normal(size=(1, k)).astype(np.float32)
-        entry: dict[str, Any] = {"n": n, "k": k, "packed": [], "baselines": {}}
+        if k % 8:
+            raise SystemExit(f"--sizes: K={k} must be a multiple of 8 (random packed bytes are then valid)")
+        if args.m < 1:
+            raise SystemExit(f"--m must be >= 1, got {args.m}")
+        x = rng.normal(size=(args.m, k)).astype(np.float32)
+        entry: dict[str, Any] = {"n": n, "k": k, "m": args.m, "packed": [], "baselines": {}}
         w32 = (rng.normal(size=(n, k)) * 0.05).astype(np.float32)
         w32t = np.ascontiguousarray(w32.T)
         t = timeit(lambda: x @ w32t, max(5, args.reps // 2))
@@ -178,7 +203,7 @@ def main() -> int:
         del w32, w32t
         t = torch_int8(n, k, x, args.reps)
         entry["baselines"]["torch_int8_dynamic"] = None if t is None else {**t, "weight_bytes": n * k, "GBps": gbps(n * k, t)}
-        t = ort_matmulnbits(n, k, x, args.reps)
+        t = ort_matmulnbits(n, k, x, args.reps) if args.m == 1 and k % 32 == 0 else None  # [1, K] graph, blocks of 32
         ort_bytes = n * k // 2 + n * (k // 32) * 4
         entry["baselines"]["ort_matmulnbits_4bit"] = None if t is None else {**t, "weight_bytes": ort_bytes,
                                                                               "GBps": gbps(ort_bytes, t)}  # fmt: skip
@@ -191,12 +216,20 @@ def main() -> int:
                                    "read_GBps": gbps(nbytes, read["c_read"]),
                                    "numpy_sum_GBps": gbps(nbytes, read["numpy_sum"]), "paths": {}}  # fmt: skip
             buf = np.ones(nbytes, dtype=np.uint8)
+            copies = min(256, int(args.cold_mib * (1 << 20) // nbytes) + 1) if args.cold_mib > 0 else 0
+            cold_w = [random_packed(rng, n, k, bits) for _ in range(copies)]
+            cold_b = [np.ones(nbytes, dtype=np.uint8) for _ in range(copies)]
             for path in paths:
                 reps = args.reps if path != "ref" else 3
                 t, tr = timeit_pair(lambda: kernels.packed_linear(x, w, path=path), lambda: kernels.read_sum(buf), reps)
                 row["paths"][path] = {**t, "GBps": gbps(nbytes, t), "read_alongside": tr,
                                       "of_read": tr["median_us"] / t["median_us"],
                                       "of_read_best": tr["min_us"] / t["min_us"]}  # fmt: skip
+                if copies and path != "ref":
+                    tc, trc = cold_pair(cold_w, cold_b, x, path, reps)
+                    row["paths"][path]["cold"] = {**tc, "GBps": gbps(nbytes, tc), "copies": copies,
+                                                  "read": trc, "read_GBps": gbps(nbytes, trc)}  # fmt: skip
+            del cold_w, cold_b
             entry["packed"].append(row)
         results["sizes"].append(entry)
         _print_size(entry, paths)
@@ -209,16 +242,17 @@ def main() -> int:
 
 def _print_size(entry: dict[str, Any], paths: list[str]) -> None:
     n, k = entry["n"], entry["k"]
-    print(f"\n{n}x{k} matvec, batch 1, 1 thread (median us; GB/s = packed weight bytes / time; %read = time of a "
-          f"plain read of as many bytes, timed alternately / kernel time, medians; %best = same with minima)")
+    print(f"\n{n}x{k} matvec, M={entry.get('m', 1)} input rows, 1 thread (median us; GB/s = packed weight bytes / "
+          f"time; %read = time of a plain read of as many bytes, timed alternately / kernel time, medians; %best = "
+          f"same with minima; cold = cycling through copies: kernel us, GB/s, plain-read GB/s)")
     head = f"{'weights':<22} {'bytes':>10} " + " ".join(
-        f"{p + ' us':>11} {'GB/s':>6} {'%read':>6} {'%best':>6}" for p in paths
+        f"{p + ' us':>11} {'GB/s':>6} {'%read':>6} {'%best':>6} {'cold us':>8} {'GB/s':>6} {'read':>6}" for p in paths
     )
     print(head + f" {'read GB/s':>10} {'np.sum GB/s':>11}")
     for r in entry["packed"]:
         cells = " ".join(
             f"{r['paths'][p]['median_us']:>11.1f} {r['paths'][p]['GBps']:>6.1f} {100 * r['paths'][p]['of_read']:>5.0f}%"
-            f" {100 * r['paths'][p]['of_read_best']:>5.0f}%"
+            f" {100 * r['paths'][p]['of_read_best']:>5.0f}% {_cold_cells(r['paths'][p].get('cold'))}"
             for p in paths
         )
         print(f"{'subbit ' + str(r['bits']) + '-bit':<22} {r['weight_bytes']:>10} {cells} {r['read_GBps']:>10.1f} "
@@ -228,6 +262,12 @@ def _print_size(entry: dict[str, Any], paths: list[str]) -> None:
             print(f"{name:<22} {'n/a':>10}")
         else:
             print(f"{name:<22} {b['weight_bytes']:>10} {b['median_us']:>11.1f} {b['GBps']:>6.1f}")
+
+
+def _cold_cells(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return f"{'-':>8} {'-':>6} {'-':>6}"
+    return f"{c['median_us']:>8.1f} {c['GBps']:>6.1f} {c['read_GBps']:>6.1f}"
 
 
 def _cpu_name() -> str:

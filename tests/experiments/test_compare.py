@@ -225,3 +225,16 @@ def test_deploy_bytes_counts_indices_codebooks_and_floats(tiny_model) -> None:
     m = sq.prepare(copy.deepcopy(tiny_model), RECIPES["gq4"].quant_config(qnames))
     expect = sum(math.ceil(math.prod(s) * 4 / 8) + 16 * 4 for n, s in shapes.items() if n in qnames) + floats
     assert deploy_bytes(sq.convert(m)) == expect
+
+
+def test_fine_tuning_inherits_the_fp32_runs_batch_and_augmentation(corpus, tmp_path) -> None:
+    from subbit.asr.checkpoint import read_run_config
+
+    first = run_compare(tiny_cfg(corpus, tmp_path / "a", augment=False, splits=("test_seen",), export=False),
+                        parse_recipes("fp32"))
+    assert first.rows[1]["status"] == "done"
+    cfg = tiny_cfg(corpus, tmp_path / "b", fp32_steps=None, fp32_run=str(tmp_path / "a" / "fp32-base"),
+                   batch_size=None, steps=1, splits=("test_seen",), export=False)
+    run_compare(cfg, parse_recipes("fp32"))
+    args = read_run_config(tmp_path / "b" / "runs" / "fp32")["train_args"]
+    assert args["batch_size"] == 4 and args["augment"] is False and args["steps"] == 1

@@ -223,3 +223,31 @@ def test_missing_library_falls_back_with_one_warning(monkeypatch: pytest.MonkeyP
     np.testing.assert_array_equal(y, kernels.reference_packed_linear(x, w_c))
     with pytest.raises(ValueError, match="not available"):
         kernels.packed_linear(x, w_np, path="c")
+
+
+def test_large_weights_move_to_the_huge_page_arena(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare() moves big packed weights into 2 MiB-aligned arena memory: same bytes, the tensor
+    points at the copy (no second resident copy), results unchanged; small weights stay put."""
+    import gc
+
+    monkeypatch.setattr(kernels, "HUGEPAGE_MIN_BYTES", 1024)
+    monkeypatch.setattr(kernels, "_arena", kernels._HugePageArena())
+    rng = np.random.default_rng(3)
+    big, small = make_weight(rng, 4, 64, 40, "tensor"), make_weight(rng, 4, 3, 40, "tensor")
+    before, small_buf = big.packed.copy(), small.packed
+    x = rng.normal(size=(2, 40)).astype(np.float32)
+    want = kernels.reference_packed_linear(x, PackedTensor.from_indices(big.indices(), big.codebook, 4))
+    p = kernels.prepare(big)
+    assert p.packed.ctypes.data % 64 == 0 and np.shares_memory(p.packed, big.packed)
+    np.testing.assert_array_equal(big.packed, before)
+    np.testing.assert_array_equal(kernels.packed_linear(x, big), want)
+    assert small.packed is small_buf and np.shares_memory(kernels.prepare(small).packed, small_buf)
+    # a second weight is placed after the first, in the same chunk
+    other = make_weight(rng, 2, 64, 80, "tensor")  # 1280 bytes: above the limit too
+    q = kernels.prepare(other)
+    assert q.packed.ctypes.data >= p.packed.ctypes.data + p.packed.nbytes
+    chunk = kernels._arena._chunk
+    assert chunk is not None and chunk() is not None
+    del p, q, big, other
+    gc.collect()
+    assert chunk() is None  # the chunk is freed with the last weight placed in it

@@ -53,9 +53,9 @@ class CompareConfig:
     splits: tuple[str, ...] = ("test_seen", "test_heldout")
     lr: float = 5e-4
     warmup_steps: int = 50
-    batch_size: int = 16
+    batch_size: int | None = None  # None: the fp32 run's (16 for a new one)
     seed: int = 0
-    augment: bool = True
+    augment: bool | None = None  # None: the fp32 run's (True for a new one)
     tokenizer: str = "bpe"
     vocab_size: int = 128
     eval_limit: int | None = None
@@ -193,7 +193,8 @@ def ensure_fp32(cfg: CompareConfig) -> Path:
     else:
         tc = TrainConfig(
             data=cfg.data, out=str(run), model=cfg.model, preset=cfg.preset, minutes=cfg.fp32_minutes,
-            steps=cfg.fp32_steps, batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
+            steps=cfg.fp32_steps, batch_size=cfg.batch_size or 16, seed=cfg.seed,
+            augment=True if cfg.augment is None else cfg.augment,
             tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size, ckpt_every=cfg.ckpt_every, threads=cfg.threads,
             device=cfg.device, progress=cfg.progress,
         )
@@ -438,6 +439,19 @@ def _check_data(cfg: CompareConfig, fp32: Path) -> Path:
     return data
 
 
+def _inherit_train_settings(cfg: CompareConfig, fp32: Path) -> None:
+    """Fine-tune with the fp32 run's batch size and augmentation unless told otherwise."""
+    from subbit.asr.checkpoint import read_run_config
+
+    stored = read_run_config(fp32).get("train_args") or {}
+    if cfg.batch_size is None:
+        cfg.batch_size = int(stored.get("batch_size") or 16)
+    if cfg.augment is None:
+        cfg.augment = bool(stored.get("augment", True))
+    log.info("fine-tuning every recipe with batch size %d, augmentation %s", cfg.batch_size,
+             "on" if cfg.augment else "off")
+
+
 def run_compare(cfg: CompareConfig, recipes: Sequence[Recipe], name: str = "results",
                 kind: str = "compare") -> CompareResult:
     """Train/evaluate every recipe (skipping finished ones) and write ``OUT/<name>.{json,md,png}``.
@@ -460,6 +474,7 @@ def run_compare(cfg: CompareConfig, recipes: Sequence[Recipe], name: str = "resu
     data = _check_data(cfg, fp32)
     if cfg.data is None:
         cfg.data = str(data)
+    _inherit_train_settings(cfg, fp32)
 
     # fp32 reference: parameter bytes, the exported file, WER without fine-tuning
     results_dir = root / "results"

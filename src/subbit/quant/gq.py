@@ -36,6 +36,33 @@ and logits below -80 are zeroed before ``exp`` (denormals cost 2-3x). Measured o
   0.2-0.3 s near the end of the anneal (``tau_rel`` 1e-3), against ~4 ms for the fp32 layer's
   own fwd+bwd at batch 16: the overhead is per weight, independent of batch and sequence length.
 
+**Tabulated soft function (option ``impl``, default "auto").** For one group the soft forward
+depends on ``x = w / s`` only, so :mod:`subbit.quant.soft_table` tabulates ``T(x)`` on a uniform
+grid (``M`` points from ``tau``, the centroid gaps and ``mu``: 8 cells per transition width;
+closed-form gradients to ``theta``/``mu``) and interpolates it linearly per weight: ~10 flat
+passes per weight plus O(G M W) grid work, no ``N * K`` anywhere. Versus the exact softmax:
+values within 1e-3 of a centroid gap, gradients to ``w`` within 6% and to ``theta``/``mu``
+within 1% (relative L2; tests/quant/test_soft_table.py). "auto" takes it while the policy
+allows (``M <= 2**18``, ``G M <= N / 4``): early and mid anneal; the end of the anneal and small
+tensors use the exact window. CPU ms per 1M weights, fwd + bwd, one group, 1 thread, median of
+9 on the shared 2-core Xeon (+-30%; ``python benchmarks/gq_soft_speed.py``; an fp32
+64x1024x1024 matmul fwd + bwd takes 3.5 ms):
+
+| bits | tau_rel 1: M / window / table | tau_rel 0.1 | tau_rel 0.01 |
+|---|---|---|---|
+| 1 | 257 / 119 / 14.5 ms (8x) | 448 / 123 / 11.0 (11x) | 4466 / 131 / 11.5 (11x) |
+| 2 | 257 / 152 / 11.2 (14x) | 1341 / 179 / 11.2 (16x) | 13396 / 162 / 13.3 (12x) |
+| 4 | 671 / 242 / 11.3 (21x) | 6699 / 184 / 10.6 (17x) | 66975 / 163 / 17.3 (9x) |
+| 5 | 1386 / 257 / 14.2 (18x) | 13843 / 209 / 23.2 (9x) | 138413 / 244 / 24.7 (10x) |
+| 8 | 11387 / 269 / 16.3 (17x) | 113854 / 192 / 27.6 (7x) | window (M > 2**18) |
+
+``benchmarks/qat_overhead.py --quick`` (tau_rel 0.1; LSTM-4x512 / Transformer-4x256, batch 8 x
+100 frames): GQ step time at 1-5 bits went from 3.1-4.9x / 3.0-4.7x fp32 (window) to
+1.3-1.9x / 1.6-2.2x (table; wall time of 3 steps, +-30% on the shared machine). 8-bit LSTM
+layers (1M weights) take the table too (training memory 1.05x -> 1.8x fp32, peak RSS 1.43x: the
+saved cell and position, 8 bytes per weight, and the grid), the 8-bit Transformer's keep the
+window.
+
 **Default mu = 5**, settled by measurement (``python examples/quant_toy.py --mu-sweep``): RMSE
 of converted weights relative to their std, after 300 Adam steps (lr 1e-2) of GQ on a
 weight-reconstruction loss (4096 i.i.d. weights, per-tensor, exp anneal 1 -> 1e-3 over 85% of

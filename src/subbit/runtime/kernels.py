@@ -16,6 +16,11 @@ the best one the CPU has; ``SUBBIT_KERNEL=ref|c|avx2|avx512`` or ``path=`` force
 compiled library is missing the NumPy reference is used and a warning is logged once.
 At 7-8 bits the ``c`` and ``avx2`` paths (no byte permutes) expand the weight to int8 once, on
 first use (N * Kp extra bytes); ``avx512`` always reads the packed indices.
+
+Streaming speed: weights are read once per frame from L3/DRAM, so :func:`prepare` moves packed
+weights of at least ``HUGEPAGE_MIN_BYTES`` into huge-page memory (fewer TLB misses, no prefetch
+stop at every 4 KiB), and the AVX-512 kernels prefetch the next rows in software. The dispatch
+decision and the bias address are cached, since a streaming step makes dozens of small calls.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import ctypes
 import importlib.machinery
 import logging
 import os
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,8 +184,54 @@ class PreparedWeight:
         return self._int8
 
 
+# -- weight placement -------------------------------------------------------------------------
+#: packed weights at least this large are moved into 2 MiB-aligned, huge-page-advised memory
+HUGEPAGE_MIN_BYTES = 256 << 10
+_HUGE = 2 << 20
+_ARENA_BYTES = 32 << 20
+
+
+class _HugePageArena:
+    """Bump allocator over 2 MiB-aligned chunks that NumPy allocates with ``MADV_HUGEPAGE``.
+
+    Why: in streaming inference every weight is read once per frame from L3/DRAM; with 4 KiB
+    pages a 2 MiB weight costs 512 TLB misses per call and the hardware prefetcher stops at each
+    page boundary (measured: about 15% of a cold 4096x1024 4-bit matvec). Weights are packed back
+    to back, so the waste is at most the unused part of one chunk's last huge page. A chunk is
+    held weakly: it lives exactly as long as some weight placed in it.
+    """
+
+    def __init__(self) -> None:
+        self._chunk: weakref.ref[np.ndarray] | None = None
+        self._off = 0
+        self._end = 0
+        self._lock = threading.Lock()
+
+    def place(self, a: np.ndarray) -> np.ndarray:
+        """A copy of the uint8 array ``a`` (same shape) inside the arena."""
+        nbytes = int(a.nbytes)
+        with self._lock:
+            raw = self._chunk() if self._chunk is not None else None
+            if raw is None or self._off + nbytes > self._end:
+                size = max(_ARENA_BYTES, -(-nbytes // _HUGE) * _HUGE)
+                raw = np.empty(size + _HUGE, dtype=np.uint8)  # >= 4 MiB: NumPy advises huge pages
+                start = (-raw.ctypes.data) % _HUGE
+                self._chunk, self._off, self._end = weakref.ref(raw), start, start + size
+            view = raw[self._off : self._off + nbytes]
+            self._off = -(-(self._off + nbytes) // 64) * 64
+        view[...] = a.reshape(-1)
+        return view.reshape(a.shape)
+
+
+_arena = _HugePageArena()
+
+
 def prepare(w: PackedTensor | PreparedWeight) -> PreparedWeight:
-    """Int8 tables, row sums and contiguous buffers for ``w`` (cached on the PackedTensor)."""
+    """Int8 tables, row sums and contiguous buffers for ``w`` (cached on the PackedTensor).
+
+    A packed weight of at least ``HUGEPAGE_MIN_BYTES`` is copied into the huge-page arena and
+    ``w.packed`` is re-pointed at that copy (same shape and bytes), so memory does not double.
+    """
     if isinstance(w, PreparedWeight):
         return w
     if not isinstance(w, PackedTensor):
@@ -193,6 +246,12 @@ def prepare(w: PackedTensor | PreparedWeight) -> PreparedWeight:
     lut = np.zeros((w.groups, lut_stride(w.bits)), dtype=np.int8)
     lut[:, : lut8.shape[1]] = lut8
     packed = np.ascontiguousarray(w.packed, dtype=np.uint8).reshape(n, -1)
+    if packed.nbytes >= HUGEPAGE_MIN_BYTES:
+        # the same bytes, moved to huge pages; the tensor points at the new copy, so the old
+        # buffer is released and resident memory does not grow
+        original_shape = np.shape(w.packed)
+        packed = _arena.place(packed)
+        w.packed = packed.reshape(original_shape)
     rowsum = _rowsums(packed, n, k, w.bits, lut, w.groups)
     prep = PreparedWeight(w.bits, n, k, w.groups, packed, lut, scales, rowsum)
     w.runtime_cache["prepared"] = prep

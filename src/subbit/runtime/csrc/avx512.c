@@ -31,6 +31,9 @@
 #ifndef SUBBIT_PREFETCH_HINT
 #define SUBBIT_PREFETCH_HINT _MM_HINT_T0
 #endif
+#ifndef SUBBIT_PREFETCH_BYTES
+#define SUBBIT_PREFETCH_BYTES 4096
+#endif
 #define PREFETCH(p) _mm_prefetch((const char *)(p), SUBBIT_PREFETCH_HINT)
 
 AI uint32_t ld32(const uint8_t *p) {
@@ -246,7 +249,8 @@ AI void rows(const subbit_weight *w, const uint8_t *xu, const uint8_t *xp, int64
     const uint8_t *src[4];
     tables tb[4];
     const int64_t bb = 4 * bits, nblk = w->nfull;
-    const int64_t pf = R * w->row_bytes; /* the same bytes of the next group of R rows */
+    /* same bytes of a later group of rows, at least SUBBIT_PREFETCH_BYTES ahead */
+    const int64_t grp = R * w->row_bytes, pf = (SUBBIT_PREFETCH_BYTES + grp - 1) / grp * grp;
     for (int r = 0; r < R; r++) {
         if (!id) load_tables(subbit_row_lut(w, r0 + r), bits, &tb[r]);
         src[r] = w->packed + (r0 + r) * w->row_bytes;
@@ -262,10 +266,9 @@ AI void rows(const subbit_weight *w, const uint8_t *xu, const uint8_t *xp, int64
             const int64_t nsup = nblk / S;
             for (int64_t s = 0; s < nsup; s++) {
                 __m512i v[4];
-                for (int r = 0; r < R; r++) {
-                    PREFETCH(src[r] + pf + s * 64);
-                    v[r] = _mm512_loadu_si512((const void *)(src[r] + s * 64));
-                }
+                /* prefetch one sequential stream (the rows of a group are adjacent): R lines a step */
+                for (int r = 0; r < R; r++) PREFETCH(src[0] + pf + (s * R + r) * 64);
+                for (int r = 0; r < R; r++) v[r] = _mm512_loadu_si512((const void *)(src[r] + s * 64));
                 for (int t = 0; t < F; t++) {
                     for (int r = 0; r < R; r++)
                         wv[r] = _mm512_permutexvar_epi8(t ? _mm512_srli_epi64(v[r], t * bits) : v[r], tb[r].t0);
@@ -278,8 +281,8 @@ AI void rows(const subbit_weight *w, const uint8_t *xu, const uint8_t *xp, int64
             b = nsup * S;
         }
         for (; b + 2 <= nblk; b += 2) {
+            for (int q = 0; q < R * 2 * bb; q += 64) PREFETCH(src[0] + pf + b * R * bb + q);
             for (int r = 0; r < R; r++) {
-                PREFETCH(src[r] + pf + b * bb);
                 __m512i d = decode64(src[r] + b * bb, bits);
                 wv[r] = id ? d : lookup64(d, bits, &tb[r]);
             }
