@@ -9,8 +9,9 @@ Time budget (``minutes``): the first ``calib_steps`` steps are timed and the tot
 steps is set from their speed, ``total = steps_done + remaining_time / sec_per_step * safety``,
 where ``sec_per_step`` is the time of an average batch at the measured audio throughput (batches
 differ in length, and with ``sortagrad_epochs`` the first ones are the shortest).
-The lr schedule and the GQ schedule then run over that total. An fp32 run also stops when the
-time is up (its cosine tail is simply cut); a QAT run always runs to its total, because the
+The lr schedule and the GQ schedule then run over that total. An fp32 run re-estimates the total
+at every step (the shared machine's load changes) and stops when the time is up; a QAT run fixes
+the total once and always runs to it, because the
 temperature anneal must finish and the last ~15% must train the deployed hard weights, so its
 safety factor is lower (0.9) to absorb speed noise. The GQ scheduler covers the steps after
 calibration (``gq_start``), during which quantizers sit at ``tau_start``. With ``steps`` there is
@@ -704,11 +705,12 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}", tau=f"{tau:.2g}", xRT=f"{speed:.0f}")
 
-            # time budget: calibrate the total number of steps from the first steps' speed
-            if total is None:
+            # time budget: set the total number of steps from the measured speed; fp32 runs keep
+            # re-estimating it every step (the machine's load changes), QAT runs fix it once
+            if budget is not None and (total is None or not cfg.quant) and session_steps >= 2:
                 if session_steps == 2:
                     calib_t0, calib_audio = time.perf_counter(), 0.0
-                elif session_steps > 2:
+                else:
                     calib_audio += audio_sec
                 if session_steps >= max(cfg.calib_steps, 3):
                     calib_dt = time.perf_counter() - calib_t0
@@ -718,23 +720,24 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
                         # batches differ in length (bucketing, curriculum): convert the measured
                         # audio throughput into the time of an average batch
                         sec_per_step = mean_batch * dist.world / (calib_audio / calib_dt)
-                    remaining = budget - elapsed
                     safety = 0.9 if cfg.quant else 1.0
-                    est = step + max(1, int(remaining / sec_per_step * safety))
+                    est = step + max(1, int((budget - elapsed) / sec_per_step * safety))
+                    first = total is None
                     total = dist.broadcast_int(est)
                     lr_sched.total = total
-                    # as with --steps, the warmup takes at most 10% of the run
-                    lr_sched.warmup = min(lr_sched.warmup, max(step, total // 10))
                     bar.total = total
-                    bar.refresh()
-                    log.info("time budget %.1f min: %.3f s/step -> %d steps in all", cfg.minutes, sec_per_step, total)
-                    if cfg.quant:
-                        gq_start = step
-                        gq = make_gq(total, gq_start)
-            elif budget is not None and not cfg.quant:
+                    if first:
+                        # as with --steps, the warmup takes at most 10% of the run
+                        lr_sched.warmup = min(lr_sched.warmup, max(step, total // 10))
+                        log.info("time budget %.1f min: %.3f s/step -> about %d steps in all",
+                                 cfg.minutes, sec_per_step, total)
+                        if cfg.quant:
+                            gq_start = step
+                            gq = make_gq(total, gq_start)
+            if budget is not None and not cfg.quant and total is not None:
                 out_of_time = torch.tensor([1.0 if elapsed >= budget else 0.0], device=device)
-                if dist.all_reduce_(out_of_time, "max").item() > 0 and step < total:
-                    stopped = "time"
+                if dist.all_reduce_(out_of_time, "max").item() > 0:
+                    stopped = "time" if step < total else "done"
                     break
 
             if cfg.eval_every and step % cfg.eval_every == 0 and (total is None or step < total):

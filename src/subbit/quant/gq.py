@@ -58,10 +58,10 @@ tensors use the exact window. CPU ms per 1M weights, fwd + bwd, one group, 1 thr
 
 ``benchmarks/qat_overhead.py --quick`` (tau_rel 0.1; LSTM-4x512 / Transformer-4x256, batch 8 x
 100 frames): GQ step time at 1-5 bits went from 3.1-4.9x / 3.0-4.7x fp32 (window) to
-1.3-1.9x / 1.6-2.2x (table; wall time of 3 steps, +-30% on the shared machine). 8-bit LSTM
-layers (1M weights) take the table too (training memory 1.05x -> 1.8x fp32, peak RSS 1.43x: the
-saved cell and position, 8 bytes per weight, and the grid), the 8-bit Transformer's keep the
-window.
+1.05-1.46x / 1.45-1.82x (table; wall time of 3 steps: +-30% on the shared machine, the fp32
+twins read 0.83-0.92x). 8-bit LSTM layers (1M weights) take the table too (training memory
+1.05x -> 1.5x fp32, peak RSS 1.35x: the saved cell and position, 8 bytes per weight, and the
+grid); the 8-bit Transformer's (<= 262k weights) keep the window.
 
 **Default mu = 5**, settled by measurement (``python examples/quant_toy.py --mu-sweep``): RMSE
 of converted weights relative to their std, after 300 Adam steps (lr 1e-2) of GQ on a

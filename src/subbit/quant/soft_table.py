@@ -32,7 +32,7 @@ anneal use the table, the very end the window.
 
 **Cost** (per weight, fwd + bwd): about 10 flat passes (scale, int32 cell, one gather of
 ``(A, B)`` pairs, a multiply-add; a gather for the slope and two ``scatter_add_`` back), plus
-``G * M * W`` grid work; measured 10-20x faster than the window path at 1-5 bits, see
+``G * M * W`` grid work; measured 7-21x faster than the window path (1-8 bits), see
 ``benchmarks/gq_soft_speed.py`` and GeneralQuantizer's docstring.
 """
 

@@ -19,6 +19,13 @@
 
 #define AI static inline __attribute__((always_inline))
 
+/* Software prefetch of a later group of rows (weights stream from DRAM/L3 in streaming use):
+ * same distance and hint as the AVX-512 path (see avx512.c). */
+#ifndef SUBBIT_PREFETCH_BYTES
+#define SUBBIT_PREFETCH_BYTES 8192
+#endif
+#define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T1)
+
 AI __m256i plane1(const uint8_t *p) {
     uint32_t v;
     memcpy(&v, p, 4);
@@ -98,6 +105,26 @@ AI __m256i dot32(__m256i acc, __m256i x, __m256i ax, __m256i wv) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
+/* Indices of the short last block (len 8, 16 or 24; see subbit_decode_block), inlined so that
+ * the plane widths are constants: the generic decoder cost ~100 ns per row at K = 240. */
+AI void tail_indices(const uint8_t *blk, const int bits, const int len, uint8_t *idx) {
+    const int w0 = bits >= 4 ? 4 : (bits >= 2 ? 2 : 1);
+    const int w1 = bits == 3 ? 1 : (bits == 5 ? 1 : (bits >= 6 && bits <= 7 ? 2 : 0));
+    const int w2 = bits == 7 ? 1 : 0;
+    const int widths[3] = {bits == 8 ? 8 : w0, bits == 8 ? 0 : w1, w2};
+    for (int i = 0; i < SUBBIT_BLOCK; i++) idx[i] = 0;
+    int shift = 0;
+    for (int p = 0; p < 3 && widths[p]; p++) {
+        const int wd = widths[p], nb = len * wd / 8, fields = 8 / wd;
+        const unsigned mask = (1u << wd) - 1u;
+        for (int j = 0; j < nb; j++)
+            for (int t = 0; t < fields; t++)
+                idx[j + nb * t] |= (uint8_t)(((blk[j] >> (t * wd)) & mask) << shift);
+        blk += nb;
+        shift += wd;
+    }
+}
+
 /* R weight rows (1..4) from r0 against MT activation rows (1..2) xr + i * ldx; xp: the same rows
  * permuted for the super-block loop. Each weight vector is decoded once for all MT inputs. */
 AI void rows(const subbit_weight *w, const int8_t *xr, const int8_t *xp, int64_t ldx, int64_t r0,
@@ -110,7 +137,8 @@ AI void rows(const subbit_weight *w, const int8_t *xr, const int8_t *xp, int64_t
         src[r] = w->packed + (r0 + r) * w->row_bytes;
         for (int i = 0; i < MT; i++) acc[r][i] = _mm256_setzero_si256();
     }
-    const int64_t nblk = w->nfull;
+    const int64_t nblk = w->nfull, grp = R * w->row_bytes;
+    const int64_t pf = (SUBBIT_PREFETCH_BYTES + grp - 1) / grp * grp;
     int64_t b = 0;
     const int S = super_blocks(bits);
     if (S && !id) {
@@ -119,7 +147,10 @@ AI void rows(const subbit_weight *w, const int8_t *xr, const int8_t *xp, int64_t
         const int64_t nsup = nblk / S;
         for (int64_t s = 0; s < nsup; s++) {
             __m256i v[4];
-            for (int r = 0; r < R; r++) v[r] = _mm256_loadu_si256((const __m256i *)(src[r] + s * 32));
+            for (int r = 0; r < R; r++) {
+                if (!(s & 1)) PREFETCH(src[r] + pf + s * 32); /* one prefetch per 64-byte line */
+                v[r] = _mm256_loadu_si256((const __m256i *)(src[r] + s * 32));
+            }
             for (int t = 0; t < F; t++) {
                 for (int r = 0; r < R; r++)
                     wv[r] = _mm256_shuffle_epi8(table16(lut[r]),
@@ -134,20 +165,32 @@ AI void rows(const subbit_weight *w, const int8_t *xr, const int8_t *xp, int64_t
         b = nsup * S;
     }
     for (; b < nblk; b++) {
-        for (int r = 0; r < R; r++) wv[r] = lookup(src[r] + b * 4 * bits, bits, id, lut[r]);
+        for (int r = 0; r < R; r++) {
+            PREFETCH(src[r] + pf + b * 4 * bits);
+            wv[r] = lookup(src[r] + b * 4 * bits, bits, id, lut[r]);
+        }
         for (int i = 0; i < MT; i++) {
             __m256i x = _mm256_loadu_si256((const __m256i *)(xr + i * ldx + b * SUBBIT_BLOCK));
             __m256i ax = _mm256_sign_epi8(x, x);
             for (int r = 0; r < R; r++) acc[r][i] = dot32(acc[r][i], x, ax, wv[r]);
         }
     }
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < MT; i++) {
-            out[r][i] = hsum(acc[r][i]);
-            if (w->tail)
-                out[r][i] += subbit_tail_dot(src[r] + nblk * 4 * bits, bits, (int)w->tail, lut[r],
-                                             xr + i * ldx + nblk * SUBBIT_BLOCK);
+    if (w->tail) { /* the short last block: decoded once per row (not per input), zero padded */
+        for (int r = 0; r < R; r++) {
+            uint8_t idx[SUBBIT_BLOCK];
+            int8_t wt[SUBBIT_BLOCK] = {0};
+            tail_indices(src[r] + nblk * 4 * bits, bits, (int)w->tail, idx);
+            for (int j = 0; j < w->tail; j++) wt[j] = lut[r][idx[j]];
+            wv[r] = _mm256_loadu_si256((const __m256i *)wt);
         }
+        for (int i = 0; i < MT; i++) { /* reads past kp stay in the buffer's slack; weights there are 0 */
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xr + i * ldx + nblk * SUBBIT_BLOCK));
+            __m256i ax = _mm256_sign_epi8(x, x);
+            for (int r = 0; r < R; r++) acc[r][i] = dot32(acc[r][i], x, ax, wv[r]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < MT; i++) out[r][i] = hsum(acc[r][i]);
 }
 
 #define ROWS_AND_STORE(R, MT, B, ID)                                                                       \
