@@ -9,17 +9,22 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 
-CSRC = Path("src/subbit/runtime/csrc")
-sources = sorted(str(p) for p in CSRC.glob("*.c"))
+# (extension name, folder of its C sources)
+LIBRARIES = [
+    ("subbit.runtime._kernels", Path("src/subbit/runtime/csrc")),  # packed-weight inference kernels
+    ("subbit.quant._native", Path("src/subbit/quant/csrc")),  # fused GQ training helpers
+]
 
 ext_modules = []
-if sources:
-    ext_modules.append(
-        Extension(
-            "subbit.runtime._kernels",
-            sources=sources,
-            extra_compile_args=["-O3", "-std=c11", "-fno-strict-aliasing"],
+for name, folder in LIBRARIES:
+    sources = sorted(str(p) for p in folder.glob("*.c"))
+    if sources:
+        ext_modules.append(
+            Extension(
+                name,
+                sources=sources,
+                extra_compile_args=["-O3", "-std=c11", "-fno-strict-aliasing"],
+            )
         )
-    )
 
 setup(ext_modules=ext_modules)
