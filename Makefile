@@ -6,6 +6,7 @@ PIP     = $(VENV)/bin/pip
 DATA   ?= data/quick
 RUN    ?= runs/demo-rnnt
 MINUTES ?= 4
+QAT_MINUTES ?= 2
 
 .PHONY: install demo test test-fast system-deps clean
 
@@ -28,7 +29,7 @@ system-deps:
 	else echo "not root: skipping Debian voices (espeak-ng from PyPI is used)"; fi
 
 demo: install
-	$(VENV)/bin/subbit demo --data $(DATA) --out $(RUN) --minutes $(MINUTES)
+	$(VENV)/bin/subbit demo --data $(DATA) --out $(RUN) --minutes $(MINUTES) --qat-minutes $(QAT_MINUTES)
 
 test: install
 	$(PY) -m pytest

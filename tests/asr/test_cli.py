@@ -113,13 +113,26 @@ def test_demo_runs_its_stages(corpus, tmp_path, monkeypatch, capsys) -> None:
     # the corpus stage synthesises speech (minutes); the dummy corpus stands in for it here
     monkeypatch.setattr(demo, "STAGES", [s for s in demo.STAGES if s is not demo.stage_corpus])
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--data", str(corpus), "--out", str(out), "--minutes", "0.02", "--quick"]) == 0
+    argv = ["demo", "--data", str(corpus), "--out", str(out), "--minutes", "0.02", "--qat-minutes", "0.02",
+            "--quick", "--runtime-utterances", "3"]  # fmt: skip
+    assert cli.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("params", "fp32_mb", "train_minutes", "wer_test_seen", "wer_test_heldout"):
+    for key in ("params", "fp32_mb", "train_minutes", "wer_test_seen", "wer_test_heldout",
+                "gq4_wer_test_seen", "gq4_wer_test_heldout", "subbit_bytes", "runtime_wer_test_heldout"):  # fmt: skip
         assert key in summary
+    # the exported file is really smaller than fp32 and int8 would be, and the runtime decoded 3 files
+    assert summary["subbit_bytes"] < summary["int8_bytes"] < summary["fp32_bytes"]
+    assert summary["runtime_utterances"] == 3
     text = capsys.readouterr().out
-    assert "WER seen voices" in text and "WER held-out" in text
-    # a second demo reuses the finished run instead of training again
-    mtime = (out / "fp32" / "final.pt").stat().st_mtime_ns
-    assert cli.main(["demo", "--data", str(corpus), "--out", str(out), "--minutes", "0.02", "--quick"]) == 0
-    assert (out / "fp32" / "final.pt").stat().st_mtime_ns == mtime
+    assert "WER seen voices" in text and "WER held-out" in text and "packed runtime" in text
+    # the GQ run holds a converted model: every quantized tensor takes at most 2**bits values
+    from subbit.asr.checkpoint import load_run
+    from subbit.quant import quantized_tensors
+
+    loaded = load_run(out / "gq4", "final")
+    for qt in quantized_tensors(loaded.model):
+        assert torch.unique(qt.quantizer.hard(qt.latent.detach())).numel() <= 2**qt.quantizer.bits
+    # a second demo reuses the finished runs instead of training again
+    mtimes = [(out / run / "final.pt").stat().st_mtime_ns for run in ("fp32", "gq4")]
+    assert cli.main(argv) == 0
+    assert [(out / run / "final.pt").stat().st_mtime_ns for run in ("fp32", "gq4")] == mtimes

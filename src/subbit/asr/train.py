@@ -26,6 +26,7 @@ uninterrupted run's. DDP (torchrun) shards each epoch's bucketed batch list acro
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -108,6 +109,8 @@ class TrainConfig:
     stop_after: int | None = None
     progress: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    #: weight of the auxiliary CTC loss on the encoder (0 = off); training-only, see _write_final
+    ctc_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.model not in ARCHS:
@@ -134,6 +137,9 @@ class TrainConfig:
             raise ValueError(f"final_lr_ratio: must be in [0, 1], got {self.final_lr_ratio}")
         if self.tokenizer not in ("bpe", "char"):
             raise ValueError(f"tokenizer: expected 'bpe' or 'char', got {self.tokenizer!r}")
+        if isinstance(self.ctc_weight, bool) or not isinstance(self.ctc_weight, (int, float)) \
+                or not 0 <= self.ctc_weight < 1:
+            raise ValueError(f"ctc_weight: must be a number in [0, 1), got {self.ctc_weight!r}")
         if self.vocab_size < 2:
             raise ValueError(f"vocab_size: must be >= 2, got {self.vocab_size}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -494,6 +500,8 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
         else:
             tokenizer = train_tokenizer([u.text for u in train_utts], kind=cfg.tokenizer, vocab_size=cfg.vocab_size)
             model = build_model(cfg.model, cfg.preset, vocab_size=tokenizer.vocab_size, **cfg.model_overrides)
+            if cfg.ctc_weight > 0:
+                model = Transducer.from_config({**model.config, "ctc_weight": float(cfg.ctc_weight)})
     if cfg.resume:
         frontend = frontend_from_config(stored)
     elif init_cfg is not None:  # the warm-started weights expect the features they were trained on
@@ -836,7 +844,18 @@ def _dev_eval(model: nn.Module, tokenizer: Any, frontend: Any, data_dir: Path, c
 
 
 def _write_final(model: nn.Module, paths: RunPaths, cfg: TrainConfig) -> None:
-    """RUN/final.pt: the deployable state dict (converted to hard weights for QAT runs)."""
+    """RUN/final.pt: the deployable state dict (converted to hard weights for QAT runs).
+
+    A CTC head is training-only: it is left out of final.pt and of config.json's model config,
+    so evaluation, export and the runtime see the plain transducer. Checkpoints keep it (resume).
+    """
+    if getattr(model, "ctc_head", None) is not None and hasattr(model, "without_ctc"):
+        from subbit.asr.checkpoint import atomic_write_json
+
+        model = model.without_ctc()
+        config = json.loads(paths.config.read_text())
+        config["model"] = model.config
+        atomic_write_json(paths.config, config)
     if cfg.quant:
         import subbit.quant as sq
 

@@ -43,6 +43,7 @@ import math
 import torch
 from torch import Tensor
 
+from subbit.quant import native
 from subbit.quant.mulaw import compand, expand
 
 CELLS_PER_WIDTH = 8  # grid cells per transition width (value error ~ 2e-4 of a gap)
@@ -274,6 +275,11 @@ class TableLookup(torch.autograd.Function):
     def forward(ctx, w: Tensor, s: Tensor, table: Tensor) -> Tensor:  # type: ignore[override]
         g, n = w.shape
         m = table.shape[1]
+        if native.supports(w, s, table):  # one fused C pass; backward recomputes the cell
+            ctx.native = True
+            ctx.save_for_backward(w, s, table)
+            return native.table_forward(w, s, table)
+        ctx.native = False
         c = (m - 1) / 2.0
         a, b = _lines(table)
         ab = torch.stack([a * s, b * s], -1).reshape(g * m, 2)
@@ -297,8 +303,16 @@ class TableLookup(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        w, s, a, b, idx, pos = ctx.saved_tensors
         need_w, need_s, need_table = ctx.needs_input_grad[:3]
+        if ctx.native:
+            w, s, table = ctx.saved_tensors
+            gw, gtab, gs = native.table_backward(
+                w, grad.contiguous(), s, table, need_w=need_w, need_table=need_table,
+                need_s=need_s)
+            if gs is not None:
+                gs = gs.to(s.dtype).view_as(s)
+            return (gw if need_w else None), gs, gtab
+        w, s, a, b, idx, pos = ctx.saved_tensors
         g, n = w.shape
         m = a.shape[1]
         gw = gs = gtab = None
@@ -328,7 +342,7 @@ def table_lookup(w: Tensor, s: Tensor, table: Tensor) -> Tensor:
     s = s.reshape(-1, 1).to(w.dtype)
     if s.shape[0] != w.shape[0]:
         raise ValueError(f"soft_table: s has {s.shape[0]} values for {w.shape[0]} groups")
-    return TableLookup.apply(w.contiguous(), s, table.to(w.dtype))
+    return TableLookup.apply(w.contiguous(), s.contiguous(), table.to(w.dtype).contiguous())
 
 
 def table_soft(

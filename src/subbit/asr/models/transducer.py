@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 State = dict[str, Any]
@@ -142,6 +143,11 @@ class Transducer(nn.Module):
         self.predictor = predictor
         self.joiner = joiner
         self._config = dict(config)
+        w = check_ctc_weight(self._config.get("ctc_weight", 0.0))
+        # training-only auxiliary CTC head on the encoder output: CTC learns the audio-text
+        # alignment far faster than RNN-T from scratch, which stops the predictor from
+        # memorising text while the encoder is still useless. Decoders and the runtime ignore it.
+        self.ctc_head = nn.Linear(encoder.output_dim, int(self._config["vocab_size"])) if w > 0 else None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -156,11 +162,36 @@ class Transducer(nn.Module):
     def vocab_size(self) -> int:
         return int(self._config["vocab_size"])
 
+    @property
+    def ctc_weight(self) -> float:
+        return float(self._config.get("ctc_weight", 0.0))
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Transducer":
+        """Rebuild from ``config``; the optional key ``ctc_weight`` (default 0) adds the CTC head."""
         from .presets import build_from_config
 
-        return build_from_config(config)
+        if not isinstance(config, dict) or "ctc_weight" not in config:
+            return build_from_config(config)
+        weight = check_ctc_weight(config["ctc_weight"])
+        rest = {k: v for k, v in config.items() if k != "ctc_weight"}
+        base = build_from_config(rest)
+        return cls(base.encoder, base.predictor, base.joiner, {**base.config, "ctc_weight": weight})
+
+    def without_ctc(self) -> "Transducer":
+        """The deployable model: same modules (shared), no CTC head, no ``ctc_weight`` in the config
+        (so exporters and the runtime see exactly the tensors they know)."""
+        cfg = {k: v for k, v in self._config.items() if k != "ctc_weight"}
+        out = Transducer(self.encoder, self.predictor, self.joiner, cfg)
+        out.train(self.training)
+        return out
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """As ``nn.Module``'s, but a model without a CTC head accepts (drops) ``ctc_head.*`` tensors,
+        so training checkpoints of a CTC run load into its deployable model."""
+        if self.ctc_head is None:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("ctc_head.")}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(feats, feat_lens)
@@ -201,6 +232,25 @@ class Transducer(nn.Module):
         else:
             logits = self.joiner(enc.unsqueeze(2), pred.unsqueeze(1))
             nll = rnnt_loss(logits, targets, enc_lens, target_lens, blank=self.blank, reduction="none")
+        loss = self._normalise(nll, target_lens)
+        if self.ctc_head is not None:
+            loss = loss + self.ctc_weight * self._normalise(self.ctc_nll(enc, enc_lens, targets, target_lens),
+                                                            target_lens)
+        return loss
+
+    def ctc_nll(self, enc: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
+        """Per-utterance CTC negative log-likelihood of the auxiliary head (``[B]``).
+
+        Utterances with more labels than encoder frames can have no CTC path; their loss is
+        zeroed (``zero_infinity``) instead of poisoning the batch.
+        """
+        if self.ctc_head is None:
+            raise ValueError("this model has no CTC head (config ctc_weight is 0)")
+        logp = F.log_softmax(self.ctc_head(enc).float(), dim=-1).transpose(0, 1)  # [T, B, V]
+        return F.ctc_loss(logp, targets, enc_lens, target_lens, blank=self.blank, reduction="none",
+                          zero_infinity=True)
+
+    def _normalise(self, nll: Tensor, target_lens: Tensor) -> Tensor:
         norm = self._config.get("loss_norm", "utterance")
         if norm == "token":
             return nll.sum() / (target_lens.sum() + target_lens.numel()).clamp(min=1).to(nll.dtype)
@@ -209,7 +259,14 @@ class Transducer(nn.Module):
         raise ValueError(f"config loss_norm must be 'token' or 'utterance', got {norm!r}")
 
 
+def check_ctc_weight(value: Any) -> float:
+    """``ctc_weight`` must be a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) < 1:
+        raise ValueError(f"model config field 'ctc_weight' must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 __all__ = [
-    "Joiner", "Predictor", "State", "Transducer", "lstm_run", "stack_frames",
+    "Joiner", "Predictor", "State", "Transducer", "check_ctc_weight", "lstm_run", "stack_frames",
     "state_index", "state_map", "state_select",
 ]
