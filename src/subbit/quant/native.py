@@ -54,6 +54,8 @@ def _load() -> ctypes.CDLL | None:
         vp, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.subbit_native_isa.argtypes = []
         lib.subbit_native_isa.restype = ctypes.c_int
+        lib.subbit_native_set_isa.argtypes = [ctypes.c_int]
+        lib.subbit_native_set_isa.restype = ctypes.c_int
         lib.subbit_gq_table_forward.argtypes = [vp, i64, i64, vp, vp, i64, vp]
         lib.subbit_gq_table_forward.restype = ctypes.c_int
         lib.subbit_gq_table_backward.argtypes = [vp, vp, i64, i64, vp, vp, i64, vp, vp, vp, vp]
@@ -77,6 +79,19 @@ def isa() -> str | None:
     """The instruction set the kernels dispatch to on this CPU, or ``None`` without the library."""
     lib = _load()
     return None if lib is None else ISA_NAMES.get(lib.subbit_native_isa(), "unknown")
+
+
+def set_isa(name: str | None) -> str:
+    """Force the kernels onto one path ("portable", "avx2", "avx512"; ``None`` = the best this
+    CPU has), for parity tests and timings; returns the path now in use."""
+    lib = _required()
+    ids = {v: k for k, v in ISA_NAMES.items()}
+    if name is not None and name not in ids:
+        raise ValueError(f"native: isa must be one of {sorted(ids)} or None, got {name!r}")
+    rc = lib.subbit_native_set_isa(0 if name is None else ids[name])
+    if rc < 0:
+        raise ValueError(f"native: this CPU cannot run the {name!r} path")
+    return ISA_NAMES[rc]
 
 
 def supports(*tensors: Tensor) -> bool:

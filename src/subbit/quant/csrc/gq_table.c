@@ -51,9 +51,9 @@ INLINE void forward_row(const float *restrict w, int64_t n, float s, const float
     }
 }
 
-/* Blocks of BLK weights: a vectorisable pass computes the cells, grad_w and the grad_s terms
- (to a block buffer) * (summed into 16 float64 lanes, so no reassociation is needed to vectorise it), then a scalar
- * loop scatters the two table-gradient weights into work[M] (unscaled; s is applied after).
+/* Blocks of BLK weights: a vectorisable pass computes the cells, grad_w (into a block buffer)
+ * and the grad_s terms (summed into 16 float64 lanes, so no reassociation is needed to
+ * vectorise it), then a scalar loop scatters the two table-gradient weights into work[M] (unscaled; s is applied after).
  * NULL outputs are skipped. */
 #define BLK 256
 #define LANES 16
@@ -165,6 +165,17 @@ int subbit_native_isa(void) {
 #endif
     }
     return isa;
+}
+
+int subbit_native_set_isa(int path) {
+    if (path == 0) {
+        isa = 0;
+        return subbit_native_isa();
+    }
+    const int best = (isa = 0, subbit_native_isa());
+    if (path < 1 || path > best) return SUBBIT_NATIVE_EARG;
+    isa = path;
+    return path;
 }
 
 int subbit_gq_table_forward(const float *w, int64_t groups, int64_t n, const float *s,

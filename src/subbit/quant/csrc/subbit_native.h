@@ -23,6 +23,10 @@
 /* 1 portable, 2 AVX2+FMA, 3 AVX-512: the path the kernels below use on this CPU. */
 int subbit_native_isa(void);
 
+/* Force a path (1..3; 0 = back to the best): for tests and timings. Returns the path now in use,
+ * or SUBBIT_NATIVE_EARG when this CPU cannot run it (the current path is then the best). */
+int subbit_native_set_isa(int path);
+
 /* out[G, N] = s * T(x) per weight (see above). table is [G, M], M >= 2; s is [G]. */
 int subbit_gq_table_forward(const float *w, int64_t groups, int64_t n, const float *s,
                             const float *table, int64_t m, float *out);
