@@ -246,6 +246,11 @@ def test_large_weights_move_to_the_huge_page_arena(monkeypatch: pytest.MonkeyPat
     other = make_weight(rng, 2, 64, 80, "tensor")  # 1280 bytes: above the limit too
     q = kernels.prepare(other)
     assert q.packed.ctypes.data >= p.packed.ctypes.data + p.packed.nbytes
+    # a view into a larger buffer (a row slice) stays put: moving it would keep both copies
+    parent = make_weight(rng, 4, 64, 40, "tensor")
+    rows = np.asarray(parent.packed).reshape(64, -1)[:32]
+    part = PackedTensor(bits=4, shape=(32, 40), packed=rows, codebook=parent.codebook, groups=1)
+    assert np.shares_memory(kernels.prepare(part).packed, rows) and part.packed is rows
     chunk = kernels._arena._chunk
     assert chunk is not None and chunk() is not None
     del p, q, big, other

@@ -23,7 +23,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-ISA_NAMES = {1: "portable", 2: "avx2", 3: "avx512"}
+ISA_NAMES = {1: "portable", 2: "avx2"}
 
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -82,7 +82,7 @@ def isa() -> str | None:
 
 
 def set_isa(name: str | None) -> str:
-    """Force the kernels onto one path ("portable", "avx2", "avx512"; ``None`` = the best this
+    """Force the kernels onto one path ("portable", "avx2"; ``None`` = the best this
     CPU has), for parity tests and timings; returns the path now in use."""
     lib = _required()
     ids = {v: k for k, v in ISA_NAMES.items()}

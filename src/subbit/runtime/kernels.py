@@ -226,6 +226,14 @@ class _HugePageArena:
 _arena = _HugePageArena()
 
 
+def _whole_buffer(a: np.ndarray) -> bool:
+    """True when ``a`` spans all of the memory it lives in (owner or a full reshape of it)."""
+    owner = a
+    while not owner.flags.owndata and isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    return bool(owner.flags.owndata) and owner.nbytes == a.nbytes
+
+
 def prepare(w: PackedTensor | PreparedWeight) -> PreparedWeight:
     """Int8 tables, row sums and contiguous buffers for ``w`` (cached on the PackedTensor).
 
@@ -246,9 +254,10 @@ def prepare(w: PackedTensor | PreparedWeight) -> PreparedWeight:
     lut = np.zeros((w.groups, lut_stride(w.bits)), dtype=np.int8)
     lut[:, : lut8.shape[1]] = lut8
     packed = np.ascontiguousarray(w.packed, dtype=np.uint8).reshape(n, -1)
-    if packed.nbytes >= HUGEPAGE_MIN_BYTES:
+    if packed.nbytes >= HUGEPAGE_MIN_BYTES and _whole_buffer(np.asarray(w.packed)):
         # the same bytes, moved to huge pages; the tensor points at the new copy, so the old
-        # buffer is released and resident memory does not grow
+        # buffer is released and resident memory does not grow (a view into a larger buffer,
+        # e.g. a row slice for threads, stays where it is: moving it would keep both copies)
         original_shape = np.shape(w.packed)
         packed = _arena.place(packed)
         w.packed = packed.reshape(original_shape)

@@ -3,9 +3,11 @@
  * Why C: the PyTorch version needs ~10 flat passes per weight (scale, cast, gather, multiply-add,
  * and in backward a gather and two scatter_add_); here forward is one pass and backward one,
  * and nothing per weight is saved between them (the cell is recomputed from w).
- * The row loops are written once as always_inline bodies and instantiated per ISA with
- * __attribute__((target)) so gcc auto-vectorises the forward (gathers) for AVX2 / AVX-512;
- * the backward scatters into the table gradient and stays scalar.
+ * The row loops are written once as always_inline bodies and instantiated twice: portable
+ * (SSE2) and __attribute__((target("avx2,fma"))), where gcc auto-vectorises the cell
+ * arithmetic and the table reads (gathers); the table-gradient scatter stays scalar. An
+ * AVX-512 instance measured no faster than AVX2 (1M weights, M = 257..138k: forward 1.5 vs
+ * 1.8-2.1 ms, backward 3.2-4.7 vs 3.4-4.8 ms; gathers dominate), so there is none.
  */
 #include "subbit_native.h"
 
@@ -16,30 +18,33 @@
 #define INLINE static inline __attribute__((always_inline))
 
 /* Per-row constants: c = (M - 1) / 2, k = c / s (0 for a zero, negative or non-finite s: every
- * weight then sits at x = -1 and the output is s * T[0]). */
+ * weight then sits at x = -1 and the output is s * T[0]). The position is computed in float64:
+ * in float32 its rounding (an ulp of M / 2) moves t by up to 1e-5 at M = 257 and picks the
+ * neighbouring cell near cell borders; in float64 the result matches a float64 evaluation of
+ * the same inputs to float32 rounding, and costs no measurable time (the gathers dominate). */
 typedef struct {
-    float c, k, top;
+    double c, k, top;
     int32_t jmax;
 } row_consts;
 
 INLINE row_consts consts(float s, int64_t m) {
     row_consts r;
-    r.c = 0.5f * (float)(m - 1);
-    double k = (double)r.c / (double)s;
-    r.k = (s > 0.0f && isfinite(k)) ? (float)k : 0.0f;
-    r.top = (float)(m - 1);
+    r.c = 0.5 * (double)(m - 1);
+    const double k = r.c / (double)s;
+    r.k = (s > 0.0f && isfinite(k)) ? k : 0.0;
+    r.top = (double)(m - 1);
     r.jmax = (int32_t)(m - 2);
     return r;
 }
 
 /* pos clamped to [0, M - 1] (NaN -> 0), cell j in [0, M - 2], t = pos - j in [0, 1]. */
 #define CELL(wi, rc, p, j, t)                 \
-    float p = (wi) * (rc).k + (rc).c;         \
-    p = p > 0.0f ? p : 0.0f;                  \
+    double p = (double)(wi) * (rc).k + (rc).c; \
+    p = p > 0.0 ? p : 0.0;                    \
     p = p < (rc).top ? p : (rc).top;          \
     int32_t j = (int32_t)p;                   \
     j = j < (rc).jmax ? j : (rc).jmax;        \
-    float t = p - (float)j;
+    const float t = (float)(p - (double)j);
 
 INLINE void forward_row(const float *restrict w, int64_t n, float s, const float *restrict tab,
                         int64_t m, float *restrict out) {
@@ -61,7 +66,7 @@ INLINE void backward_row(const float *restrict w, const float *restrict g, int64
                          const float *restrict tab, int64_t m, float *restrict gw,
                          double *restrict gs, double *restrict work) {
     const row_consts rc = consts(s, m);
-    const float cs = rc.c;
+    const float cs = (float)rc.c;
     double acc[LANES] = {0};
     int32_t jj[BLK];
     float lo[BLK], hi[BLK], part[BLK], gwl[BLK];
@@ -74,7 +79,7 @@ INLINE void backward_row(const float *restrict w, const float *restrict g, int64
             const float gi = gb[l];
             const float slope = fabsf(wb[l]) <= s ? b : 0.0f; /* dT/dpos; zero where clamped */
             gwl[l] = gi * (slope * cs);
-            part[l] = gi * (t0 + t * b - slope * (p - cs));
+            part[l] = gi * (t0 + t * b - slope * (float)(p - rc.c));
             lo[l] = gi * (1.0f - t);
             hi[l] = gi * t;
             jj[l] = j;
@@ -130,23 +135,13 @@ INLINE int backward_all(const float *w, const float *grad, int64_t groups, int64
 #if defined(__x86_64__) && defined(__GNUC__)
 #define X86 1
 #define AVX2_T __attribute__((target("avx2,fma")))
-#define AVX512_T __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
 static AVX2_T int forward_avx2(const float *w, int64_t G, int64_t n, const float *s,
                                const float *t, int64_t m, float *o) {
-    return forward_all(w, G, n, s, t, m, o);
-}
-static AVX512_T int forward_avx512(const float *w, int64_t G, int64_t n, const float *s,
-                                   const float *t, int64_t m, float *o) {
     return forward_all(w, G, n, s, t, m, o);
 }
 static AVX2_T int backward_avx2(const float *w, const float *gr, int64_t G, int64_t n,
                                 const float *s, const float *t, int64_t m, float *gw, float *gt,
                                 double *gs, double *wk) {
-    return backward_all(w, gr, G, n, s, t, m, gw, gt, gs, wk);
-}
-static AVX512_T int backward_avx512(const float *w, const float *gr, int64_t G, int64_t n,
-                                    const float *s, const float *t, int64_t m, float *gw,
-                                    float *gt, double *gs, double *wk) {
     return backward_all(w, gr, G, n, s, t, m, gw, gt, gs, wk);
 }
 #endif
@@ -159,9 +154,6 @@ int subbit_native_isa(void) {
 #ifdef X86
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = 2;
-        if (isa == 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512dq"))
-            isa = 3;
 #endif
     }
     return isa;
@@ -182,7 +174,6 @@ int subbit_gq_table_forward(const float *w, int64_t groups, int64_t n, const flo
                             const float *table, int64_t m, float *out) {
 #ifdef X86
     switch (subbit_native_isa()) {
-    case 3: return forward_avx512(w, groups, n, s, table, m, out);
     case 2: return forward_avx2(w, groups, n, s, table, m, out);
     default: break;
     }
@@ -195,7 +186,6 @@ int subbit_gq_table_backward(const float *w, const float *grad, int64_t groups, 
                              float *grad_table, double *grad_s, double *work) {
 #ifdef X86
     switch (subbit_native_isa()) {
-    case 3: return backward_avx512(w, grad, groups, n, s, table, m, grad_w, grad_table, grad_s, work);
     case 2: return backward_avx2(w, grad, groups, n, s, table, m, grad_w, grad_table, grad_s, work);
     default: break;
     }

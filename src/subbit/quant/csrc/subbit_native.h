@@ -9,7 +9,7 @@
  *   grad_table[j] += s g (1 - t),  grad_table[j+1] += s g t   (accumulated in float64)
  *   grad_s     = sum g (T(x) - [|w| <= s] x T'(x))     (per group, float64)
  * Single-threaded, plain C on contiguous float32 buffers (rows of N weights per group); no
- * Python or torch headers, loaded with ctypes. The ISA (portable, AVX2, AVX-512) is chosen once
+ * Python or torch headers, loaded with ctypes. The ISA (portable or AVX2+FMA) is chosen once
  * from the CPU; every path gives the same results up to float rounding (FMA contraction).
  */
 #ifndef SUBBIT_NATIVE_H
@@ -20,10 +20,10 @@
 #define SUBBIT_NATIVE_OK 0
 #define SUBBIT_NATIVE_EARG (-1) /* bad sizes or a NULL required buffer */
 
-/* 1 portable, 2 AVX2+FMA, 3 AVX-512: the path the kernels below use on this CPU. */
+/* 1 portable, 2 AVX2+FMA: the path the kernels below use on this CPU. */
 int subbit_native_isa(void);
 
-/* Force a path (1..3; 0 = back to the best): for tests and timings. Returns the path now in use,
+/* Force a path (1..2; 0 = back to the best): for tests and timings. Returns the path now in use,
  * or SUBBIT_NATIVE_EARG when this CPU cannot run it (the current path is then the best). */
 int subbit_native_set_isa(int path);
 
