@@ -2,7 +2,9 @@
 
 One "call" = GQ's soft forward of a per-tensor group plus its backward (gradients to the
 weights and the centroids), as in a training step. ``table`` = subbit.quant.soft_table
-(grid chosen by ``choose_grid``, tabulation included in the time), ``window`` = gq.SoftAssign
+(grid chosen by ``choose_grid``, tabulation included in the time) with its PyTorch ops,
+``native`` = the same with the per-weight lookup in the fused C kernels (subbit.quant.native;
+absent when the library is not built), ``window`` = gq.SoftAssign
 with the window GeneralQuantizer would use, ``matmul`` = the reference a training step pays
 anyway: a ``[64, 1024] x [1024, 1024]`` fp32 matmul forward + backward, scaled to 1M weights.
 Single thread by default; CPU time, median and min of the repeats (speedup = ratio of
@@ -16,13 +18,15 @@ Prints a table and writes benchmarks/out/gq_soft_speed.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 OUT = Path(__file__).resolve().parent / "out" / "gq_soft_speed.json"
 BITS = (1, 2, 4, 5, 8)
@@ -42,10 +46,25 @@ def _time(fn: Callable[[], None], repeats: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
+@contextlib.contextmanager
+def _native_enabled(on: bool) -> Iterator[None]:
+    """Switch the C table lookup on or off (``SUBBIT_NATIVE``) for the enclosed calls."""
+    old = os.environ.get("SUBBIT_NATIVE")
+    os.environ["SUBBIT_NATIVE"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SUBBIT_NATIVE"]
+        else:
+            os.environ["SUBBIT_NATIVE"] = old
+
+
 def bench(numel: int, bits: int, tau_rel: float, repeats: int) -> dict[str, Any]:
     """Forward+backward ms (scaled to 1M weights) of both paths for one bit depth and tau."""
     import torch
 
+    from subbit.quant import native
     from subbit.quant.gq import GeneralQuantizer, soft_assign
     from subbit.quant.soft_table import choose_grid, table_soft
 
@@ -78,9 +97,13 @@ def bench(numel: int, bits: int, tau_rel: float, repeats: int) -> dict[str, Any]
             w.grad = None
             q.theta.grad = None
 
-        med, low = _time(table_call, repeats)
+        with _native_enabled(False):
+            med, low = _time(table_call, repeats)
         row["table_ms"], row["table_ms_min"] = scale * med, scale * low
         row["speedup"] = row["window_ms"] / row["table_ms"]
+        if native.available():
+            med, low = _time(table_call, repeats)
+            row["native_ms"], row["native_ms_min"] = scale * med, scale * low
     return row
 
 
@@ -122,13 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     ref = matmul_ms(args.repeats)
     rows = [bench(args.numel, b, t, args.repeats) for b, t in tqdm([(b, t) for b in bits for t in taus], desc="cells")]
     head = (f"{'bits':>4}{'tau_rel':>9}{'grid M':>9}{'W':>4}{'window ms':>11}{'(min)':>8}"
-            f"{'table ms':>10}{'(min)':>8}{'speedup':>9}")
+            f"{'table ms':>10}{'(min)':>8}{'speedup':>9}{'native ms':>11}{'(min)':>8}{'vs table':>9}")
     print(f"fp32 matmul 64x1024x1024 fwd+bwd: {ref:.1f} ms (per 1M weights); {args.threads} thread(s)")
     print(head)
     print("-" * len(head))
     for r in rows:
         table = (f"{r['table_ms']:>10.1f}{r['table_ms_min']:>8.1f}{r['speedup']:>8.1f}x" if "table_ms" in r
                  else f"{'(window)':>10}{'':>8}{'-':>9}")
+        if "native_ms" in r:
+            table += f"{r['native_ms']:>11.1f}{r['native_ms_min']:>8.1f}{r['table_ms'] / r['native_ms']:>8.1f}x"
         print(f"{r['bits']:>4}{r['tau_rel']:>9g}{str(r['grid']):>9}{r['window']:>4}{r['window_ms']:>11.1f}"
               f"{r['window_ms_min']:>8.1f}{table}")
     meta = {

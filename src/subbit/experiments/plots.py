@@ -43,7 +43,8 @@ def plot_wer_vs_size(rows: Sequence[dict[str, Any]], split: str, path: str | Pat
     for i, (x, y, name, method) in enumerate(pts):
         ax.scatter([x], [y], color=colors[method], label=method, zorder=3)
         # alternate label offsets so recipes at the same point stay readable
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4 - 11 * (i % 3)), fontsize=8)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4 - 11 * (i % 3)), fontsize=8,
+                    color=colors[method])
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     if uniq:

@@ -125,6 +125,8 @@ def table_forward(w: Tensor, s: Tensor, table: Tensor) -> Tensor:
     g, n = w.shape
     m = table.shape[-1]
     out = torch.empty_like(w)
+    if out.numel() == 0:  # empty buffers may have a NULL address, which the C side rejects
+        return out
     rc = lib.subbit_gq_table_forward(
         _ptr(w, "w", torch.float32, g * n), g, n, _ptr(s, "s", torch.float32, g),
         _ptr(table, "table", torch.float32, g * m), m, out.data_ptr())
@@ -147,6 +149,8 @@ def table_backward(
     gt = torch.empty_like(table) if need_table else None
     gs = torch.empty(g, dtype=torch.float64) if need_s else None
     work = torch.empty(m, dtype=torch.float64) if need_table else None
+    if w.numel() == 0:  # nothing to accumulate (and empty buffers may have a NULL address)
+        return gw, (None if gt is None else gt.zero_()), (None if gs is None else gs.zero_())
     rc = lib.subbit_gq_table_backward(
         _ptr(w, "w", torch.float32, g * n), _ptr(grad, "grad", torch.float32, g * n), g, n,
         _ptr(s, "s", torch.float32, g), _ptr(table, "table", torch.float32, g * m), m,

@@ -34,6 +34,14 @@ anneal use the table, the very end the window.
 ``(A, B)`` pairs, a multiply-add; a gather for the slope and two ``scatter_add_`` back), plus
 ``G * M * W`` grid work; measured 7-21x faster than the window path (1-8 bits), see
 ``benchmarks/gq_soft_speed.py`` and GeneralQuantizer's docstring.
+
+**C path.** For contiguous float32 CPU tensors :class:`TableLookup` runs the per-weight work as
+one fused C pass forward and one backward (:mod:`subbit.quant.native`: grad to ``w``, the table
+gradient scattered into a float64 buffer, grad to ``s``), and saves nothing per weight (the
+cell is recomputed from ``w``; the torch ops keep 8 bytes per weight). Its position is computed
+in float64, so it matches a float64 evaluation to float32 rounding (the torch ops in float32
+lose up to ~1e-4 relative in the table gradient, see tests/quant/test_native.py). CUDA, float64
+and a missing library take the torch ops; ``SUBBIT_NATIVE=0`` forces them.
 """
 
 from __future__ import annotations
@@ -268,7 +276,8 @@ class TableLookup(torch.autograd.Function):
     weight); backward is one gather for the slope and two ``scatter_add_`` for the table
     gradient (faster than ``index_add_``/``bincount`` here, with int64 indices), then the small
     adjoint of the lines (analytic: an autograd graph over ``G * M`` cost more than the rest at
-    65k weights).
+    65k weights). Contiguous float32 CPU inputs go to the fused C kernels instead (module
+    docstring, "C path").
     """
 
     @staticmethod
