@@ -17,6 +17,11 @@ safety factor is lower (0.9) to absorb speed noise. The GQ scheduler covers the 
 calibration (``gq_start``), during which quantizers sit at ``tau_start``. With ``steps`` there is
 no calibration and the schedules cover all steps.
 
+Auxiliary CTC (``ctc_weight``, default 0.3): a fresh model gets a linear CTC head on its encoder
+and the loss ``rnnt + ctc_weight * ctc``. From scratch, RNN-T alone first learns a text-only
+predictor and ignores the audio for minutes; CTC forces the encoder to align at once. The head
+is training-only: checkpoints keep it (resume), final.pt and config.json's model do not.
+
 Resume restores model, optimizer, lr schedule, GQ schedule, Python/NumPy/torch RNG states and
 the data position (epoch, batch index), so the next step's loss is identical to an
 uninterrupted run's. DDP (torchrun) shards each epoch's bucketed batch list across ranks
@@ -109,8 +114,9 @@ class TrainConfig:
     stop_after: int | None = None
     progress: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    #: weight of the auxiliary CTC loss on the encoder (0 = off); training-only, see _write_final
-    ctc_weight: float = 0.0
+    #: weight of the auxiliary CTC loss on the encoder (0 = off); training-only, see _write_final.
+    #: On data/quick (4 min, char, no augmentation) 0.3 took test_seen WER from 93% to 51%.
+    ctc_weight: float = 0.3
 
     def __post_init__(self) -> None:
         if self.model not in ARCHS:

@@ -23,8 +23,9 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, help="cap on feature frames per batch (bucketing)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, warmup + cosine)")
     p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument("--ctc-weight", type=float, default=0.0,
-                   help="auxiliary CTC loss on the encoder (training only; speeds up alignment), 0 = off")
+    p.add_argument("--ctc-weight", type=float, default=0.3,
+                   help="weight of an auxiliary CTC loss on the encoder output (training only: the head "
+                        "is not in final.pt nor exported); it learns the alignment much faster, 0 = off")
     p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--grad-clip", type=float, default=5.0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (under torchrun: one GPU per rank)")
