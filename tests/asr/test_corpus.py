@@ -159,3 +159,25 @@ def test_bad_options_are_clear_errors(tmp_path):
         BuildOptions.create(hours=0)
     with pytest.raises(ValueError, match="engine"):
         build_corpus(tmp_path, BuildOptions(engines=("sapi",)), progress=False)
+
+
+def test_commands_view_drops_open_sentences_and_keeps_audio(tmp_path):
+    from subbit.asr.corpus.build import write_commands_view
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "wav").mkdir()
+    sf.write(src / "wav" / "a.wav", np.zeros(160, np.float32), 16000)
+    texts = {"train": ["turn on the light", "an open sentence here"], "dev": ["stop"],
+             "test_seen": ["an open sentence here"], "test_heldout": ["play music"]}
+    for split, ts in texts.items():
+        (src / f"{split}.jsonl").write_text("".join(
+            json.dumps({"id": f"{split}-{i}", "audio": "wav/a.wav", "text": t, "duration": 0.01,
+                        "speaker": "s"}) + "\n" for i, t in enumerate(ts)))
+    kept = write_commands_view(src, tmp_path / "view", open_sentences={"an open sentence here"})
+    assert kept == {"train": 1, "dev": 1, "test_seen": 0, "test_heldout": 1}
+    utts = read_manifest(tmp_path / "view" / "train.jsonl")
+    assert [u.text for u in utts] == ["turn on the light"]
+    assert os.path.samefile(utts[0].audio, src / "wav" / "a.wav")
+    with pytest.raises(ValueError, match="dst"):
+        write_commands_view(src, src)

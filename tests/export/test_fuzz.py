@@ -13,23 +13,26 @@ from hypothesis import strategies as st
 
 from subbit.export.bitpack import PackedTensor
 from subbit.export.container import _safetensors_bytes, parse_container, write_packed
-from subbit.export.manifest import SubbitFormatError
+from subbit.export.manifest import SubbitFormatError, affine_table
 
 
 @functools.lru_cache(maxsize=1)
 def small_file() -> bytes:
-    """A few tensors of every kind: 3-bit per tensor, 5-bit per channel, floats, tokenizer."""
+    """A few tensors of every kind: 3-bit per tensor, 5-bit per channel, 4-bit per channel on an
+    affine grid (stored as steps), floats, tokenizer."""
     import tempfile
     from pathlib import Path
 
     rng = np.random.default_rng(0)
     a = PackedTensor.from_indices(rng.integers(0, 8, (4, 12)), rng.normal(size=(1, 8)), 3)
     b = PackedTensor.from_indices(rng.integers(0, 32, (3, 9)), rng.normal(size=(3, 32)), 5, granularity="channel")
+    grid = affine_table(np.array([0.5, 0.25], np.float32), 8, 16)
+    u = PackedTensor.from_indices(rng.integers(0, 16, (2, 10)), grid, 4, granularity="channel", method="uniform")
     floats = {"bias": ("F32", rng.normal(size=4).astype(np.float32)), "half": ("F16", np.ones(3, np.float16)),
               "count": ("I64", np.array([7]))}  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "s.subbit"
-        write_packed(path, {"a": a, "b": b}, floats, arch={"arch": "fuzz"}, tokenizer_bytes=b"tok")
+        write_packed(path, {"a": a, "b": b, "u": u}, floats, arch={"arch": "fuzz"}, tokenizer_bytes=b"tok")
         return path.read_bytes()
 
 
@@ -46,7 +49,8 @@ def must_load_or_refuse(data: bytes) -> None:
 
 def test_intact_file_loads() -> None:
     manifest, arrays = parse_container(small_file())
-    assert set(manifest["quantized"]) == {"a", "b"}
+    assert set(manifest["quantized"]) == {"a", "b", "u"}
+    assert manifest["quantized"]["u"]["codebook"] == "affine" and "u.codebook_step" in arrays
 
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -127,10 +131,15 @@ def test_garbage_and_huge_lengths(tail: bytes, length: int) -> None:
 
 def test_data_section_rebuilt_with_consistent_sha_still_validates_payload() -> None:
     """A forger who recomputes the sha256 still cannot smuggle bad padding or NaN codebooks."""
+    for target in ("a.codebook", "u.codebook_step"):
+        _refused_with_nan(target)
+
+
+def _refused_with_nan(target: str) -> None:
     manifest, arrays = parse_container(small_file())
-    arrays["a.codebook"] = np.full_like(arrays["a.codebook"], np.nan)
-    dtypes = {"a.idx": "U8", "b.idx": "U8", "a.codebook": "F32", "b.codebook": "F32", "bias": "F32", "half": "F16",
-              "count": "I64", "__tokenizer__": "U8"}  # fmt: skip
+    arrays[target] = np.full_like(arrays[target], np.nan)
+    dtypes = {"a.idx": "U8", "b.idx": "U8", "u.idx": "U8", "a.codebook": "F32", "b.codebook": "F32",
+              "u.codebook_step": "F32", "bias": "F32", "half": "F16", "count": "I64", "__tokenizer__": "U8"}  # fmt: skip
 
     def meta(sha: str) -> dict[str, str]:
         return {"subbit": json.dumps({**manifest, "data_sha256": sha})}

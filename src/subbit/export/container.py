@@ -2,7 +2,9 @@
 
 Writing: :func:`export_model` takes a model prepared with :mod:`subbit.quant` (or an explicit
 list of quantized tensors) and writes, per quantized tensor, ``<name>.idx`` (U8, packed rows)
-and ``<name>.codebook`` (F32 ``[G, 2**bits]``); every other state-dict tensor as it is (F32,
+and ``<name>.codebook`` (F32 ``[G, 2**bits]``), or, when that table is bit for bit
+``step[g] * (j - z)`` (uniform grids), only ``<name>.codebook_step`` (F32 ``[G]``) and ``z`` in
+the manifest; every other state-dict tensor as it is (F32,
 or F16 with ``fp16_float_tensors``); the tokenizer as a U8 tensor. The header is written by
 hand (the safetensors format is 8 bytes of length + JSON + data) so that the sha256 of the data
 section can go into the manifest; ``safetensors.safe_open`` reads the result.
@@ -30,9 +32,13 @@ from subbit.export.bitpack import PackedTensor, int8_codebook, matrix_rows, padd
 from subbit.export.manifest import (
     CODEBOOK_SUFFIX,
     IDX_SUFFIX,
+    STEP_SUFFIX,
     TOKENIZER_TENSOR,
     SubbitFormatError,
+    affine_table,
     build_manifest,
+    codebook_kind,
+    find_affine,
     quant_entry,
     validate_manifest,
 )
@@ -55,6 +61,7 @@ class TensorBytes:
     theory: int  # quantized: sum over groups of ceil(N_g * b / 8) + codebook; else stored
     fp32: int
     int8: int
+    codebook: str = "-"  # quantized: "table" (4 * G * 2**b bytes) or "affine" (4 * G bytes)
 
 
 @dataclass
@@ -216,6 +223,7 @@ def export_model(
     extra: dict[str, Any] | None = None,
     quantized: Iterable[Any] | None = None,
     tokenizer_kind: str = "bytes",
+    compact_codebooks: bool = True,
 ) -> ExportSummary:
     """Write ``model`` (prepared/converted with :mod:`subbit.quant`) to a ``.subbit`` file.
 
@@ -229,7 +237,7 @@ def export_model(
     packed = {qt.name: encode_quantized(qt) for qt in qts}
     floats = {name: _float_record(t, fp16_float_tensors) for name, t in _float_state(model, qts).items()}
     return write_packed(path, packed, floats, arch=arch, tokenizer_bytes=tokenizer_bytes, extra=extra,
-                        tokenizer_kind=tokenizer_kind)  # fmt: skip
+                        tokenizer_kind=tokenizer_kind, compact_codebooks=compact_codebooks)  # fmt: skip
 
 
 def write_packed(
@@ -241,23 +249,35 @@ def write_packed(
     tokenizer_bytes: bytes | None = None,
     extra: dict[str, Any] | None = None,
     tokenizer_kind: str = "bytes",
+    compact_codebooks: bool = True,
 ) -> ExportSummary:
-    """Write already packed tensors and ``{name: (dtype, array)}`` float tensors."""
+    """Write already packed tensors and ``{name: (dtype, array)}`` float tensors.
+
+    ``compact_codebooks``: store a codebook that :func:`~subbit.export.manifest.find_affine`
+    proves bit-exact as one step per group (False: always the full table, as minor version 0).
+    """
     tensors: dict[str, tuple[str, np.ndarray]] = {}
     qmeta: dict[str, dict[str, Any]] = {}
     rows: list[TensorBytes] = []
     for name, pt in packed.items():
-        if name + IDX_SUFFIX in floats or name + CODEBOOK_SUFFIX in floats or name in floats:
+        if any(name + sfx in floats for sfx in ("", IDX_SUFFIX, CODEBOOK_SUFFIX, STEP_SUFFIX)):
             raise ValueError(f"tensor name {name!r} collides with a float tensor")
         n, _ = matrix_rows(pt.shape)
         tensors[name + IDX_SUFFIX] = ("U8", np.asarray(pt.packed, dtype=np.uint8).reshape(n, -1))
-        tensors[name + CODEBOOK_SUFFIX] = ("F32", np.asarray(pt.codebook, dtype=np.float32))
-        qmeta[name] = quant_entry(pt.bits, pt.shape, pt.groups, pt.granularity, pt.method, pt.mu)
+        cb = np.asarray(pt.codebook, dtype=np.float32)
+        affine = find_affine(cb) if compact_codebooks else None
+        if affine is None:
+            tensors[name + CODEBOOK_SUFFIX] = ("F32", cb)
+            qmeta[name] = quant_entry(pt.bits, pt.shape, pt.groups, pt.granularity, pt.method, pt.mu)
+        else:
+            tensors[name + STEP_SUFFIX] = ("F32", affine[0])
+            qmeta[name] = quant_entry(pt.bits, pt.shape, pt.groups, pt.granularity, pt.method, pt.mu,
+                                      zero_index=affine[1])  # fmt: skip
         per_group = pt.count // pt.groups
-        cb_bytes = pt.groups * (1 << pt.bits) * 4
+        cb_bytes = pt.groups * 4 * (1 if affine is not None else 1 << pt.bits)
         rows.append(TensorBytes(name, "quantized", pt.count, pt.bits, pt.packed.nbytes + cb_bytes,
                                 pt.groups * math.ceil(per_group * pt.bits / 8) + cb_bytes,
-                                4 * pt.count, pt.count + 4 * pt.groups))  # fmt: skip
+                                4 * pt.count, pt.count + 4 * pt.groups, qmeta[name]["codebook"]))  # fmt: skip
     fmeta: dict[str, dict[str, Any]] = {}
     for name, (dtype, arr) in floats.items():
         if dtype not in _NP:
@@ -372,9 +392,24 @@ def _check_entries(header: dict[str, Any], data_len: int) -> dict[str, tuple[str
     return out
 
 
+def codebook_table(manifest_entry: dict[str, Any], arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The ``[G, 2**bits]`` float32 codebook of quantized tensor ``name`` of a validated file,
+    rebuilt from ``<name>.codebook_step`` when the entry is affine."""
+    if codebook_kind(manifest_entry) == "affine":
+        step = arrays[name + STEP_SUFFIX]
+        return affine_table(step, manifest_entry["zero_index"], 1 << manifest_entry["bits"])
+    return arrays[name + CODEBOOK_SUFFIX]
+
+
 def _check_payload(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     for name, q in manifest["quantized"].items():
-        cb = arrays[name + CODEBOOK_SUFFIX]
+        if codebook_kind(q) == "affine":
+            step = arrays[name + STEP_SUFFIX]
+            if not np.all(np.isfinite(step)):
+                raise SubbitFormatError(f"tensor {name!r}: codebook_step has non-finite values")
+            if not np.all(step > 0):
+                raise SubbitFormatError(f"tensor {name!r}: codebook_step must be > 0 in every group")
+        cb = codebook_table(q, arrays, name)
         if not np.all(np.isfinite(cb)):
             raise SubbitFormatError(f"tensor {name!r}: codebook has non-finite values")
         _, k = matrix_rows(tuple(q["shape"]))
@@ -406,7 +441,7 @@ def load_packed(path: str | os.PathLike[str]) -> PackedModel:
     for name, q in manifest["quantized"].items():
         packed[name] = PackedTensor(
             bits=q["bits"], shape=tuple(q["shape"]), packed=arrays[name + IDX_SUFFIX],
-            codebook=arrays[name + CODEBOOK_SUFFIX], groups=q["groups"], granularity=q["granularity"],
+            codebook=codebook_table(q, arrays, name), groups=q["groups"], granularity=q["granularity"],
             method=q["method"], mu=q["mu"],
         )  # fmt: skip
     floats = {n: (arrays[n].astype(np.float32) if manifest["float"][n]["dtype"] == "F16" else arrays[n])

@@ -10,13 +10,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from subbit.export.bitpack import PACKING, matrix_rows, row_bytes
 
 FORMAT = "subbit"
 SCHEMA_VERSION = 1
+# minor versions add optional fields a reader of the same major version can default:
+# 1 = per-tensor "codebook" ("table" | "affine") and "zero_index" (absent: "table")
+SCHEMA_MINOR = 1
 TOKENIZER_TENSOR = "__tokenizer__"
 IDX_SUFFIX = ".idx"
 CODEBOOK_SUFFIX = ".codebook"
+STEP_SUFFIX = ".codebook_step"
+CODEBOOK_KINDS = ("table", "affine")
 FLOAT_DTYPES = ("F32", "F16")
 OTHER_DTYPES = ("I64", "I32", "BOOL")
 RUNTIME_NUMERICS = {
@@ -71,18 +78,68 @@ def _keys(d: dict[str, Any], required: set[str], optional: set[str], where: str)
 
 QUANT_FIELDS = {"bits", "shape", "groups", "granularity", "method", "packing", "mu", "count", "codebook_dtype"}
 TOP_REQUIRED = {"format", "schema_version", "arch", "quantized", "float", "tokenizer", "data_sha256", "runtime"}
-TOP_OPTIONAL = {"extra", "created_by"}
+QUANT_OPTIONAL = {"codebook", "zero_index"}
+TOP_OPTIONAL = {"extra", "created_by", "schema_minor"}
 
 
 def quant_entry(bits: int, shape: tuple[int, ...], groups: int, granularity: str, method: str,
-                mu: float | list[float] | None) -> dict[str, Any]:  # fmt: skip
-    """Manifest record of one quantized tensor."""
+                mu: float | list[float] | None, zero_index: int | float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Manifest record of one quantized tensor; ``zero_index`` given = affine codebook."""
     count = math.prod(shape) if shape else 1
-    return {
+    entry: dict[str, Any] = {
         "bits": int(bits), "shape": [int(s) for s in shape], "groups": int(groups),
         "granularity": granularity, "method": method, "packing": PACKING, "mu": mu,
-        "count": int(count), "codebook_dtype": "F32",
+        "count": int(count), "codebook_dtype": "F32", "codebook": "table",
     }  # fmt: skip
+    if zero_index is not None:
+        entry["codebook"] = "affine"
+        entry["zero_index"] = int(zero_index) if float(zero_index).is_integer() else float(zero_index)
+    return entry
+
+
+# -- affine codebooks ------------------------------------------------------------------------------
+def affine_table(step: np.ndarray, zero_index: int | float, k: int) -> np.ndarray:
+    """The ``[G, k]`` float32 table of an affine codebook: ``step[g] * (j - zero_index)``.
+
+    Writer and loaders both use exactly this float32 expression, so a codebook the writer
+    verified against it is rebuilt bit for bit.
+    """
+    s = np.asarray(step, dtype=np.float32).reshape(-1, 1)
+    levels = np.arange(k, dtype=np.float32) - np.float32(zero_index)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (s * levels[None, :]).astype(np.float32)
+
+
+def find_affine(codebook: np.ndarray) -> tuple[np.ndarray, int | float] | None:
+    """``(step [G] float32, zero_index)`` if ``codebook`` ``[G, K]`` is exactly (bit for bit)
+    :func:`affine_table` of them with every step finite and > 0; else None.
+
+    ``zero_index`` is an integer (a level is 0, e.g. symmetric uniform ``-2**(b-1)..2**(b-1)-1``)
+    or a half-integer (no zero level, e.g. 1-bit ``{-step, +step}`` = ``2 step * (j - 0.5)``).
+    """
+    cb = np.asarray(codebook)
+    if cb.dtype != np.float32 or cb.ndim != 2 or cb.shape[1] < 2 or cb.shape[0] < 1:
+        return None
+    if not np.all(np.isfinite(cb)):
+        return None
+    k = cb.shape[1]
+    zero_cols = np.flatnonzero(np.all(cb == 0, axis=0))
+    candidates: list[tuple[np.ndarray, int | float]] = []
+    if zero_cols.size == 1:
+        z = int(zero_cols[0])
+        candidates.append((cb[:, z + 1] if z + 1 < k else -cb[:, z - 1], z))
+    elif zero_cols.size == 0:
+        mirrored = np.flatnonzero(np.all(cb[:, :-1] == -cb[:, 1:], axis=0))
+        for j in mirrored[:2]:
+            with np.errstate(over="ignore"):
+                candidates.append(((cb[:, j + 1] * np.float32(2)).astype(np.float32), float(j) + 0.5))
+    for step, z in candidates:
+        step = np.ascontiguousarray(step, dtype=np.float32)
+        if not (np.all(np.isfinite(step)) and np.all(step > 0)):
+            continue
+        if np.array_equal(affine_table(step, z, k).view(np.uint32), cb.view(np.uint32)):
+            return step, z
+    return None
 
 
 def build_manifest(*, arch: dict[str, Any], quantized: dict[str, dict[str, Any]],
@@ -91,6 +148,7 @@ def build_manifest(*, arch: dict[str, Any], quantized: dict[str, dict[str, Any]]
     m: dict[str, Any] = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
+        "schema_minor": SCHEMA_MINOR,
         "arch": arch,
         "quantized": quantized,
         "float": floats,
@@ -116,6 +174,10 @@ def validate_manifest(m: Any, tensors: dict[str, tuple[str, tuple[int, ...]]]) -
     if type(version) is not int or version != SCHEMA_VERSION:
         raise _fail("manifest.schema_version", f"unsupported version {version!r:.40} (this reader knows {SCHEMA_VERSION})")
     _keys(m, TOP_REQUIRED, TOP_OPTIONAL, "manifest")
+    minor = _int(m.get("schema_minor", 0), "manifest.schema_minor", 0)
+    if minor > SCHEMA_MINOR:
+        raise _fail("manifest.schema_minor", f"file is {SCHEMA_VERSION}.{minor}, this reader knows up to "
+                                             f"{SCHEMA_VERSION}.{SCHEMA_MINOR}: upgrade subbit")  # fmt: skip
     _dict(m["arch"], "manifest.arch")
     if "extra" in m:
         _dict(m["extra"], "manifest.extra")
@@ -128,7 +190,7 @@ def validate_manifest(m: Any, tensors: dict[str, tuple[str, tuple[int, ...]]]) -
     for name, q in _dict(m["quantized"], "manifest.quantized").items():
         where = f"manifest.quantized[{name!r:.80}]"
         q = _dict(q, where)
-        _keys(q, QUANT_FIELDS, set(), where)
+        _keys(q, QUANT_FIELDS, QUANT_OPTIONAL, where)
         bits = _int(q["bits"], f"{where}.bits", 1, 8)
         shape = _shape(q["shape"], f"{where}.shape")
         if not shape or 0 in shape:
@@ -152,7 +214,13 @@ def validate_manifest(m: Any, tensors: dict[str, tuple[str, tuple[int, ...]]]) -
         _mu(q["mu"], f"{where}.mu")
         n, k = matrix_rows(shape)
         expected[name + IDX_SUFFIX] = ("U8", (n, row_bytes(k, bits)))
-        expected[name + CODEBOOK_SUFFIX] = ("F32", (groups, 1 << bits))
+        if codebook_kind(q, where) == "affine":
+            zero_index(q, where)
+            expected[name + STEP_SUFFIX] = ("F32", (groups,))
+        else:
+            if "zero_index" in q:
+                raise _fail(f"{where}.zero_index", "only an 'affine' codebook has a zero_index")
+            expected[name + CODEBOOK_SUFFIX] = ("F32", (groups, 1 << bits))
 
     for name, f in _dict(m["float"], "manifest.float").items():
         where = f"manifest.float[{name!r:.80}]"
@@ -192,3 +260,24 @@ def _mu(v: Any, where: str) -> None:
     for x in vals:
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
             raise _fail(where, f"expected null, a finite number or a list of them, got {x!r:.40}")
+
+
+def codebook_kind(q: dict[str, Any], where: str = "quantized tensor") -> str:
+    """``"table"`` (the default: files of minor version 0 have no field) or ``"affine"``."""
+    kind = q.get("codebook", "table")
+    if not isinstance(kind, str) or kind not in CODEBOOK_KINDS:
+        raise _fail(f"{where}.codebook", f"expected one of {list(CODEBOOK_KINDS)}, got {kind!r:.40}")
+    return kind
+
+
+def zero_index(q: dict[str, Any], where: str = "quantized tensor") -> int | float:
+    """The validated ``zero_index`` of an affine entry: an integer or half-integer in [0, 2**bits - 1]."""
+    if "zero_index" not in q:
+        raise _fail(where, "missing field(s) ['zero_index'] (needed by an 'affine' codebook)")
+    z = q["zero_index"]
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(z):
+        raise _fail(f"{where}.zero_index", f"expected a finite number, got {z!r:.40}")
+    top = (1 << q["bits"]) - 1
+    if not 0 <= z <= top or not float(2 * z).is_integer():
+        raise _fail(f"{where}.zero_index", f"{z!r:.40} is not a multiple of 0.5 in [0, {top}]")
+    return z

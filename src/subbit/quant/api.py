@@ -160,18 +160,26 @@ def regularization(model: nn.Module) -> Tensor:
     return total
 
 
-def codebook_bytes(quantizer: WeightQuantizer) -> int:
-    """Bytes of the codebooks as exported: int8 entries + one fp32 scale per group when the
-    quantizer emulates an int8 codebook, fp32 entries otherwise."""
+def codebook_bytes(quantizer: WeightQuantizer, weight: Tensor | None = None) -> int:
+    """Bytes of the codebooks as the exporter writes them (float32): one step per group when the
+    codebook is bit-exactly affine (``subbit.export.manifest.find_affine``: uniform grids), the
+    full ``[G, 2**bits]`` table otherwise. Telling the two apart needs the codebook, so pass the
+    latent ``weight``; without it the table size is returned (an upper bound)."""
     g, k = quantizer.num_groups, quantizer.levels
-    if getattr(quantizer, "int8_codebook", False):
-        return g * (k + 4)
+    if weight is not None:
+        from subbit.export.manifest import find_affine
+
+        with torch.no_grad():
+            _, cb = quantizer.encode(weight.detach())
+        if find_affine(cb.detach().to(torch.float32).cpu().numpy()) is not None:
+            return g * 4
     return g * k * 4
 
 
-def packed_bytes(quantizer: WeightQuantizer) -> int:
+def packed_bytes(quantizer: WeightQuantizer, weight: Tensor | None = None) -> int:
+    """``ceil(numel * bits / 8)`` index bytes + :func:`codebook_bytes` (same ``weight`` rule)."""
     numel = math.prod(quantizer.shape)
-    return math.ceil(numel * quantizer.bits / 8) + codebook_bytes(quantizer)
+    return math.ceil(numel * quantizer.bits / 8) + codebook_bytes(quantizer, weight)
 
 
 @dataclass
@@ -243,7 +251,7 @@ def report(model: nn.Module) -> QuantReport:
         rows.append(ReportRow(
             name=qt.name, method=q.method, bits=q.bits, groups=q.num_groups, numel=w.numel(),
             tau=None if tau is None else float(tau), hardness=float(q.hardness(w)), rmse=rmse,
-            packed_bytes=packed_bytes(q),
+            packed_bytes=packed_bytes(q, w),
         ))
     float_bytes = sum(
         p.numel() * p.element_size() for n, p in model.named_parameters() if ".subbit_quant." not in f".{n}"

@@ -310,3 +310,32 @@ def build_corpus(out: str | os.PathLike, opts: BuildOptions, jobs: int = 2, prog
     atomic_write_text(out / "corpus.json", json.dumps(summary, indent=2) + "\n")
     summary["cached"] = False
     return summary
+
+
+def write_commands_view(src: str | os.PathLike, dst: str | os.PathLike,
+                        open_sentences: set[str] | None = None) -> dict[str, int]:
+    """Copy ``src``'s manifests to ``dst`` without the open (fortune) sentences; no new audio.
+
+    Why: about a third of the quick test words come from fortunes, an open vocabulary that 1,500
+    training sentences cannot teach, so the command-only view measures what a short run can learn
+    (and training on it spends no steps on unlearnable text). Audio paths point back into
+    ``src`` (relative when possible). Returns utterances kept per split.
+    """
+    src_p, dst_p = Path(src), Path(dst)
+    if src_p.resolve() == dst_p.resolve():
+        raise ValueError(f"dst must differ from src ({src_p})")
+    drop = set(grammar.fortune_sentences()) if open_sentences is None else open_sentences
+    from subbit.asr.data import read_manifest
+
+    kept: dict[str, int] = {}
+    dst_p.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        manifest = src_p / f"{split}.jsonl"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest} not found (is {src_p} a corpus?)")
+        utts = [u for u in read_manifest(manifest) if u.text not in drop]
+        for u in utts:
+            u.audio = os.path.relpath(u.audio, dst_p.resolve())
+        write_manifest(dst_p / f"{split}.jsonl", utts)
+        kept[split] = len(utts)
+    return kept
