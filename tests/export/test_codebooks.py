@@ -49,12 +49,12 @@ QAT8 = {"method": "uniform", "bits": 8, "granularity": "channel"}
 
 # -- detection ---------------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 8), st.integers(1, 5), st.floats(1e-6, 1e3), st.integers(0, 2**31))
+@given(st.integers(2, 8), st.integers(1, 5), st.floats(1e-6, 1e3), st.integers(0, 2**31))
 def test_affine_tables_are_found_and_rebuilt_bit_for_bit(bits: int, groups: int, scale: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     step = (rng.uniform(0.1, 1.0, groups) * scale).astype(np.float32)
     k = 1 << bits
-    z: float = 0.5 if bits == 1 else k // 2  # the symmetric uniform grids
+    z = int(rng.integers(0, k))
     table = affine_table(step, z, k)
     got = find_affine(table)
     assert got is not None
@@ -72,10 +72,11 @@ def test_non_affine_codebooks_keep_tables() -> None:
     assert find_affine(-grid) is None  # negative step
     assert find_affine(np.zeros((2, 4), np.float32)) is None  # step 0
     assert find_affine(grid.astype(np.float64)) is None  # only float32 tables
+    assert find_affine(np.array([[-0.5, 0.5]], np.float32)) is None  # no zero level: 1-bit stays a table
 
 
 def test_uniform_baseline_codebooks_are_affine_gq_ones_are_not() -> None:
-    for bits in (1, 2, 4, 8):
+    for bits in (2, 4, 8):
         for gran in ("tensor", "channel"):
             m = converted({"method": "uniform", "bits": bits, "granularity": gran})
             for qt in q.quantized_tensors(m):
@@ -131,11 +132,11 @@ def test_low_bit_uniform_file_is_below_int8_and_tables_are_larger(tmp_path: Path
             np.testing.assert_array_equal(kernels.packed_linear(x, pt), kernels.packed_linear(x, b.packed[name]))
 
 
-def test_one_bit_uniform_uses_a_half_zero_index(tmp_path: Path) -> None:
+def test_one_bit_uniform_keeps_tables_and_round_trips(tmp_path: Path) -> None:
     model = converted({"method": "uniform", "bits": 1, "granularity": "channel"})
     export_model(model, tmp_path / "u1.subbit", arch={})
     manifest, state = load_dequantized(tmp_path / "u1.subbit")
-    assert {e["zero_index"] for e in manifest["quantized"].values()} == {0.5}
+    assert {e["codebook"] for e in manifest["quantized"].values()} == {"table"}
     for qt in q.quantized_tensors(model):
         assert torch.equal(state[qt.name], getattr(qt.module, qt.param_name).detach())
 
@@ -214,11 +215,11 @@ def _entry(m: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda m: _entry(m).update(zero_index=8), r"zero_index: 8 is not a multiple of 0.5 in \[0, 7\]"),
-        (lambda m: _entry(m).update(zero_index=-1), "zero_index"),
-        (lambda m: _entry(m).update(zero_index=2.25), "multiple of 0.5"),
-        (lambda m: _entry(m).update(zero_index=True), "zero_index: expected a finite number"),
-        (lambda m: _entry(m).update(zero_index="4"), "zero_index: expected a finite number"),
+        (lambda m: _entry(m).update(zero_index=8), r"zero_index: 8 outside \[0, 7\]"),
+        (lambda m: _entry(m).update(zero_index=-1), r"zero_index: -1 outside"),
+        (lambda m: _entry(m).update(zero_index=2.0), "zero_index: expected an integer"),
+        (lambda m: _entry(m).update(zero_index=True), "zero_index: expected an integer"),
+        (lambda m: _entry(m).update(zero_index="4"), "zero_index: expected an integer"),
         (lambda m: _entry(m).pop("zero_index"), "zero_index"),
         (lambda m: _entry(m).update(codebook="lut"), "codebook: expected one of"),
         (lambda m: _entry(m).update(codebook="table"), "only an 'affine' codebook has a zero_index"),

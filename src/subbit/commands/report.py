@@ -81,12 +81,14 @@ def report_run(run_dir: str | Path, which: str = "final") -> dict[str, Any]:
 def report_subbit(path: str | Path) -> dict[str, Any]:
     """Per-tensor rows of a ``.subbit`` file from its validated manifest and payload."""
     from subbit.export.container import read_container
-    from subbit.export.manifest import CODEBOOK_SUFFIX, IDX_SUFFIX, TOKENIZER_TENSOR
+    from subbit.export.manifest import CODEBOOK_SUFFIX, IDX_SUFFIX, STEP_SUFFIX, TOKENIZER_TENSOR
 
     manifest, arrays = read_container(path)
     tensors: list[dict[str, Any]] = []
     for name, q in manifest["quantized"].items():
-        nbytes = int(arrays[name + IDX_SUFFIX].nbytes + arrays[name + CODEBOOK_SUFFIX].nbytes)
+        # a codebook is stored either as a table or, when evenly spaced, as one step per group
+        parts = (IDX_SUFFIX, CODEBOOK_SUFFIX, STEP_SUFFIX)
+        nbytes = sum(int(arrays[name + sfx].nbytes) for sfx in parts if name + sfx in arrays)
         tensors.append({"name": name, "kind": "quantized", "method": q["method"], "bits": q["bits"],
                         "groups": q["groups"], "shape": list(q["shape"]), "numel": q["count"],
                         "rows": int(q["shape"][0]) if q["shape"] else 1, "mu": q.get("mu"), "bytes": nbytes})

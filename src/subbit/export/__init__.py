@@ -9,16 +9,25 @@ from subbit.export.container import (
     ExportSummary,
     PackedModel,
     TensorBytes,
+    codebook_table,
     export_model,
     load_dequantized,
     load_packed,
     read_container,
     write_packed,
 )
-from subbit.export.manifest import FORMAT, SCHEMA_VERSION, SubbitFormatError
+from subbit.export.manifest import (
+    FORMAT,
+    SCHEMA_MINOR,
+    SCHEMA_VERSION,
+    SubbitFormatError,
+    affine_table,
+    find_affine,
+)
 
 __all__ = [
-    "FORMAT", "PACKING", "SCHEMA_VERSION", "ExportSummary", "PackedModel", "PackedTensor", "SubbitFormatError",
-    "TensorBytes", "export_model", "int8_codebook", "load_dequantized", "load_packed", "pack", "pack_rows",
-    "read_container", "unpack", "unpack_rows", "write_packed",
+    "FORMAT", "PACKING", "SCHEMA_MINOR", "SCHEMA_VERSION", "ExportSummary", "PackedModel", "PackedTensor",
+    "SubbitFormatError", "TensorBytes", "affine_table", "codebook_table", "export_model", "find_affine",
+    "int8_codebook", "load_dequantized", "load_packed", "pack", "pack_rows", "read_container", "unpack",
+    "unpack_rows", "write_packed",
 ]  # fmt: skip

@@ -83,7 +83,7 @@ TOP_OPTIONAL = {"extra", "created_by", "schema_minor"}
 
 
 def quant_entry(bits: int, shape: tuple[int, ...], groups: int, granularity: str, method: str,
-                mu: float | list[float] | None, zero_index: int | float | None = None) -> dict[str, Any]:  # fmt: skip
+                mu: float | list[float] | None, zero_index: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Manifest record of one quantized tensor; ``zero_index`` given = affine codebook."""
     count = math.prod(shape) if shape else 1
     entry: dict[str, Any] = {
@@ -93,12 +93,12 @@ def quant_entry(bits: int, shape: tuple[int, ...], groups: int, granularity: str
     }  # fmt: skip
     if zero_index is not None:
         entry["codebook"] = "affine"
-        entry["zero_index"] = int(zero_index) if float(zero_index).is_integer() else float(zero_index)
+        entry["zero_index"] = int(zero_index)
     return entry
 
 
 # -- affine codebooks ------------------------------------------------------------------------------
-def affine_table(step: np.ndarray, zero_index: int | float, k: int) -> np.ndarray:
+def affine_table(step: np.ndarray, zero_index: int, k: int) -> np.ndarray:
     """The ``[G, k]`` float32 table of an affine codebook: ``step[g] * (j - zero_index)``.
 
     Writer and loaders both use exactly this float32 expression, so a codebook the writer
@@ -110,12 +110,13 @@ def affine_table(step: np.ndarray, zero_index: int | float, k: int) -> np.ndarra
         return (s * levels[None, :]).astype(np.float32)
 
 
-def find_affine(codebook: np.ndarray) -> tuple[np.ndarray, int | float] | None:
+def find_affine(codebook: np.ndarray) -> tuple[np.ndarray, int] | None:
     """``(step [G] float32, zero_index)`` if ``codebook`` ``[G, K]`` is exactly (bit for bit)
     :func:`affine_table` of them with every step finite and > 0; else None.
 
-    ``zero_index`` is an integer (a level is 0, e.g. symmetric uniform ``-2**(b-1)..2**(b-1)-1``)
-    or a half-integer (no zero level, e.g. 1-bit ``{-step, +step}`` = ``2 step * (j - 0.5)``).
+    Column ``zero_index`` must be 0 in every group (symmetric uniform grids
+    ``-2**(b-1) .. 2**(b-1) - 1``: z = 2**(b-1)). Codebooks without a zero level, such as 1-bit
+    ``{-step, +step}``, stay tables (2 floats per group instead of 1).
     """
     cb = np.asarray(codebook)
     if cb.dtype != np.float32 or cb.ndim != 2 or cb.shape[1] < 2 or cb.shape[0] < 1:
@@ -124,21 +125,14 @@ def find_affine(codebook: np.ndarray) -> tuple[np.ndarray, int | float] | None:
         return None
     k = cb.shape[1]
     zero_cols = np.flatnonzero(np.all(cb == 0, axis=0))
-    candidates: list[tuple[np.ndarray, int | float]] = []
-    if zero_cols.size == 1:
-        z = int(zero_cols[0])
-        candidates.append((cb[:, z + 1] if z + 1 < k else -cb[:, z - 1], z))
-    elif zero_cols.size == 0:
-        mirrored = np.flatnonzero(np.all(cb[:, :-1] == -cb[:, 1:], axis=0))
-        for j in mirrored[:2]:
-            with np.errstate(over="ignore"):
-                candidates.append(((cb[:, j + 1] * np.float32(2)).astype(np.float32), float(j) + 0.5))
-    for step, z in candidates:
-        step = np.ascontiguousarray(step, dtype=np.float32)
-        if not (np.all(np.isfinite(step)) and np.all(step > 0)):
-            continue
-        if np.array_equal(affine_table(step, z, k).view(np.uint32), cb.view(np.uint32)):
-            return step, z
+    if zero_cols.size != 1:
+        return None
+    z = int(zero_cols[0])
+    step = np.ascontiguousarray(cb[:, z + 1] if z + 1 < k else -cb[:, z - 1], dtype=np.float32)
+    if not np.all(step > 0):
+        return None
+    if np.array_equal(affine_table(step, z, k).view(np.uint32), cb.view(np.uint32)):
+        return step, z
     return None
 
 
@@ -270,14 +264,8 @@ def codebook_kind(q: dict[str, Any], where: str = "quantized tensor") -> str:
     return kind
 
 
-def zero_index(q: dict[str, Any], where: str = "quantized tensor") -> int | float:
-    """The validated ``zero_index`` of an affine entry: an integer or half-integer in [0, 2**bits - 1]."""
+def zero_index(q: dict[str, Any], where: str = "quantized tensor") -> int:
+    """The validated ``zero_index`` of an affine entry: an integer in [0, 2**bits - 1]."""
     if "zero_index" not in q:
         raise _fail(where, "missing field(s) ['zero_index'] (needed by an 'affine' codebook)")
-    z = q["zero_index"]
-    if isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(z):
-        raise _fail(f"{where}.zero_index", f"expected a finite number, got {z!r:.40}")
-    top = (1 << q["bits"]) - 1
-    if not 0 <= z <= top or not float(2 * z).is_integer():
-        raise _fail(f"{where}.zero_index", f"{z!r:.40} is not a multiple of 0.5 in [0, {top}]")
-    return z
+    return _int(q["zero_index"], f"{where}.zero_index", 0, (1 << q["bits"]) - 1)
