@@ -855,6 +855,12 @@ def _write_final(model: nn.Module, paths: RunPaths, cfg: TrainConfig) -> None:
     A CTC head is training-only: it is left out of final.pt and of config.json's model config,
     so evaluation, export and the runtime see the plain transducer. Checkpoints keep it (resume).
     """
+    if cfg.quant:  # on the prepared model itself (a QAT run from scratch also lists the CTC head)
+        import subbit.quant as sq
+
+        sq.convert(model)
+        report = sq.report(model)
+        (paths.root / "quant_report.txt").write_text(str(report) + "\n")
     if getattr(model, "ctc_head", None) is not None and hasattr(model, "without_ctc"):
         from subbit.asr.checkpoint import atomic_write_json
 
@@ -862,10 +868,4 @@ def _write_final(model: nn.Module, paths: RunPaths, cfg: TrainConfig) -> None:
         config = json.loads(paths.config.read_text())
         config["model"] = model.config
         atomic_write_json(paths.config, config)
-    if cfg.quant:
-        import subbit.quant as sq
-
-        sq.convert(model)
-        report = sq.report(model)
-        (paths.root / "quant_report.txt").write_text(str(report) + "\n")
     atomic_torch_save(model.state_dict(), paths.final)
