@@ -180,17 +180,9 @@ def stage_eval_gq(ctx: DemoContext) -> None:
 
 def stage_export(ctx: DemoContext) -> None:
     """Write the bit-packed .subbit file and read it back through the validating loader."""
-    from subbit.asr.checkpoint import load_run
-    from subbit.export import export_model, load_packed
+    from subbit.commands.export import export_run
 
-    loaded = load_run(ctx.gq_run, "final")
-    extra = {"features": loaded.config.get("features"), "quant": loaded.config.get("quant")}
-    summary = export_model(
-        loaded.model, ctx.subbit_file, arch=dict(loaded.model.config),
-        tokenizer_bytes=loaded.tokenizer.to_bytes(), extra=extra,
-        tokenizer_kind=str(getattr(loaded.tokenizer, "kind", "bytes")),
-    )
-    load_packed(ctx.subbit_file)
+    summary = export_run(ctx.gq_run, ctx.subbit_file)
     _say(f"export: {ctx.subbit_file} ({summary.file_bytes:,} bytes)")
     ctx.summary["subbit_bytes"] = summary.file_bytes
     ctx.summary["fp32_bytes"] = summary.fp32_bytes
