@@ -33,6 +33,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
     return root
 
 
+@pytest.mark.slow
 def test_report_of_a_quantized_run_lists_every_tensor(runs, tmp_path, capsys) -> None:
     from subbit.asr.checkpoint import load_run
     import subbit.quant as sq
@@ -60,6 +61,7 @@ def test_report_of_a_quantized_run_lists_every_tensor(runs, tmp_path, capsys) ->
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_report_of_a_subbit_file_matches_the_run(runs, capsys) -> None:
     capsys.readouterr()
     assert cli.main(["report", str(runs / "q.subbit")]) == 0
@@ -79,6 +81,7 @@ def test_report_of_a_subbit_file_matches_the_run(runs, capsys) -> None:
     assert tot["params"] == rep_run["totals"]["params"]
 
 
+@pytest.mark.slow
 def test_report_of_an_fp32_run_and_bad_targets(runs, tmp_path, capsys) -> None:
     rep = report_run(runs / "fp32")
     assert not rep["quantized"] and all(t["bits"] is None for t in rep["tensors"])

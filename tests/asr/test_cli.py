@@ -32,6 +32,7 @@ def fp32_run(corpus, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_cli_writes_run_and_dev_evals(fp32_run) -> None:
     paths = RunPaths(fp32_run)
     assert paths.final.is_file() and paths.best.is_file()
@@ -39,6 +40,7 @@ def test_train_cli_writes_run_and_dev_evals(fp32_run) -> None:
     assert len(paths.eval_log.read_text().splitlines()) == 3  # header + steps 2 and 4
 
 
+@pytest.mark.slow
 def test_eval_cli_writes_contract_json_and_errors(fp32_run, corpus, tmp_path, capsys) -> None:
     out, errs = tmp_path / "eval.json", tmp_path / "errors.tsv"
     code = cli.main(["eval", str(fp32_run), "--data", str(corpus), "--split", "test_heldout", "--json", str(out),
@@ -56,6 +58,7 @@ def test_eval_cli_writes_contract_json_and_errors(fp32_run, corpus, tmp_path, ca
     assert "test_heldout: WER" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_eval_cli_limit_beam_streaming_and_default_data(fp32_run, tmp_path) -> None:
     out = tmp_path / "e.json"
     assert cli.main(["eval", str(fp32_run), "--split", "dev", "--limit", "2", "--method", "beam", "--beam", "2",
@@ -67,11 +70,13 @@ def test_eval_cli_limit_beam_streaming_and_default_data(fp32_run, tmp_path) -> N
     assert json.loads(out.read_text())["streaming"] is True
 
 
+@pytest.mark.slow
 def test_eval_cli_bad_split_is_a_clear_error(fp32_run, capsys) -> None:
     assert cli.main(["eval", str(fp32_run), "--split", "nope"]) == 2
     assert "nope.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_cli_needs_only_out(fp32_run, corpus, tmp_path) -> None:
     out = tmp_path / "r"
     base = ["train", "--model", "rnnt", "--preset", "tiny", "--data", str(corpus), "--out", str(out),
@@ -82,6 +87,7 @@ def test_resume_cli_needs_only_out(fp32_run, corpus, tmp_path) -> None:
     assert load_checkpoint(RunPaths(out).last)["step"] == 4 and RunPaths(out).final.is_file()
 
 
+@pytest.mark.slow
 def test_quantize_cli(fp32_run, tmp_path) -> None:
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"default": {"method": "gq", "bits": 4}, "rules": {"Embedding": None}}))
@@ -97,6 +103,7 @@ def test_quantize_cli(fp32_run, tmp_path) -> None:
     assert json.loads(out.read_text())["quantized"] is True
 
 
+@pytest.mark.slow
 def test_quantize_refuses_a_quantized_run(tmp_path, fp32_run, capsys) -> None:
     run = tmp_path / "fake"
     run.mkdir()
@@ -107,6 +114,7 @@ def test_quantize_refuses_a_quantized_run(tmp_path, fp32_run, capsys) -> None:
     assert "already quantized" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_runs_its_stages(corpus, tmp_path, monkeypatch, capsys) -> None:
     from subbit.commands import demo
 

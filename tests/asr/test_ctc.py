@@ -77,6 +77,7 @@ def test_without_ctc_shares_modules_and_drops_the_head() -> None:
     d.load_state_dict(m.state_dict())  # a training checkpoint loads into the deployable model
 
 
+@pytest.mark.slow
 def test_training_run_keeps_the_head_out_of_final_and_config(tmp_path) -> None:
     corpus = make_dummy_corpus(tmp_path / "corpus", n_train=8, n_eval=2)
     cfg = TrainConfig(data=str(corpus), out=str(tmp_path / "run"), model="rnnt", preset="tiny", steps=3,

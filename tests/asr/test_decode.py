@@ -90,6 +90,7 @@ def test_beam_search_is_exact_with_a_wide_beam(seed: int) -> None:
     assert modified_beam_search(m, enc, enc_lens, beam=1) != [want]  # a case greedy gets wrong
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_decode_batch_restores_mode_and_matches(method: str) -> None:
     m = _model("conformer", seed=4)

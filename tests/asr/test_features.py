@@ -89,6 +89,7 @@ def test_global_stats_normalise():
 
 
 # ----------------------------------------------------------------------------- augmentation
+@pytest.mark.slow
 def test_specaugment_only_in_train_mode():
     sa = SpecAugment(freq_masks=2, freq_width=10, time_masks=2, time_width=20, max_time_ratio=0.5, seed=1)
     x = torch.randn(2, 100, 40) + 5

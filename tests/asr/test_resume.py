@@ -39,6 +39,7 @@ def _losses(out) -> list[float]:
     return [r["loss"] for r in read_log(RunPaths(out).log)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quant", [False, True], ids=["fp32", "gq"])
 def test_resume_gives_identical_losses(corpus, tmp_path, quant) -> None:
     extra = {}
@@ -60,11 +61,13 @@ def test_resume_gives_identical_losses(corpus, tmp_path, quant) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_without_checkpoint_is_an_error(corpus, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(cfg(corpus, tmp_path / "none", resume=True))
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_redoes_the_lost_steps(corpus, tmp_path) -> None:
     out = tmp_path / "run"
     paths = RunPaths(out)
@@ -122,6 +125,7 @@ def test_run_config_errors_name_file_and_field(tmp_path) -> None:
     assert run_dir_of(tmp_path / "checkpoints" / "last.pt") == tmp_path
 
 
+@pytest.mark.slow
 def test_loader_workers_change_nothing_but_speed(corpus, tmp_path) -> None:
     train(cfg(corpus, tmp_path / "w0", steps=4))
     train(cfg(corpus, tmp_path / "w1", steps=4, num_workers=1))

@@ -27,6 +27,7 @@ def tiny(corpus, out, **kw) -> TrainConfig:
     return TrainConfig(**args)
 
 
+@pytest.mark.slow
 def test_train_writes_the_run_directory(corpus, tmp_path) -> None:
     result = train(tiny(corpus, tmp_path / "run"))
     paths = RunPaths(tmp_path / "run")
@@ -47,18 +48,21 @@ def test_train_writes_the_run_directory(corpus, tmp_path) -> None:
     assert set(ckpt["rng"]) >= {"python", "numpy", "torch"} and set(ckpt["data"]) == {"epoch", "index"}
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_a_run(corpus, tmp_path) -> None:
     train(tiny(corpus, tmp_path / "run", steps=2))
     with pytest.raises(ValueError, match="already holds a run"):
         train(tiny(corpus, tmp_path / "run", steps=2))
 
 
+@pytest.mark.slow
 def test_loss_goes_down(corpus, tmp_path) -> None:
     train(tiny(corpus, tmp_path / "run", steps=40, lr=5e-3, warmup_steps=4, ckpt_every=0, augment=False))
     losses = [r["loss"] for r in read_log(RunPaths(tmp_path / "run").log)]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path) -> None:
     def poison(step: int, loss: torch.Tensor) -> torch.Tensor:
         return loss * float("nan") if step == 5 else loss
@@ -73,6 +77,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path) -> None
     assert max(int(r["step"]) for r in read_log(paths.log)) == 4
 
 
+@pytest.mark.slow
 def test_nan_guard_cli_exit_code(corpus, tmp_path, monkeypatch, capsys) -> None:
     import subbit.asr.train as train_mod
     from subbit import cli
@@ -103,6 +108,7 @@ def test_config_validation_names_the_field(corpus, tmp_path) -> None:
         train(tiny(tmp_path / "nowhere", tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_time_budget_sets_total_steps(corpus, tmp_path) -> None:
     result = train(tiny(corpus, tmp_path / "run", steps=None, minutes=0.03, calib_steps=4))
     assert result.stopped in ("done", "time")
@@ -116,6 +122,7 @@ def _gq_rules(path, bits: int = 2):
     return path
 
 
+@pytest.mark.slow
 def test_qat_anneals_and_writes_converted_final(corpus, tmp_path) -> None:
     import subbit.quant as sq
 
@@ -137,6 +144,7 @@ def test_qat_anneals_and_writes_converted_final(corpus, tmp_path) -> None:
     assert n > 0
 
 
+@pytest.mark.slow
 def test_load_run_round_trip(corpus, tmp_path) -> None:
     import subbit.quant as sq
 
@@ -164,3 +172,47 @@ def test_load_run_errors(tmp_path) -> None:
         load_run(tmp_path)
     with pytest.raises(ValueError, match="which"):
         load_run(tmp_path, which="middle")
+
+
+def test_lr_schedule_rebases_to_a_new_total_without_rising() -> None:
+    sched = LRSchedule(peak=1.0, warmup=5, total=100, final_ratio=0.1)
+    lrs = [sched(s) for s in range(40)]
+    sched.set_total(60, 40)  # the run got slower: fewer steps than first thought
+    lrs += [sched(s) for s in range(40, 55)]
+    sched.set_total(80, 55)  # ... then faster again
+    lrs += [sched(s) for s in range(55, 81)]
+    after_warmup = lrs[5:]
+    assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:]))
+    assert lrs[80] == pytest.approx(0.1) and lrs[79] > 0.1
+    state = sched.state_dict()
+    again = LRSchedule(peak=1.0, warmup=5)
+    again.load_state_dict(state)
+    assert [again(s) for s in range(55, 81)] == lrs[55:]
+    with pytest.raises(ValueError, match="unknown key"):
+        again.load_state_dict({"bogus": 1})
+
+
+@pytest.mark.slow
+def test_qat_time_budget_holds_when_steps_get_slower(corpus, tmp_path) -> None:
+    """The estimate made at the start is corrected: a run whose steps turn 5x slower half-way
+    still ends within 10% of its budget, and the anneal still reaches tau_end."""
+    import time
+
+    rules = _gq_rules(tmp_path / "rules.json")
+    budget_min = 0.06  # 3.6 s
+    start = time.perf_counter()
+
+    def slower_later(step: int, loss: torch.Tensor) -> torch.Tensor:
+        # fixed sleeps dominate the tiny model's step time, so the slow-down is real on any machine
+        time.sleep(0.01 if time.perf_counter() - start < budget_min * 60 / 3 else 0.05)
+        return loss
+
+    out = tmp_path / "qrun"
+    result = train(tiny(corpus, out, steps=None, minutes=budget_min, quant=str(rules), calib_steps=4,
+                        reestimate_every=5, ckpt_every=0, tau_end=1e-3), loss_hook=slower_later)
+    assert result.stopped == "done" and result.steps == result.total_steps
+    assert result.elapsed <= 1.1 * budget_min * 60, result
+    rows = read_log(RunPaths(out).log)
+    taus = [r["tau"] for r in rows]
+    assert taus[-1] == pytest.approx(1e-3)
+    assert all(a >= b - 1e-12 for a, b in zip(taus, taus[1:]))

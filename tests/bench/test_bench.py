@@ -163,14 +163,21 @@ def test_options_are_validated() -> None:
 def test_peak_rss_reset() -> None:
     if not memory.reset_peak_rss():
         pytest.skip("/proc/self/clear_refs not writable here")
+    import mmap
+
     before = memory.hwm_bytes()
-    buf = np.ones(20_000_000 // 8)  # 20 MB touched
+    # fresh pages from the kernel: a NumPy array could reuse heap memory that earlier tests
+    # freed but glibc kept resident, which would not raise RSS at all
+    buf = mmap.mmap(-1, 20_000_000)
+    for off in range(0, len(buf), mmap.PAGESIZE):
+        buf[off] = 1  # touch every page: 20 MB resident
     assert memory.hwm_bytes() >= before + 15_000_000
-    del buf
+    buf.close()
     assert memory.reset_peak_rss()
     assert memory.hwm_bytes() <= memory.current_rss_bytes() + (1 << 20)
 
 
+@pytest.mark.slow
 def test_cli_bench_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     rc = cli.main(["bench", "--preset", "tiny-conformer", "--quick", "--bits", "4", "--baselines", "fp32",

@@ -85,6 +85,7 @@ def test_ablations_change_one_knob_and_share_the_reference() -> None:
         ablation_recipes("nope")
 
 
+@pytest.mark.slow
 def test_compare_writes_rows_table_plots_and_resumes(corpus, tmp_path, monkeypatch) -> None:
     out = tmp_path / "cmp"
     cfg = tiny_cfg(corpus, out, splits=("test_seen", "test_heldout"))
@@ -129,6 +130,7 @@ def test_compare_writes_rows_table_plots_and_resumes(corpus, tmp_path, monkeypat
         run_compare(tiny_cfg(corpus, out, steps=3), parse_recipes("gq4"))
 
 
+@pytest.mark.slow
 def test_a_killed_recipe_resumes_and_a_new_split_is_only_evaluated(corpus, tmp_path, monkeypatch) -> None:
     import subbit.experiments.compare as cmp
 
@@ -162,6 +164,7 @@ def test_a_killed_recipe_resumes_and_a_new_split_is_only_evaluated(corpus, tmp_p
     assert both.rows[1]["wer"]["test_heldout"] is not None
 
 
+@pytest.mark.slow
 def test_cli_ablation_and_list(corpus, tmp_path, capsys) -> None:
     assert cli.main(["compare", "--list"]) == 0
     listed = capsys.readouterr().out
@@ -178,6 +181,7 @@ def test_cli_ablation_and_list(corpus, tmp_path, capsys) -> None:
     assert "gq4-abs-lin" in (out / "ablation-distance.md").read_text()
 
 
+@pytest.mark.slow
 def test_cli_errors_name_the_problem(corpus, tmp_path, capsys) -> None:
     rc = cli.main(["compare", "--data", str(corpus), "--out", str(tmp_path / "o"), "--steps", "2",
                    "--split", "test_nope", "--fp32-steps", "1", "--recipes", "gq4"])
@@ -227,6 +231,7 @@ def test_deploy_bytes_counts_indices_codebooks_and_floats(tiny_model) -> None:
     assert deploy_bytes(sq.convert(m)) == expect
 
 
+@pytest.mark.slow
 def test_fine_tuning_inherits_the_fp32_runs_batch_and_augmentation(corpus, tmp_path) -> None:
     from subbit.asr.checkpoint import read_run_config
 

@@ -101,3 +101,42 @@ def test_bad_arguments_named(kwargs, name):
 def test_requires_prepared_model():
     with pytest.raises(ValueError, match="prepare"):
         GQScheduler(nn.Linear(2, 2), 10)
+
+
+@pytest.mark.parametrize("new_total", [40, 60, 160])
+def test_set_total_steps_keeps_tau_monotone_and_ends_at_the_new_total(new_total):
+    model = prepared()
+    sched = GQScheduler(model, total_steps=100, tau_start=1.0, tau_end=1e-3, anneal="linear", anneal_end=0.8)
+    taus = [sched.tau]
+    for _ in range(30):
+        sched.step()
+        taus.append(sched.tau)
+    before = sched.tau
+    sched.set_total_steps(new_total)
+    assert sched.tau == pytest.approx(before)  # no jump at the change
+    for _ in range(new_total - 30):
+        sched.step()
+        taus.append(sched.tau)
+    assert all(a >= b for a, b in zip(taus, taus[1:]))
+    # progress is linear from step 30 to the new end: tau_end at 80% of the overall progress
+    assert sched.progress_at(new_total) == pytest.approx(1.0) and taus[-1] == pytest.approx(1e-3)
+    assert taus[-2] == pytest.approx(1e-3)  # the hard tail is still there
+
+
+def test_rebased_schedule_round_trips_and_old_state_loads():
+    model = prepared()
+    sched = GQScheduler(model, total_steps=50)
+    for _ in range(10):
+        sched.step()
+    sched.set_total_steps(30)
+    state = sched.state_dict()
+    other = GQScheduler(model, total_steps=7)
+    other.load_state_dict(state)
+    assert [other.tau_at(s) for s in range(10, 31)] == [sched.tau_at(s) for s in range(10, 31)]
+    legacy = {k: v for k, v in state.items() if not k.startswith("rebase_")}
+    other.load_state_dict(legacy)  # a checkpoint from before rebasing: plain step / total
+    assert other.progress_at(15) == pytest.approx(15 / 30)
+    with pytest.raises(ValueError, match="rebase_progress"):
+        other.load_state_dict({**state, "rebase_progress": 1.5})
+    with pytest.raises(ValueError, match="total_steps"):
+        sched.set_total_steps(0)

@@ -7,15 +7,18 @@ resume, DDP) is shared, so fp32 and QAT runs differ only in what the config says
 
 Time budget (``minutes``): the first ``calib_steps`` steps are timed and the total number of
 steps is set from their speed, ``total = steps_done + remaining_time / sec_per_step * safety``,
-where ``sec_per_step`` is the time of an average batch at the measured audio throughput (batches
-differ in length, and with ``sortagrad_epochs`` the first ones are the shortest).
-The lr schedule and the GQ schedule then run over that total. An fp32 run re-estimates the total
-at every step (the shared machine's load changes) and stops when the time is up; a QAT run fixes
-the total once and always runs to it, because the
-temperature anneal must finish and the last ~15% must train the deployed hard weights, so its
-safety factor is lower (0.9) to absorb speed noise. The GQ scheduler covers the steps after
-calibration (``gq_start``), during which quantizers sit at ``tau_start``. With ``steps`` there is
-no calibration and the schedules cover all steps.
+where ``sec_per_step`` is the time of an average batch at the audio throughput of the last
+``RATE_WINDOW`` steps (batches differ in length, and with ``sortagrad_epochs`` the first ones
+are the shortest). The estimate is then corrected as training goes, because the shared
+machine's load changes and steps get slower: an fp32 run every step (and it stops when the time
+is up), a QAT run every ``reestimate_every`` steps (and it always runs to its current total,
+because the temperature anneal must finish and the last ~15% must train the deployed hard
+weights; its safety factor, 0.9, absorbs speed noise between corrections). A correction
+re-bases the lr cosine and the GQ anneal (``LRSchedule.set_total``,
+``GQScheduler.set_total_steps``): both go on from where they are and still end at the new
+total, so tau never rises again. The GQ scheduler covers the steps after calibration
+(``gq_start``), during which quantizers sit at ``tau_start``. With ``steps`` there is no
+calibration and the schedules cover all steps.
 
 Auxiliary CTC (``ctc_weight``, default 0.3): a fresh model gets a linear CTC head on its encoder
 and the loss ``rnnt + ctc_weight * ctc``. From scratch, RNN-T alone first learns a text-only
@@ -37,6 +40,7 @@ import math
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -63,6 +67,8 @@ log = logging.getLogger(__name__)
 
 ARCHS = ("rnnt", "conformer")
 PRESETS = ("tiny", "small", "paper")
+#: steps whose measured speed sets the time-budget estimate (recent load, not the start's)
+RATE_WINDOW = 50
 LOG_FIELDS = ("step", "epoch", "loss", "lr", "tau", "grad_norm", "audio_sec_per_sec", "wall_time")
 #: options that may differ when resuming (they do not change the result)
 SESSION_FIELDS = ("resume", "stop_after", "progress", "device", "threads", "eval_limit", "num_workers")
@@ -104,6 +110,7 @@ class TrainConfig:
     ckpt_every: int = 200
     keep_every: int = 0
     calib_steps: int = 20
+    reestimate_every: int = 50  # QAT with a time budget: correct the total every N steps
     tau_start: float = 1.0
     tau_end: float = 1e-3
     anneal: str = "exp"
@@ -135,6 +142,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
+        if isinstance(self.reestimate_every, bool) or not isinstance(self.reestimate_every, int) or self.reestimate_every < 1:
+            raise ValueError(f"reestimate_every: must be a positive integer, got {self.reestimate_every!r}")
         if not self.lr > 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
         if not self.grad_clip > 0:
@@ -174,20 +183,39 @@ class LRSchedule:
     warmup: int
     total: int | None = None
     final_ratio: float = 0.05
+    # where the last set_total re-based the cosine (a new total never raises the lr again)
+    rebase_step: int = 0
+    rebase_progress: float = 0.0
+
+    def progress(self, step: int) -> float:
+        if self.total is None:
+            return 0.0
+        s0 = max(self.warmup, self.rebase_step)
+        p0 = self.rebase_progress if self.rebase_step >= self.warmup else 0.0
+        return min(1.0, max(0.0, p0 + (1.0 - p0) * (step - s0) / max(1, self.total - s0)))
+
+    def set_total(self, total: int, step: int) -> None:
+        """A new run length at ``step``: the cosine goes on from where it is to the new end."""
+        if self.total is not None and step > self.warmup:
+            self.rebase_progress, self.rebase_step = self.progress(step), step
+        self.total = max(int(total), step + 1)
 
     def __call__(self, step: int) -> float:
         if self.warmup and step < self.warmup:
             return self.peak * (step + 1) / self.warmup
         if self.total is None:
             return self.peak
-        p = min(1.0, max(0.0, (step - self.warmup) / max(1, self.total - self.warmup)))
+        p = self.progress(step)
         return self.peak * (self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        known = set(asdict(self))
         for k, v in d.items():
+            if k not in known:
+                raise ValueError(f"lr schedule state: unknown key {k!r}")
             setattr(self, k, v)
 
 
@@ -660,6 +688,7 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
     session_steps = 0
     last_loss = float("nan")
     speeds: list[float] = []
+    recent: deque[tuple[float, float]] = deque(maxlen=RATE_WINDOW)  # (time, audio s) per step
     stopped = "done"
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not (dist.main and cfg.progress))
     ddp_model.train()
@@ -719,28 +748,28 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{lr:.2e}", tau=f"{tau:.2g}", xRT=f"{speed:.0f}")
 
-            # time budget: set the total number of steps from the measured speed; fp32 runs keep
-            # re-estimating it every step (the machine's load changes), QAT runs fix it once
-            if budget is not None and (total is None or not cfg.quant) and session_steps >= 2:
+            # time budget: set the total number of steps from the measured speed, then keep
+            # correcting it (the shared machine's load changes): fp32 runs every step, QAT runs
+            # every `reestimate_every` steps, with the lr cosine and the GQ anneal re-based so
+            # they still finish at the new total
+            if budget is not None and session_steps >= 2:
                 if session_steps == 2:
                     calib_t0, calib_audio = time.perf_counter(), 0.0
+                    recent.clear()
                 else:
                     calib_audio += audio_sec
-                if session_steps >= max(cfg.calib_steps, 3):
-                    calib_dt = time.perf_counter() - calib_t0
-                    sec_per_step = calib_dt / (session_steps - 2)
-                    mean_batch = stream.mean_batch_seconds()
-                    if mean_batch and calib_audio > 0:
-                        # batches differ in length (bucketing, curriculum): convert the measured
-                        # audio throughput into the time of an average batch
-                        sec_per_step = mean_batch * dist.world / (calib_audio / calib_dt)
+                recent.append((time.perf_counter(), audio_sec))
+                calibrated = session_steps >= max(cfg.calib_steps, 3)
+                due = total is None or not cfg.quant or (session_steps - 2) % cfg.reestimate_every == 0
+                if calibrated and due:
+                    sec_per_step = _seconds_per_step(recent, calib_t0, calib_audio, session_steps,
+                                                     stream.mean_batch_seconds(), dist.world)
                     safety = 0.9 if cfg.quant else 1.0
                     est = step + max(1, int((budget - elapsed) / sec_per_step * safety))
                     first = total is None
                     total = dist.broadcast_int(est)
-                    lr_sched.total = total
-                    bar.total = total
                     if first:
+                        lr_sched.total = total
                         # as with --steps, the warmup takes at most 10% of the run
                         lr_sched.warmup = min(lr_sched.warmup, max(step, total // 10))
                         log.info("time budget %.1f min: %.3f s/step -> about %d steps in all",
@@ -748,6 +777,12 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
                         if cfg.quant:
                             gq_start = step
                             gq = make_gq(total, gq_start)
+                    else:
+                        lr_sched.set_total(total, step)
+                        if gq is not None:
+                            gq.set_total_steps(max(1, total - gq_start))
+                        total = lr_sched.total
+                    bar.total = total
             if budget is not None and not cfg.quant and total is not None:
                 out_of_time = torch.tensor([1.0 if elapsed >= budget else 0.0], device=device)
                 if dist.all_reduce_(out_of_time, "max").item() > 0:
@@ -783,6 +818,25 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
             stopped, step, total, elapsed / 60, last_loss, mean_speed,
         )
     return TrainResult(paths.root, step, int(total or step), elapsed, last_loss, mean_speed, stopped)
+
+
+def _seconds_per_step(recent: deque[tuple[float, float]], calib_t0: float, calib_audio: float,
+                      session_steps: int, mean_batch: float | None, world: int) -> float:
+    """Expected seconds of one future step, from the last ``RATE_WINDOW`` steps' speed.
+
+    Batches differ in length (bucketing, curriculum), so the measured audio throughput is turned
+    into the time of an average batch; without batch lengths, the mean step time since
+    calibration began is used.
+    """
+    now = time.perf_counter()
+    if len(recent) >= 3:
+        span = recent[-1][0] - recent[0][0]
+        audio = sum(a for _, a in list(recent)[1:])
+        if mean_batch and span > 0 and audio > 0:
+            return mean_batch * world / (audio / span)
+    if mean_batch and calib_audio > 0:
+        return mean_batch * world / (calib_audio / (now - calib_t0))
+    return (now - calib_t0) / max(1, session_steps - 2)
 
 
 def _unwrap_config(model: nn.Module) -> dict[str, Any]:

@@ -64,6 +64,17 @@ def stage_corpus(ctx: DemoContext) -> None:
     ctx.summary["corpus"] = {
         split: {"utterances": s["utterances"], "hours": s["hours"]} for split, s in info["splits"].items()
     }
+    ctx.summary["corpus_engines"] = info.get("engines", {})
+    ctx.summary["corpus_open_sentences"] = int((info.get("options") or {}).get("open_sentences", 0))
+    _say("corpus: " + describe_corpus(ctx.summary["corpus_engines"], ctx.summary["corpus_open_sentences"]))
+
+
+def describe_corpus(engines: dict[str, list[str]], open_sentences: int) -> str:
+    """One line naming the engines, their voices and the text sources: results depend on them."""
+    parts = [f"{eng} ({len(vs)} voice{'s' if len(vs) != 1 else ''}: {', '.join(vs)})" for eng, vs in engines.items()]
+    text = (f"grammar commands + {open_sentences:,} open fortune sentences" if open_sentences
+            else "grammar commands only (no Debian fortunes: no open sentences)")
+    return "engines " + ("; ".join(parts) or "none") + "; text: " + text
 
 
 #: the fp32 recipe of the demo, tuned for a few CPU minutes on the quick corpus (runs/ measured
@@ -233,6 +244,8 @@ STAGES: list[Callable[[DemoContext], None]] = [
 
 def format_summary(s: dict[str, Any]) -> str:
     lines = ["", "=== subbit demo: summary ==="]
+    if "corpus_engines" in s:
+        lines.append(f"corpus           {describe_corpus(s['corpus_engines'], s.get('corpus_open_sentences', 0))}")
     if "params" in s:
         lines.append(f"model            rnnt, {s['params'] / 1e6:.2f}M params, {s['fp32_mb']:.2f} MB fp32")
     if "train_minutes" in s:

@@ -3,7 +3,8 @@
 :mod:`subbit.quant.soft_table` calls :func:`table_forward` / :func:`table_backward` for
 contiguous float32 CPU tensors when :func:`available`; otherwise (library not built, CUDA,
 float64) it runs its PyTorch ops. A missing library is reported once with a logging warning.
-``SUBBIT_NATIVE=0`` in the environment disables the C path (for before/after timings).
+``SUBBIT_NATIVE=0`` in the environment disables the C path (for before/after timings);
+``SUBBIT_KERNEL=portable`` keeps it on its portable C loop (as for the runtime kernels).
 
 No Python or torch headers are involved: the C functions take raw pointers
 (``tensor.data_ptr()``), so every tensor passed here must be contiguous, on the CPU and of the
@@ -65,6 +66,9 @@ def _load() -> ctypes.CDLL | None:
                     "PyTorch ops", path, exc)
         return None
     _lib = lib
+    if os.environ.get("SUBBIT_KERNEL", "").strip().lower() in ("portable", "c"):
+        # one switch for every dispatching library: the suite can run on the portable paths
+        lib.subbit_native_set_isa(1)
     return lib
 
 

@@ -66,11 +66,31 @@ class GQScheduler:
         self.quant_every = quant_every
         self.quant_mode = quant_mode
         self.step_count = 0
+        # progress through the run is piecewise linear: (rebase_step, rebase_progress) is where
+        # the last set_total_steps left it, so a new total never moves tau backwards
+        self.rebase_step, self.rebase_progress = 0, 0.0
         self._apply(project=False)
+
+    def progress_at(self, step: int) -> float:
+        """Fraction of the run done after ``step`` steps (``step / total_steps`` unless rebased)."""
+        s0, p0 = self.rebase_step, self.rebase_progress
+        return min(1.0, p0 + (1.0 - p0) * max(0, step - s0) / max(1, self.total_steps - s0))
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Change the run's length mid-way (a time budget re-estimated from the measured speed).
+
+        The anneal continues from where it is and now ends at the new total: tau stays monotone
+        and still reaches ``tau_end`` at ``anneal_end`` of the way, whatever the new length.
+        """
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps: expected an integer >= 1, got {total_steps!r}")
+        self.rebase_progress = self.progress_at(self.step_count)
+        self.rebase_step = self.step_count
+        self.total_steps = max(total_steps, self.step_count + 1)
 
     def tau_at(self, step: int) -> float:
         """Relative temperature after ``step`` optimizer steps."""
-        p = min(1.0, step / max(1.0, self.anneal_end * self.total_steps))
+        p = min(1.0, self.progress_at(step) / self.anneal_end)
         a, b = self.tau_start, self.tau_end
         if self.anneal == "exp":
             return a * (b / a) ** p
@@ -107,10 +127,12 @@ class GQScheduler:
             "step_count": self.step_count, "total_steps": self.total_steps, "tau_start": self.tau_start,
             "tau_end": self.tau_end, "anneal": self.anneal, "anneal_end": self.anneal_end,
             "quant_every": self.quant_every, "quant_mode": self.quant_mode,
+            "rebase_step": self.rebase_step, "rebase_progress": self.rebase_progress,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: restores the step count and settings and re-applies tau (no projection)."""
+        state = {"rebase_step": 0, "rebase_progress": 0.0, **state}  # checkpoints before rebasing
         missing = sorted(set(self.state_dict()) - set(state))
         if missing:
             raise ValueError(f"scheduler state: missing key {missing[0]!r}")
@@ -120,6 +142,12 @@ class GQScheduler:
         )
         if isinstance(state["step_count"], bool) or not isinstance(state["step_count"], int) or state["step_count"] < 0:
             raise ValueError(f"scheduler state: step_count must be an integer >= 0, got {state['step_count']!r}")
+        rs, rp = state["rebase_step"], state["rebase_progress"]
+        if isinstance(rs, bool) or not isinstance(rs, int) or not 0 <= rs <= state["step_count"]:
+            raise ValueError(f"scheduler state: rebase_step must be an integer in [0, step_count], got {rs!r}")
+        if isinstance(rp, bool) or not isinstance(rp, (int, float)) or not 0.0 <= rp <= 1.0:
+            raise ValueError(f"scheduler state: rebase_progress must be in [0, 1], got {rp!r}")
         self.__dict__.update(restored.__dict__)
         self.step_count = state["step_count"]
+        self.rebase_step, self.rebase_progress = rs, float(rp)
         self._apply(project=False)

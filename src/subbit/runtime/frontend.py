@@ -58,6 +58,35 @@ class StreamingLogMel:
     def reset(self) -> None:
         self.buf = np.zeros(0, dtype=np.float32)
 
+    def _sparse_bank(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each filter's nonzero FFT bins as a padded ``[n_mels, width]`` index and weight table."""
+        nz = [np.flatnonzero(self.fbank[:, m]) for m in range(self.n_mels)]
+        width = max(1, max(len(k) for k in nz))
+        idx = np.zeros((self.n_mels, width), np.intp)
+        wts = np.zeros((self.n_mels, width), np.float32)  # padding: weight 0 on bin 0 adds +0.0
+        for m, k in enumerate(nz):
+            idx[m, : len(k)] = k
+            wts[m, : len(k)] = self.fbank[k, m]
+        return idx, wts
+
+    def _mel(self, power: np.ndarray) -> np.ndarray:
+        """``power @ fbank`` summed in a fixed order with elementwise IEEE float32 ops.
+
+        A BLAS matmul picks its kernel (and so its summation order) by the number of rows, so
+        one frame computed alone and the same frame computed among many could differ in the
+        last bit. Here frame ``t``'s energies are a fixed sequence of correctly rounded
+        multiplies and adds over that frame only: the same bits whatever the chunking, on
+        every CPU. The filters are triangles a few bins wide, so this is also cheaper.
+        """
+        if not hasattr(self, "_bank"):
+            self._bank = self._sparse_bank()
+        idx, wts = self._bank
+        terms = power[:, idx] * wts  # [t, n_mels, width]
+        acc = terms[:, :, 0].copy()
+        for j in range(1, terms.shape[2]):
+            acc += terms[:, :, j]
+        return acc
+
     def frames(self, wave: np.ndarray) -> np.ndarray:
         """Log-mel of a whole signal (no state)."""
         n = 0 if wave.shape[0] < self.n_fft else 1 + (wave.shape[0] - self.n_fft) // self.hop
@@ -66,7 +95,7 @@ class StreamingLogMel:
         idx = np.arange(self.n_fft)[None, :] + self.hop * np.arange(n)[:, None]
         spec = np.fft.rfft(wave[idx] * self.window, axis=1)
         power = (spec.real * spec.real + spec.imag * spec.imag).astype(np.float32)
-        feats = np.log(power @ self.fbank + self.log_offset).astype(np.float32)
+        feats = np.log(self._mel(power) + self.log_offset).astype(np.float32)
         if self.mean is not None:
             feats = feats - self.mean
         if self.std is not None:

@@ -12,7 +12,8 @@ So every C path equals :func:`reference_packed_linear` bit for bit (tolerance 0;
 sum is exact and the float epilogue is the same three float32 operations).
 
 Paths: ``ref`` (NumPy), ``c`` (portable C), ``avx2``, ``avx512`` (VNNI + VBMI). The default is
-the best one the CPU has; ``SUBBIT_KERNEL=ref|c|avx2|avx512`` or ``path=`` forces one. If the
+the best one the CPU has; ``SUBBIT_KERNEL=ref|portable|avx2|avx512`` (``c`` = ``portable``) or
+``path=`` forces one. If the
 compiled library is missing the NumPy reference is used and a warning is logged once.
 At 7-8 bits the ``c`` and ``avx2`` paths (no byte permutes) expand the weight to int8 once, on
 first use (N * Kp extra bytes); ``avx512`` always reads the packed indices.
@@ -42,6 +43,8 @@ from subbit.export.bitpack import PackedTensor, int8_codebook, padded_length, un
 log = logging.getLogger(__name__)
 
 PATHS = ("ref", "c", "avx2", "avx512")
+#: other names accepted for a path (``SUBBIT_KERNEL=portable`` is the portable C path)
+PATH_ALIASES = {"portable": "c"}
 #: from this depth on, paths without byte permutes (c, avx2) use weights expanded to int8 at first use
 EXPAND_BITS = 7
 _C_PATH_IDS = {"c": 1, "avx2": 2, "avx512": 3}
@@ -126,8 +129,9 @@ def default_path() -> str:
 
 
 def _check_path(path: str, source: str = "path") -> str:
+    path = PATH_ALIASES.get(path, path)
     if path not in PATHS:
-        raise ValueError(f"{source} must be one of {PATHS}, got {path!r}")
+        raise ValueError(f"{source} must be one of {PATHS + tuple(PATH_ALIASES)}, got {path!r}")
     if _available is not None and path in _available and _lib is not None:
         return path
     if path not in available_paths():

@@ -232,6 +232,8 @@ def _options_record(opts: BuildOptions) -> dict:
     d["engines"] = list(opts.engines)
     # what is installed decides the voices, so it is part of the cache key too
     d["voices"] = {k: sorted(v.speaker for v, _ in vs) for k, vs in plan_voices(opts).items()}
+    # and so is whether Debian's fortunes are there (the open sentences come from them)
+    d["open_sentences"] = len(grammar.fortune_sentences()) if opts.open_share > 0 else 0
     d["format_version"] = FORMAT_VERSION
     return d
 
@@ -269,17 +271,16 @@ def build_corpus(out: str | os.PathLike, opts: BuildOptions, jobs: int = 2, prog
         (out / "wav" / split).mkdir(parents=True, exist_ok=True)
     durations: dict[str, float] = {}
     bar = tqdm(total=len(all_jobs), desc="synthesising", unit="utt", disable=not progress)
-    if jobs == 1:
-        for task in tasks:
-            res = _run_task(task)
+    # Every task runs in a fresh worker process, serial builds included: espeak-ng's wave
+    # generator keeps static state from one utterance to the next (not reset even by
+    # espeak_Terminate), so a long-lived worker would make the samples, and the lengths to a few
+    # ms, depend on which tasks it ran before. One process per task makes a build bit-identical
+    # whatever --jobs is; a fork costs milliseconds next to a task of 40 utterances.
+    ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
+    with ctx.Pool(jobs, maxtasksperchild=1) as pool:
+        for res in pool.imap_unordered(_run_task, tasks):
             durations.update(res)
             bar.update(len(res))
-    else:
-        ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
-        with ctx.Pool(jobs) as pool:
-            for res in pool.imap_unordered(_run_task, tasks):
-                durations.update(res)
-                bar.update(len(res))
     bar.close()
 
     summary: dict = {"format_version": FORMAT_VERSION, "options": _options_record(opts), "splits": {}}
@@ -301,6 +302,7 @@ def build_corpus(out: str | os.PathLike, opts: BuildOptions, jobs: int = 2, prog
             "voices": base_voices,
         }
     summary["engines"] = {k: sorted(v) for k, v in sorted(engines.items())}
+    summary["text"] = {"grammar": True, "open_sentences_available": summary["options"]["open_sentences"]}
     summary["heldout_rule"] = {
         "espeak_accents": list(HELDOUT_ACCENTS), "espeak_variants": list(HELDOUT_VARIANTS),
         "flite": FLITE_HELDOUT, "festival": FESTIVAL_HELDOUT,

@@ -62,6 +62,7 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int = TARGET_RATE) -> n
 _SYNTH_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _ESPEAK_RATE, _ESPEAK_PITCH = 1, 3
+_ESPEAK_DEFAULT_RATE = 175  # espeak-ng's words per minute when none is asked for
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_ENDPAUSE = 0x1000
 
@@ -98,13 +99,15 @@ class _Espeak:
     def synth(self, text: str, voice: Voice) -> np.ndarray:
         if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
             raise ValueError(f"espeak-ng voice {voice.name!r} not found")
-        if voice.rate:
-            self.lib.espeak_SetParameter(_ESPEAK_RATE, int(voice.rate), 0)
+        # every parameter is set on every call: espeak-ng keeps the last value across voices,
+        # so an unset rate would silently inherit the previous utterance's speed
+        self.lib.espeak_SetParameter(_ESPEAK_RATE, int(voice.rate) or _ESPEAK_DEFAULT_RATE, 0)
         self.lib.espeak_SetParameter(_ESPEAK_PITCH, int(voice.pitch), 0)
         buf = ctypes.create_string_buffer(text.encode("utf-8"))
         # espeak-ng draws noise (breath, klatt) from its own generator; seed it from the content.
         # Its wave generator also carries a little state from one utterance to the next, so
-        # samples (not text, voice or length to within a few ms) depend on synthesis order.
+        # samples (and lengths, by a few ms) depend on synthesis order within one process:
+        # the corpus builder therefore synthesises each task in a fresh process.
         seed = int.from_bytes(hashlib.sha1(f"{voice.speaker}|{text}".encode()).digest()[:4], "little")
         if hasattr(self.lib, "espeak_ng_SetRandSeed"):
             self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
