@@ -21,6 +21,7 @@ VERB_MODULES: tuple[str, ...] = (
     "export",
     "bench",
     "compare",
+    "study",
     "report",
 )
 

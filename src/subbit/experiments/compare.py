@@ -378,7 +378,10 @@ def _evaluate(model: torch.nn.Module, loaded: Any, cfg: CompareConfig, data: Pat
 
     res = evaluate(model, loaded.tokenizer, read_manifest(data / f"{split}.jsonl"), limit=cfg.eval_limit,
                    device=cfg.device, split=split, progress=cfg.progress, frontend=loaded.frontend)
-    return {"wer": res.wer, "utterances": len(res.utts), "ref_words": res.ref_words, "limit": cfg.eval_limit}
+    # per-utterance counts, so a study can put paired bootstrap intervals on any two rows
+    return {"wer": res.wer, "utterances": len(res.utts), "ref_words": res.ref_words, "limit": cfg.eval_limit,
+            "utt_ids": [u.id for u in res.utts], "utt_errors": [u.errors for u in res.utts],
+            "utt_words": [u.ref_words for u in res.utts]}
 
 
 def evaluate_recipe(name: str, method: str, run: Path, cfg: CompareConfig, data: Path, fp: dict[str, Any],

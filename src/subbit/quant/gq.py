@@ -379,6 +379,7 @@ _DEFAULTS: dict[str, Any] = {
     "mu": 5.0,
     "learn_mu": False,
     "learn_scale": False,
+    "learn_centroids": True,
     "domain": "companded",
     "distance": "squared",
     "symmetric": False,
@@ -392,7 +393,7 @@ _DEFAULTS: dict[str, Any] = {
 _CHOICES = {
     "domain": ("companded", "linear"), "distance": ("squared", "absolute"), "impl": ("auto", "table", "window"),
 }
-_BOOLS = ("learn_mu", "learn_scale", "symmetric", "zero_centroid", "straight_through", "int8_codebook")
+_BOOLS = ("learn_centroids", "learn_mu", "learn_scale", "symmetric", "zero_centroid", "straight_through", "int8_codebook")
 
 
 MIN_SPACING = 1e-3  # floor of the 1-bit temperature unit when the two centroids meet
@@ -424,7 +425,8 @@ def initial_centroids(x: Tensor, k: int, mu: Tensor) -> Tensor:
 class GeneralQuantizer(WeightQuantizer):
     """GQ for one weight tensor; see the module docstring for the math and the options.
 
-    Options: ``mu`` (float >= 0, default 5), ``learn_mu``, ``learn_scale`` (LSQ gradient scaling
+    Options: ``mu`` (float >= 0, default 5), ``learn_centroids`` (default True; False keeps the
+    centroids at their mu-law initialisation, the fixed-centroid ablation), ``learn_mu``, ``learn_scale`` (LSQ gradient scaling
     ``1/sqrt(N_g * K)``), ``domain`` ("companded" | "linear"), ``distance`` ("squared" |
     "absolute"), ``symmetric`` (centroids mirrored around 0, K/2 free parameters),
     ``zero_centroid`` (the centroid nearest 0 is pinned at 0), ``straight_through`` (hard value
@@ -496,7 +498,8 @@ class GeneralQuantizer(WeightQuantizer):
             self.register_buffer("mu", mu)
         init = initial_centroids(w / s.unsqueeze(1), k, mu.unsqueeze(1))
         free = init[:, k // 2 :] if self.symmetric else init
-        self.theta = nn.Parameter(free.contiguous())
+        # learn_centroids=False freezes them at the mu-law init: the ablation of GQ's central claim
+        self.theta = nn.Parameter(free.contiguous(), requires_grad=bool(opts["learn_centroids"]))
         self.register_buffer("tau", torch.tensor(1.0))  # relative; persistent so resumes match
 
     # -- parameters seen by the math ---------------------------------------------------
