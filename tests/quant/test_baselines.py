@@ -17,12 +17,14 @@ torch.set_num_threads(1)
 METHODS = [
     (UniformQuantizer, {}),
     (UniformQuantizer, {"lsq": True}),
+    (UniformQuantizer, {"lsq": True, "init": "lsq"}),
     (S8BQATQuantizer, {}),
     (DKMQuantizer, {}),
+    (DKMQuantizer, {"distance": "absolute", "tau_scale": "max"}),
     (PTQQuantizer, {"algo": "uniform"}),
     (PTQQuantizer, {"algo": "kmeans"}),
 ]
-IDS = ["uniform", "uniform-lsq", "s8bqat", "dkm", "ptq-uniform", "ptq-kmeans"]
+IDS = ["uniform", "uniform-lsq", "uniform-lsq-init", "s8bqat", "dkm", "dkm-abs-max", "ptq-uniform", "ptq-kmeans"]
 
 
 def linear_weight(out_f: int = 24, in_f: int = 40, seed: int = 0) -> torch.Tensor:
@@ -81,12 +83,16 @@ def test_unknown_option_is_named(cls, opts):
     ("cls", "opts", "field"),
     [
         (UniformQuantizer, {"lsq": "yes"}, "lsq"),
+        (UniformQuantizer, {"lsq": True, "init": "minmax"}, "init"),
         (S8BQATQuantizer, {"mu": -1.0}, "mu"),
         (S8BQATQuantizer, {"lam": 0.0}, "lam"),
         (DKMQuantizer, {"tau": -1e-4}, "tau"),
         (DKMQuantizer, {"iters": 1.5}, "iters"),
         (DKMQuantizer, {"window": 1}, "window"),
-        (DKMQuantizer, {"max_samples": 1}, "max_samples"),
+        (DKMQuantizer, {"window": "full"}, "window"),
+        (DKMQuantizer, {"distance": "cosine"}, "distance"),
+        (DKMQuantizer, {"tau_scale": "std"}, "tau_scale"),
+        (DKMQuantizer, {"chunk": 0}, "chunk"),
         (PTQQuantizer, {"algo": "gptq"}, "algo"),
         (PTQQuantizer, {"iters": -1}, "iters"),
     ],
@@ -143,6 +149,60 @@ def test_uniform_ste_gradient_is_identity_inside_zero_outside():
     assert q.step.grad.item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_lsq_per_channel_values_on_grid_and_step_gradient(bits):
+    """LSQ (Esser et al. 2020) per channel: q = clamp(round(w/s), Qn, Qp) * s with Qn = -2**(b-1),
+    Qp = 2**(b-1) - 1, and the step's gradient scaled by 1/sqrt(N_g * Qp)."""
+    w0 = torch.randn(6, 50, generator=torch.Generator().manual_seed(bits)) * 0.1
+    q = UniformQuantizer(w0, bits, "channel", lsq=True)
+    qn, qp = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    w = w0.clone().requires_grad_(True)
+    y = q(w)
+    step = q.step.detach()[:, None]
+    lv = y.detach() / step
+    assert torch.allclose(lv, lv.round(), atol=1e-5, rtol=0) and lv.round().min() >= qn and lv.round().max() <= qp
+    assert torch.equal(y.detach(), torch.clamp(torch.round(w0 / step), qn, qp) * step)
+    gout = torch.randn(y.shape, generator=torch.Generator().manual_seed(20))
+    (y * gout).sum().backward()
+    x = w0 / step
+    inside = (x >= qn) & (x <= qp)
+    per = torch.where(inside, torch.round(x) - x, x.clamp(qn, qp))
+    expected = (per * gout).sum(dim=1) / math.sqrt(50 * qp)
+    assert torch.allclose(q.step.grad, expected, rtol=1e-4, atol=1e-7)
+    assert (q.step.grad != 0).all()
+    assert torch.allclose(w.grad, gout * inside, rtol=1e-6, atol=0)  # STE: 1 inside, 0 clipped
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_lsq_init_at_low_bits(bits):
+    """At 2-3 bits the min/max step leaves most weights on 0; the default MSE init does not, and
+    "lsq" is the paper's 2 mean|w| / sqrt(Qp)."""
+    w = torch.randn(16, 256, generator=torch.Generator().manual_seed(21))
+    qp = 2 ** (bits - 1) - 1
+    err = {}
+    for init in ("mse", "lsq", "max"):
+        q = UniformQuantizer(w, bits, "channel", lsq=True, init=init)
+        err[init] = float((q(w).detach() - w).square().mean())
+    assert UniformQuantizer.check_options({})["init"] == "mse"
+    assert err["mse"] <= err["lsq"] * (1 + 1e-6) and err["mse"] < err["max"]
+    q = UniformQuantizer(w, bits, "channel", lsq=True, init="lsq")
+    assert torch.allclose(q.step.detach(), 2 * w.abs().mean(dim=1) / math.sqrt(qp))
+    zeros = (UniformQuantizer(w, bits, "channel", lsq=True)(w) == 0).float().mean()
+    assert zeros < 0.6
+
+
+def test_lsq_step_learns_at_2_bits():
+    w0 = torch.randn(8, 128, generator=torch.Generator().manual_seed(22))
+    q = UniformQuantizer(w0, 2, "channel", lsq=True, init="max")
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    before = float((q(w0).detach() - w0).square().mean())
+    for _ in range(100):
+        opt.zero_grad()
+        (q(w0) - w0).square().mean().backward()
+        opt.step()
+    assert float((q(w0).detach() - w0).square().mean()) < 0.8 * before
+
+
 def test_uniform_one_bit_is_sign_times_mean():
     w = linear_weight()
     q = UniformQuantizer(w, 1, "channel")
@@ -166,7 +226,7 @@ def test_s8bqat_regularizer_zero_at_centroids_max_midway(bits):
     cols = torch.arange(w.shape[1]) % c.shape[1]
     on = c.gather(1, cols.expand(c.shape[0], -1))
     assert q.penalty(on).abs().max() < 1e-4
-    assert float(q.regularization(on)) < 1e-4
+    assert float(q.regularization(on)) / on.numel() < 1e-4  # a sum: per weight ~0
     mid = (c[:, :-1] + c[:, 1:]) / 2
     assert torch.allclose(q.penalty(mid.gather(1, (cols % mid.shape[1]).expand(c.shape[0], -1))),
                           torch.ones(w.shape), atol=1e-5)
@@ -189,7 +249,7 @@ def test_s8bqat_closed_form_gradient_matches_autograd():
     w0[:, :6] *= 4.0
     wa, wb = w0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
     ra = q.regularization(wa)
-    rb = q.lam * q.penalty(wb).mean()
+    rb = q.lam * q.penalty(wb).sum()
     assert torch.allclose(ra, rb)
     ra.backward()
     rb.backward()
@@ -205,6 +265,36 @@ def test_s8bqat_regularizer_pulls_stray_weights_back():
     assert (far.grad > 0).all()  # descending moves them down towards the top centroid
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_s8bqat_per_weight_pull_does_not_depend_on_tensor_size(granularity):
+    """``lam`` is a per-weight strength: the same weight value, under the same grid, gets the same
+    regularizer gradient in a 40-weight row as in a 40 000-weight one (a mean would give 1/N)."""
+    small = linear_weight(8, 40, seed=3)
+    big = small.repeat(1, 1000)  # same max|w| per row, so the same centroids
+    grads = []
+    for w0 in (small, big):
+        q = S8BQATQuantizer(w0, 3, granularity, lam=1e-3)
+        w = w0.clone().requires_grad_(True)
+        q.regularization(w).backward()
+        grads.append(w.grad[:, :40])
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=0)
+    # zero only where a weight sits exactly on a centroid: each group's max|w| is its outer one
+    groups = 8 if granularity == "channel" else 1
+    assert int((grads[0] != 0).sum()) >= grads[0].numel() - groups
+    # and it is lam times the per-weight derivative, for any lam
+    q = S8BQATQuantizer(small, 3, granularity, lam=0.05)
+    w = small.clone().requires_grad_(True)
+    q.regularization(w).backward()
+    assert torch.allclose(w.grad, grads[0] * 50, rtol=1e-5)
+
+
+def test_s8bqat_lam_is_an_option_for_the_dev_sweep():
+    assert S8BQATQuantizer.check_options({})["lam"] == 1e-4
+    for lam in (1e-4, 1e-3, 1e-2, 1e-1):
+        LayerSpec("s8bqat", 4, options={"lam": lam})
+        assert S8BQATQuantizer(linear_weight(), 4, lam=lam).lam == lam
+
+
 def test_s8bqat_forward_identity_until_converted():
     w = linear_weight()
     q = S8BQATQuantizer(w, 3, "tensor")
@@ -217,7 +307,7 @@ def test_s8bqat_training_with_regularizer_lowers_it():
     w0 = linear_weight()
     q = S8BQATQuantizer(w0, 3, "tensor", lam=1.0)
     w = w0.clone().requires_grad_(True)
-    opt = torch.optim.SGD([w], lr=1e-4)
+    opt = torch.optim.SGD([w], lr=1e-7)  # the term is a sum over 960 weights: lr scaled down to match
     before = float(q.regularization(w).detach())
     for _ in range(20):
         opt.zero_grad()
@@ -227,25 +317,35 @@ def test_s8bqat_training_with_regularizer_lowers_it():
 
 
 # -- dkm --------------------------------------------------------------------------------
-def naive_dkm(w: torch.Tensor, c: torch.Tensor, tau: float, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full N x K reference of one DKM forward on one group."""
-    s = w.detach().abs().max()
+def naive_dkm(w: torch.Tensor, c: torch.Tensor, temp: float, iters: int, distance: str = "squared"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full N x K reference of one DKM forward on one group, temperature ``temp``."""
+
+    def attention(c: torch.Tensor) -> torch.Tensor:
+        diff = w[:, None] - c[None, :]
+        d = diff.square() if distance == "squared" else diff.abs()
+        return torch.softmax(-d / temp, dim=1)
+
     for _ in range(iters):
-        a = torch.softmax(-(w[:, None] - c[None, :]).abs() / s / tau, dim=1)
-        c = (a * w[:, None]).sum(0) / a.sum(0)
-        c = c.sort().values
-    a = torch.softmax(-(w[:, None] - c[None, :]).abs() / s / tau, dim=1)
-    return (a * c[None, :]).sum(1), c
+        a = attention(c)
+        c = ((a * w[:, None]).sum(0) / a.sum(0)).sort().values
+    return (attention(c) * c[None, :]).sum(1), c
 
 
-def test_dkm_full_window_matches_naive_reference():
+@pytest.mark.parametrize(("opts", "temp"), [
+    ({"tau": 0.05}, lambda s: 0.05),
+    ({"tau": 0.05, "distance": "absolute"}, lambda s: 0.05),
+    ({"tau": 0.02, "tau_scale": "max"}, lambda s: 0.02 * s * s),
+    ({"tau": 0.05, "distance": "absolute", "tau_scale": "max"}, lambda s: 0.05 * s),
+], ids=["squared-raw", "absolute-raw", "squared-max", "absolute-max"])
+def test_dkm_full_window_matches_naive_reference(opts, temp):
     w0 = torch.randn(1, 200, generator=torch.Generator().manual_seed(3))
-    q = DKMQuantizer(w0, 3, "tensor", tau=0.05, window=8, iters=2)
+    q = DKMQuantizer(w0, 3, "tensor", window=8, iters=2, **opts)
     c0 = q.centroids[0].clone()
     w = w0.clone().requires_grad_(True)
     y = q(w)
     wr = w0[0].clone().requires_grad_(True)
-    yr, cr = naive_dkm(wr, c0, 0.05, 2)
+    yr, cr = naive_dkm(wr, c0, temp(float(w0.abs().max())), 2, q.distance)
     assert torch.allclose(y[0], yr, atol=1e-5)
     assert torch.allclose(q.centroids[0], cr, atol=1e-5)
     gvec = torch.linspace(-1, 1, 200)
@@ -254,17 +354,70 @@ def test_dkm_full_window_matches_naive_reference():
     assert torch.allclose(w.grad[0], wr.grad, atol=1e-4)
 
 
-def test_dkm_window_approximates_full_softmax_at_default_tau():
+def test_dkm_tau_is_raw_by_default_and_scaling_is_an_option():
+    """Default as DKM / coremltools (palett_tau=1e-4 on raw squared distances); ``tau_scale="max"``
+    divides distances by max|w| instead, which makes the method scale-equivariant."""
+    assert {k: DKMQuantizer.check_options({})[k] for k in ("tau", "distance", "tau_scale")} == {
+        "tau": 1e-4, "distance": "squared", "tau_scale": "raw"}
+    w = linear_weight(16, 64)
+    for scale in (1.0, 10.0):
+        q = DKMQuantizer(w * scale, 3, "channel")
+        assert torch.equal(q.temperature(q.grouped(w * scale)), torch.full((16, 1), 1e-4))
+    qm = DKMQuantizer(w, 3, "channel", tau_scale="max")
+    s = w.abs().amax(dim=1, keepdim=True)
+    assert torch.allclose(qm.temperature(w), 1e-4 * s * s)
+    qa = DKMQuantizer(w, 3, "channel", tau_scale="max", distance="absolute")
+    assert torch.allclose(qa.temperature(w), 1e-4 * s)
+    # scaled: q(10 w) == 10 q(w); raw: the softness depends on the weights' units
+    outs = {}
+    for mode in ("raw", "max"):
+        outs[mode] = [DKMQuantizer(w * k, 3, "tensor", tau=1e-2, tau_scale=mode)(w * k) / k for k in (1.0, 10.0)]
+    assert torch.allclose(outs["max"][0], outs["max"][1], atol=1e-6)
+    assert not torch.allclose(outs["raw"][0], outs["raw"][1], atol=1e-3)
+
+
+@pytest.mark.parametrize("opts", [{}, {"distance": "absolute", "tau_scale": "max"}], ids=["default", "sharp"])
+def test_dkm_every_weight_gets_a_gradient_512x512(opts):
+    """Every latent weight takes part in every k-means update and in the final attention, so
+    each one gets a gradient, also where the attention is one-hot ("sharp": near one-hot, the
+    old default that only sent gradient to a 16k-weight subsample, 6% of this matrix). A weight's
+    gradient could only be exactly 0 if the summed output gradient of its cluster cancelled
+    exactly; with a random output gradient that has probability 0, so the bound is 1.0."""
+    w0 = linear_weight(512, 512, seed=12)
+    q = DKMQuantizer(w0, 4, "tensor", **opts)
+    w = w0.clone().requires_grad_(True)
+    y = q(w)
+    (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(13))).sum().backward()
+    assert torch.isfinite(w.grad).all()
+    assert (w.grad != 0).all()
+    if opts:
+        assert q.hardness(w0) > 0.99  # really near one-hot: the gradient comes through the centroids
+
+
+def test_dkm_auto_window_equals_full_softmax():
+    w = torch.randn(8, 500, generator=torch.Generator().manual_seed(4)) * 0.05
+    for opts in ({}, {"tau": 1e-6}, {"distance": "absolute", "tau_scale": "max"}):
+        full = DKMQuantizer(w, 4, "channel", window=16, **opts)
+        auto = DKMQuantizer(w, 4, "channel", **opts)
+        # exact up to float summation order (scatter vs dense sums move the centroids by ~1e-8,
+        # which a sharp softmax amplifies for weights right at a midpoint): 2e-5 << a 6e-3 gap
+        assert torch.allclose(full(w), auto(w), atol=2e-5, rtol=0)
+        assert torch.allclose(full.centroids, auto.centroids, atol=1e-7, rtol=0)
+    sharp = DKMQuantizer(w, 4, "channel", distance="absolute", tau_scale="max")
+    assert sharp.window_size(sharp.centroids, sharp.temperature(w)) < 16  # it does shrink
+
+
+def test_dkm_fixed_window_approximates_full_softmax_when_sharp():
     w = torch.randn(8, 500, generator=torch.Generator().manual_seed(4))
-    full = DKMQuantizer(w, 4, "channel", window=16)
-    win = DKMQuantizer(w, 4, "channel")
+    full = DKMQuantizer(w, 4, "channel", window=16, distance="absolute", tau_scale="max")
+    win = DKMQuantizer(w, 4, "channel", window=4, distance="absolute", tau_scale="max")
     assert torch.allclose(full(w), win(w), atol=1e-4)
 
 
 def test_dkm_checkpointed_blocks_match_one_block():
     w0 = torch.randn(6, 700, generator=torch.Generator().manual_seed(8)) * 0.1
     grads, outs = [], []
-    for chunk in (10**6, 600):  # one block, then blocks of 100 columns x 6 groups
+    for chunk in (10**6, 600):  # one block, then blocks of 600 attention entries
         q = DKMQuantizer(w0, 3, "channel", tau=1e-2, chunk=chunk)
         w = w0.clone().requires_grad_(True)
         y = q(w)
@@ -273,6 +426,75 @@ def test_dkm_checkpointed_blocks_match_one_block():
         grads.append(w.grad)
     assert torch.allclose(outs[0], outs[1], atol=1e-6)
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+class _Held:
+    """One saved tensor, as autograd keeps it; tells the meter when autograd lets go of it."""
+
+    __slots__ = ("meter", "key", "t")
+
+    def __init__(self, meter: SavedBytes, key: int, t: torch.Tensor) -> None:
+        self.meter, self.key, self.t = meter, key, t
+
+    def __del__(self) -> None:
+        self.meter.release(self.key)
+
+
+class SavedBytes:
+    """Bytes of the storages autograd's saved tensors hold alive (a storage counted once, however
+    many views of it are saved) and their peak, over forward and backward."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, tuple[int, int]] = {}
+        self.total = self.peak = 0
+
+    def pack(self, t: torch.Tensor) -> _Held:
+        st = t.untyped_storage()
+        key = st.data_ptr()
+        n, refs = self.live.get(key, (st.nbytes(), 0))
+        if refs == 0:
+            self.total += n
+            self.peak = max(self.peak, self.total)
+        self.live[key] = (n, refs + 1)
+        return _Held(self, key, t)
+
+    @staticmethod
+    def unpack(held: _Held) -> torch.Tensor:
+        return held.t
+
+    def release(self, key: int) -> None:
+        n, refs = self.live[key]
+        if refs == 1:
+            del self.live[key]
+            self.total -= n
+        else:
+            self.live[key] = (n, refs - 1)
+
+
+def dkm_saved_peak(opts: dict) -> float:
+    """Peak saved bytes of one 8-bit DKM fwd+bwd on a 1M-weight matrix, in units of its fp32 size."""
+    w0 = linear_weight(1024, 1024, seed=14)
+    q = DKMQuantizer(w0, 8, "tensor", **opts)
+    w = w0.clone().requires_grad_(True)
+    meter = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        y = q(w)
+        (y * y).sum().backward()
+    assert (w.grad != 0).float().mean() > 0.999 and meter.total == 0
+    return meter.peak / (4 * w0.numel())
+
+
+def test_dkm_memory_is_bounded_at_8_bits():
+    """O(N) + O(chunk), not O(N * 256): the naive attention alone would be 256x the fp32 weight.
+    Measured ~2.8x (the weight itself, which every block saves a view of, plus one block's graph
+    at a time in backward). window=16 keeps this fast; the window does not change the bound
+    (blocks count attention entries), the slow test below checks the default (full) window."""
+    assert dkm_saved_peak({"window": 16}) < 4.0
+
+
+@pytest.mark.slow
+def test_dkm_memory_is_bounded_at_8_bits_default_window():
+    assert dkm_saved_peak({}) < 4.0
 
 
 def test_dkm_centroids_move_toward_cluster_means():
@@ -288,16 +510,6 @@ def test_dkm_centroids_move_toward_cluster_means():
         q(w)
         dist.append(float((q.centroids[0] - means).abs().max()))
     assert dist[1] < dist[0] and dist[-1] < 0.05
-
-
-def test_dkm_subsampled_kmeans_still_quantizes_everything():
-    w = torch.randn(2, 5000, generator=torch.Generator().manual_seed(6))
-    q = DKMQuantizer(w, 2, "channel", max_samples=64)
-    wv = w.clone().requires_grad_(True)
-    q(wv).sum().backward()
-    assert torch.isfinite(wv.grad).all()
-    assert q.hardness(w) > 0.9
-    assert torch.equal(q.encode(w)[1], q.centroids)
 
 
 def test_dkm_eval_mode_keeps_centroids():

@@ -1,25 +1,32 @@
 """DKM-style differentiable k-means palettization (Cho et al., ICLR 2022, arXiv 2108.12659).
 
-Each forward: attention ``A_ij = softmax_j(-|w_i - c_j| / (s * tau))`` with a fixed ``tau``,
-``iters`` soft k-means updates ``c_j = sum_i A_ij w_i / sum_i A_ij`` (autograd runs through
-them), and the output ``w_i' = sum_j A_ij c_j``. No mu-law, no annealing, no regularizer.
+Each forward, on *every* weight of each group: attention ``A_ij = softmax_j(-d(w_i, c_j) / T)``
+with a fixed temperature ``T``, ``iters`` soft k-means updates
+``c_j = sum_i A_ij w_i / sum_i A_ij`` (autograd runs through them), and the output
+``w_i' = sum_j A_ij c_j``. No mu-law, no annealing, no regularizer.
 
-Normalisation: distances are divided by the group's current ``s = max|w|`` (detached), so
-``tau`` (default 1e-4) is a fraction of the weight range, whatever the layer's init scale.
-At that default the assignment is nearly one-hot except close to the midpoints between
-centroids; gradients reach the weights mostly through the centroid updates, as in DKM.
+Temperature (as in DKM and Apple's implementation, coremltools ``palett_tau``): ``T = tau`` on
+raw weight distances, default ``tau = 1e-4`` with ``distance="squared"``
+(``d = (w - c)**2``, coremltools' ``cdist(...).square()``); ``distance="absolute"`` uses
+``|w - c|``. ``tau_scale="max"`` measures distances in units of the group's current
+``s = max|w|`` (detached) instead, i.e. ``T = tau * s**2`` (squared) or ``tau * s`` (absolute),
+so ``tau`` no longer depends on a layer's init scale; that was this module's old behaviour.
+With small raw weights the default is soft (a 4-bit grid over +-0.05 has gaps of ~6e-3, whose
+square is well below 1e-4), so the soft forward differs from the deployed hard one: that is the
+method as published; sweep ``tau`` to sharpen it.
 
-Memory (DKM's weak point is the ``N x K`` attention): the centroids are sorted in 1-D, so each
-weight attends only to a ``window`` of its nearest centroids (default 4, found with
-``searchsorted``; ``window >= 2**bits`` is the exact full softmax; entries outside the window
-weigh below ``exp(-spacing / (s * tau))``). The k-means updates run on at most
-``max_samples`` weights per tensor (spread over the groups, at least ``2**bits`` per group),
-taken with a fixed stride (deterministic); only the final assignment covers every weight. The
-updates, and the final assignment in blocks of ``chunk`` weights, run under activation
-checkpointing (``_common.recompute``): autograd keeps their inputs only and recomputes them in
-backward. Memory is
-O(chunk * window) plus the output, not O(N * 2**bits); the price is one more forward pass of
-the quantizer.
+Gradients reach every weight: through the attention of the final assignment and through the
+centroids of every k-means update (each weight is in every update, none is subsampled).
+
+Memory: the centroids are sorted in 1-D, so a weight attends to a ``window`` of its nearest
+centroids (``searchsorted``). ``window="auto"`` (default) keeps every centroid whose logit is
+within 30 of the nearest one's, from the current smallest centroid gap and ``T`` (the same bound
+as GQ's ``needed_window``), so it is exact to ``exp(-30)``; an integer fixes the window
+(``>= 2**bits`` is the full softmax). Every pass (each update and the final assignment) runs in
+blocks of at most ``chunk`` attention entries (weights x window) under activation
+checkpointing (``_common.recompute``): autograd keeps only each block's inputs (a view of the
+weight, the centroids, ``T``) and rebuilds one block's graph at a time in backward. Memory is
+O(N) plus O(chunk), never O(N * 2**bits); the price is a second forward pass in backward.
 
 Centroids (raw weight units, ascending) start at the weight quantiles and persist in the
 ``centroids`` buffer: each training-mode forward starts from the previous result and stores the
@@ -28,6 +35,8 @@ new one. ``encode`` is nearest-centroid on that buffer.
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import torch
@@ -46,21 +55,42 @@ from subbit.quant.baselines._common import (
 )
 from subbit.quant.registry import register_method
 
-DEFAULTS = {"tau": 1e-4, "iters": 3, "window": 4, "max_samples": 16384, "chunk": 65536}
+DEFAULTS: dict[str, Any] = {
+    "tau": 1e-4,
+    "distance": "squared",
+    "tau_scale": "raw",
+    "iters": 3,
+    "window": "auto",
+    "chunk": 2**18,
+}
+DISTANCES = ("squared", "absolute")
+TAU_SCALES = ("raw", "max")
+NEGLIGIBLE_LOGIT = 30.0  # a centroid whose logit trails the nearest by this weighs < 1e-13
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"dkm: option {name!r} must be one of {choices}, got {value!r}")
+    return value
 
 
 @register_method("dkm")
 class DKMQuantizer(WeightQuantizer):
-    """Soft k-means attention; options ``tau``, ``iters``, ``window``, ``max_samples``, ``chunk``."""
+    """Soft k-means attention over all weights; options ``tau``, ``distance``, ``tau_scale``,
+    ``iters``, ``window`` and ``chunk`` (see the module docstring)."""
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Validate ``options``; return them completed with defaults (ValueError names the option)."""
         opts = merge_options("dkm", options, DEFAULTS)
         opts["tau"] = positive_float("dkm", "tau", opts["tau"])
+        _choice("distance", opts["distance"], DISTANCES)
+        _choice("tau_scale", opts["tau_scale"], TAU_SCALES)
         positive_int("dkm", "iters", opts["iters"], minimum=0)
-        positive_int("dkm", "window", opts["window"], minimum=2)
-        positive_int("dkm", "max_samples", opts["max_samples"], minimum=2)
+        if opts["window"] != "auto":
+            if isinstance(opts["window"], str):
+                raise ValueError(f"dkm: option 'window' must be 'auto' or an integer >= 2, got {opts['window']!r}")
+            positive_int("dkm", "window", opts["window"], minimum=2)
         positive_int("dkm", "chunk", opts["chunk"], minimum=1)
         return opts
 
@@ -68,87 +98,113 @@ class DKMQuantizer(WeightQuantizer):
         super().__init__(weight, bits, granularity)
         opts = self.check_options(options)
         self.tau: float = opts["tau"]
+        self.distance: str = opts["distance"]
+        self.tau_scale: str = opts["tau_scale"]
         self.iters: int = opts["iters"]
-        self.window = min(opts["window"], self.levels)
-        self.max_samples: int = opts["max_samples"]
+        self.window: int | str = opts["window"] if opts["window"] == "auto" else min(opts["window"], self.levels)
         self.chunk: int = opts["chunk"]
         self.register_buffer("centroids", quantile_init(self.grouped(weight.detach()), self.levels))
 
     # -- pieces ------------------------------------------------------------------------
-    def _window_start(self, x: Tensor, c: Tensor) -> Tensor:
-        """First index ``[G, M]`` of each weight's window of nearest centroids (int32, no grad)."""
-        pos = torch.searchsorted(c.detach().contiguous(), x.detach().contiguous(), out_int32=True)
-        return (pos - self.window // 2).clamp_(0, c.shape[1] - self.window)
+    def temperature(self, wg: Tensor) -> Tensor:
+        """Per-group ``T`` ``[G, 1]`` (no gradient): ``tau``, or ``tau`` times ``max|w|`` (squared)."""
+        g = wg.shape[0]
+        if self.tau_scale == "raw":
+            return wg.new_full((g, 1), self.tau)
+        s = wg.detach().abs().amax(dim=1, keepdim=True).clamp_min(TINY)
+        return self.tau * (s.square() if self.distance == "squared" else s)
 
-    def _attention(
-        self, x: Tensor, c: Tensor, s: Tensor, start: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Windowed attention of ``x [G, M]`` over ascending ``c [G, K]``.
+    @torch.no_grad()
+    def window_size(self, c: Tensor, temp: Tensor) -> int:
+        """Centroids each weight attends to: fixed, or the ``auto`` bound of the module docstring.
 
-        Returns ``(A, cand, idx)``, all ``[G, W, M]``: window-major, so every op runs over long
-        contiguous rows (a softmax over a last dim of 4 is several times slower on CPU).
+        With ``u`` between neighbours and ``h`` centroids kept per side, an excluded centroid is
+        at least ``h * gap_min`` farther than the nearest, so its logit trails by at least
+        ``(h * gap_min)**2 / T`` (squared) or ``h * gap_min / T`` (absolute).
         """
-        g, win = c.shape[0], self.window
-        if start is None:
-            start = self._window_start(x, c)
-        idx = start.long().unsqueeze(1) + torch.arange(win, device=x.device).view(1, win, 1)
-        cand = c.gather(1, idx.reshape(g, -1)).reshape(idx.shape)
-        d = (x.unsqueeze(1) - cand).abs() * (1.0 / (s * self.tau)).unsqueeze(1)
-        return fast_softmax(-d, dim=1), cand, idx
+        k = c.shape[1]
+        if self.window != "auto":
+            return int(self.window)
+        if k <= 2:
+            return k
+        gmin = float((c[:, 1:] - c[:, :-1]).min())
+        t = float(temp.max())
+        if not gmin > 0:
+            return k
+        reach = math.sqrt(NEGLIGIBLE_LOGIT * t) if self.distance == "squared" else NEGLIGIBLE_LOGIT * t
+        half = math.ceil(reach / gmin)
+        return k if half >= k else min(k, 2 * max(1, half))
 
-    def _assign(self, x: Tensor, c: Tensor, s: Tensor, start: Tensor | None = None) -> Tensor:
+    def _attention(self, x: Tensor, c: Tensor, temp: Tensor, win: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Attention of ``x [G, M]`` over ``win`` of the ascending ``c [G, K]``.
+
+        Returns ``(A, cand, idx)``: ``A`` and ``idx`` are ``[G, W, M]`` (window-major, so every op
+        runs over long contiguous rows); ``cand`` is ``[G, W, M]``, or ``[G, K, 1]`` with
+        ``idx=None`` for the full softmax.
+        """
+        g, k = c.shape
+        if win >= k:
+            idx, cand = None, c.unsqueeze(-1)
+        else:
+            pos = torch.searchsorted(c.detach().contiguous(), x.detach().contiguous())
+            start = (pos - win // 2).clamp_(0, k - win)
+            idx = start.unsqueeze(1) + torch.arange(win, device=x.device).view(1, win, 1)
+            cand = c.gather(1, idx.reshape(g, -1)).reshape(idx.shape)
+        diff = x.unsqueeze(1) - cand
+        dist = diff.square() if self.distance == "squared" else diff.abs()
+        return fast_softmax(dist * (-1.0 / temp).unsqueeze(1), dim=1), cand, idx
+
+    def _assign(self, x: Tensor, c: Tensor, temp: Tensor, *, win: int) -> Tensor:
         """``w' = sum_j A_ij c_j`` for a ``[G, M]`` block."""
-        a, cand, _ = self._attention(x, c, s, start)
+        a, cand, _ = self._attention(x, c, temp, win)
         return (a * cand).sum(dim=1)
 
-    def _samples(self, wg: Tensor) -> Tensor:
-        """At most ``max_samples`` weights per tensor (>= 2**bits per group), fixed stride."""
-        g, n = wg.shape
-        per_group = max(self.levels, self.max_samples // g)
-        if n <= per_group:
-            return wg
-        return wg[:, :: -(-n // per_group)]
-
-    def _kmeans(self, x: Tensor, c: Tensor, s: Tensor) -> Tensor:
-        """``iters`` differentiable soft k-means updates; an unattended centroid stays put."""
+    def _stats(self, x: Tensor, c: Tensor, temp: Tensor, *, win: int) -> Tensor:
+        """``[G, 2K]``: ``(sum_i A_ij w_i, sum_i A_ij)`` of one ``[G, M]`` block, side by side."""
         g, k = c.shape
+        a, _, idx = self._attention(x, c, temp, win)
+        if idx is None:
+            num, den = (a * x.unsqueeze(1)).sum(dim=2), a.sum(dim=2)
+        else:
+            flat = idx.reshape(g, -1)
+            num = c.new_zeros(g, k).scatter_add(1, flat, (a * x.unsqueeze(1)).reshape(g, -1))
+            den = c.new_zeros(g, k).scatter_add(1, flat, a.reshape(g, -1))
+        return torch.cat([num, den], dim=1)
+
+    def _blocks(self, fn: Any, wg: Tensor, c: Tensor, temp: Tensor, win: int, grad: bool) -> list[Tensor]:
+        """``fn`` on column blocks of at most ``chunk`` attention entries; checkpointed if ``grad``."""
+        g, n = wg.shape
+        cols = max(1, self.chunk // (g * win))
+        part = functools.partial(fn, win=win)
+        blocks = [wg] if n <= cols else [wg[:, lo : lo + cols] for lo in range(0, n, cols)]
+        if grad:
+            return [recompute(part, b, c, temp) for b in blocks]
+        return [part(b, c, temp) for b in blocks]
+
+    def _kmeans(self, wg: Tensor, c: Tensor, temp: Tensor, grad: bool) -> Tensor:
+        """``iters`` differentiable soft k-means updates over all weights; an unattended centroid stays put."""
+        k = c.shape[1]
         for _ in range(self.iters):
-            a, _, idx = self._attention(x, c, s)
-            idx = idx.reshape(g, -1)
-            num = c.new_zeros(g, k).scatter_add(1, idx, (a * x.unsqueeze(1)).reshape(g, -1))
-            den = c.new_zeros(g, k).scatter_add(1, idx, a.reshape(g, -1))
+            parts = self._blocks(self._stats, wg, c, temp, self.window_size(c, temp), grad)
+            stats = functools.reduce(torch.add, parts)
+            num, den = stats[:, :k], stats[:, k:]
             c = torch.where(den > TINY, num / den.clamp_min(TINY), c)
             c = c.sort(dim=1).values
         return c
-
-    def _scale(self, wg: Tensor) -> Tensor:
-        return wg.detach().abs().amax(dim=1, keepdim=True).clamp_min(TINY)
 
     # -- contract ----------------------------------------------------------------------
     def forward(self, w: Tensor) -> Tensor:
         if bool(self.converted):
             return self.hard(w)
         wg = self.grouped(w)
-        s = self._scale(wg)
+        temp = self.temperature(wg)
         c0 = self.centroids.to(wg.dtype, copy=True)  # a copy: the buffer is updated below
         grad = torch.is_grad_enabled() and wg.requires_grad
-        if grad:  # the iterations are recomputed in backward instead of kept
-            c = recompute(self._kmeans, self._samples(wg), c0, s)
-        else:
-            c = self._kmeans(self._samples(wg), c0, s)
+        c = self._kmeans(wg, c0, temp, grad)
         if self.training:
             with torch.no_grad():
                 self.centroids.copy_(c.detach())
-        cols = max(1, self.chunk // wg.shape[0])
-        if not grad or wg.shape[1] <= cols:
-            return self._assign(wg, c, s).reshape(w.shape)
-        # keep only the inputs of each block (and its int32 window starts, found once);
-        # the attention is recomputed in backward
-        start = self._window_start(wg, c)
-        parts = [
-            recompute(self._assign, wg[:, lo : lo + cols], c, s, start[:, lo : lo + cols])
-            for lo in range(0, wg.shape[1], cols)
-        ]
+        parts = self._blocks(self._assign, wg, c, temp, self.window_size(c, temp), grad)
         return torch.cat(parts, dim=1).reshape(w.shape)
 
     @torch.no_grad()
@@ -159,8 +215,18 @@ class DKMQuantizer(WeightQuantizer):
     @torch.no_grad()
     def hardness(self, w: Tensor) -> float:
         wg = self.grouped(w)
-        a = self._attention(wg, self.centroids.to(wg.dtype), self._scale(wg))[0]
-        return float(a.amax(dim=1).mean())
+        c = self.centroids.to(wg.dtype)
+        temp = self.temperature(wg)
+        win = self.window_size(c, temp)
+        cols = max(1, self.chunk // (wg.shape[0] * win))
+        total = 0.0
+        for lo in range(0, wg.shape[1], cols):
+            a = self._attention(wg[:, lo : lo + cols], c, temp, win)[0]
+            total += float(a.amax(dim=1).sum())
+        return total / wg.numel()
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", tau={self.tau}, iters={self.iters}, window={self.window}"
+        return super().extra_repr() + (
+            f", tau={self.tau}, distance={self.distance}, tau_scale={self.tau_scale}, iters={self.iters}, "
+            f"window={self.window}"
+        )

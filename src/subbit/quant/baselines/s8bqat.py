@@ -10,10 +10,18 @@ Regularizer, per weight, with ``t = (w - c_k) / (c_{k+1} - c_k)`` in the region 
 neighbouring centroids: ``|sin(pi * t)|`` (0 on each centroid, 1 midway). Beyond the outermost
 centroid (``e`` = distance in units of the outer region's width) it is ``sin(pi * e)`` up to
 ``e = 1/2`` and ``1/2 + e`` after, so stray weights keep being pulled back instead of meeting
-the next "valley" of a periodic sine. Returned as ``lam * mean`` over the tensor's weights.
+the next "valley" of a periodic sine.
 
-Defaults: ``mu = 5`` (GQ's default, so both methods start from the same grid) and ``lam = 0.1``
-(the term is in [0, 1] per weight; sum over layers is what the loop adds to the task loss).
+Strength per weight: the loss term of a tensor is ``R(W) = lam * sum_i penalty(w_i)`` (a sum, not
+a mean), so ``dR/dw_i = lam * dpenalty/dw_i`` whatever the tensor's size: ``lam`` is the pull on
+one weight, the same for a 4k-weight embedding and a 1M-weight LSTM kernel (a per-tensor mean
+made it ``lam / N``: small tensors were pulled hundreds of times harder than large ones). Inside
+the grid ``|dpenalty/dw| = pi |cos(pi t)| / (c_{k+1} - c_k)``. The value of ``R`` grows with
+``N`` (that is what keeps the per-weight pull fixed); note that the loop's gradient-norm clip
+sees the regularizer's gradient too, so a large ``lam`` also shrinks the task gradient.
+
+Defaults: ``mu = 5`` (GQ's default, so both methods start from the same grid) and ``lam = 1e-4``
+(the low end of the 1e-4..1e-1 range to sweep on dev; not yet settled by measurement).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from subbit.quant.baselines._common import TINY, merge_options, nearest_index, p
 from subbit.quant.mulaw import expand
 from subbit.quant.registry import register_method
 
-DEFAULTS = {"mu": 5.0, "lam": 0.1}
+DEFAULTS = {"mu": 5.0, "lam": 1e-4}
 
 
 def _region(wg: Tensor, c: Tensor) -> Tensor:
@@ -52,8 +60,8 @@ def _penalty_of_t(t: Tensor) -> Tensor:
     return torch.sin(math.pi * t.clamp(0.0, 1.0)).abs() + torch.sin(math.pi * e.clamp(max=0.5)) + (e - 0.5).relu()
 
 
-class _MeanPenalty(torch.autograd.Function):
-    """``mean(penalty(w))`` whose backward recomputes ``t`` from ``w`` and applies the closed-form
+class _SumPenalty(torch.autograd.Function):
+    """``sum(penalty(w))`` whose backward recomputes ``t`` from ``w`` and applies the closed-form
     derivative: autograd through :func:`_penalty_of_t` would keep ~10 floats per weight per layer
     until backward (3x fp32's training memory on the LSTM benchmark). Keeps ``w``, the
     centroids and one byte per weight (its region)."""
@@ -64,7 +72,7 @@ class _MeanPenalty(torch.autograd.Function):
         # one byte per weight (K <= 256) spares the backward a second searchsorted
         ctx.save_for_backward(wg, c, region.to(torch.uint8))
         t, _ = _region_t(wg, c, region)
-        return _penalty_of_t(t).mean()
+        return _penalty_of_t(t).sum()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
@@ -77,12 +85,13 @@ class _MeanPenalty(torch.autograd.Function):
         slope = torch.cos(math.pi * e).mul_(math.pi).mul_(e < 0.5).add_(e >= 0.5)
         side = (t > 1).to(t.dtype).sub_((t < 0).to(t.dtype))
         d.add_(slope.mul_(side))
-        return d.mul_(grad / t.numel()).div_(width), None
+        return d.mul_(grad).div_(width), None
 
 
 @register_method("s8bqat")
 class S8BQATQuantizer(WeightQuantizer):
-    """Fixed mu-law grid, MRACos regularizer; options ``mu`` (>= 0) and ``lam`` (> 0)."""
+    """Fixed mu-law grid, MRACos regularizer; options ``mu`` (>= 0, default 5) and ``lam`` (> 0, per
+    weight, default 1e-4)."""
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -112,15 +121,16 @@ class S8BQATQuantizer(WeightQuantizer):
         return w.view_as(w)  # identity, but a new tensor: prepare's hooks never re-register the Parameter
 
     def penalty(self, w: Tensor) -> Tensor:
-        """Per-weight MRACos term (shape ``[G, N/G]``), before ``lam`` and the mean."""
+        """Per-weight MRACos term (shape ``[G, N/G]``), before ``lam`` and the sum."""
         wg = self.grouped(w)
         t, _ = _region_t(wg, self.centroids.to(wg.dtype))
         return _penalty_of_t(t)
 
     def regularization(self, w: Tensor) -> Tensor:
-        """``lam * mean(penalty)`` with a hand-written backward that keeps only ``w``."""
+        """``lam * sum(penalty)``: per-weight strength ``lam`` (module docstring); the hand-written
+        backward keeps only ``w``, the centroids and one byte per weight."""
         wg = self.grouped(w)
-        return self.lam * _MeanPenalty.apply(wg, self.centroids.to(wg.dtype))
+        return self.lam * _SumPenalty.apply(wg, self.centroids.to(wg.dtype))
 
     @torch.no_grad()
     def encode(self, w: Tensor) -> tuple[Tensor, Tensor]:

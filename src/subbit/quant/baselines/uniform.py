@@ -8,7 +8,15 @@ config for the baseline must say ``channel`` explicitly.
 Grid: integer levels ``-2**(b-1) .. 2**(b-1) - 1`` times a per-group ``step``; 1 bit uses
 ``{-step, +step}``. Without ``lsq`` the step follows the current weights (``max|w| / qmax``;
 ``mean|w|`` at 1 bit), as a min/max weight observer does. With ``lsq=True`` the step is a
-parameter (initialised the same way) trained with LSQ's gradient scale ``1 / sqrt(N_g * qmax)``.
+parameter trained as in LSQ (Esser et al., ICLR 2020): gradient scale ``1 / sqrt(N_g * Qp)``
+with ``N_g`` the weights of the group and ``Qp = 2**(b-1) - 1`` the top level (``Qn = -2**(b-1)``;
+at 2 bits the grid is {-2, -1, 0, 1}, ``Qp = 1``; at 1 bit ``Qp`` is taken as 1).
+
+LSQ step initialisation (option ``init``, used with ``lsq=True``): ``"mse"`` (default) picks per
+group the step among ``max|w| / Qp * a``, ``a`` in 100 points of (0, 1], with the least squared
+rounding error, so 2-3 bit grids do not start with most weights on 0 (min/max at 2 bits puts
+the step at ``max|w|``); ``"lsq"`` is the paper's ``2 mean|w| / sqrt(Qp)``; ``"max"`` is the
+observer's ``max|w| / Qp``.
 
 Gradients (b >= 2): ``dq/dw = 1`` inside the clamp range and 0 outside; with LSQ
 ``dq/dstep = round(w/step) - w/step`` inside and the clamped level outside. At 1 bit
@@ -38,6 +46,29 @@ from subbit.quant.baselines._common import (
 from subbit.quant.registry import register_method
 
 
+INITS = ("mse", "lsq", "max")
+MSE_POINTS = 100
+
+
+@torch.no_grad()
+def initial_step(wg: Tensor, bits: int, how: str) -> Tensor:
+    """Per-group LSQ step ``[G]`` for a grouped weight ``[G, N]`` (see the module docstring)."""
+    if how == "max" or bits == 1:  # 1 bit: mean|w| is already the least-squares scale of sign(w)
+        return max_step(wg, bits)
+    qp = qrange(bits)[1]
+    if how == "lsq":
+        return (2.0 * wg.abs().mean(dim=1) / math.sqrt(qp)).clamp_min(TINY)
+    top = max_step(wg, bits)
+    best, best_err = top.clone(), torch.full_like(top, float("inf"))
+    for a in torch.linspace(1.0 / MSE_POINTS, 1.0, MSE_POINTS).tolist():
+        step = top * a
+        err = (round_to_grid(wg, step, bits) * step[:, None] - wg).square_().sum(dim=1)
+        better = err < best_err
+        best = torch.where(better, step, best)
+        best_err = torch.where(better, err, best_err)
+    return best
+
+
 class _ScaleGrad(torch.autograd.Function):
     """Identity forward; multiplies the incoming gradient by ``scale`` (LSQ's step gradient)."""
 
@@ -53,22 +84,27 @@ class _ScaleGrad(torch.autograd.Function):
 
 @register_method("uniform")
 class UniformQuantizer(WeightQuantizer):
-    """Symmetric uniform fake quantization with STE; option ``lsq`` (bool, default False)."""
+    """Symmetric uniform fake quantization with STE; options ``lsq`` (bool, default False) and
+    ``init`` (LSQ step init: "mse" default, "lsq", "max")."""
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Validate ``options``; return them completed with defaults (ValueError names the option)."""
-        opts = merge_options("uniform", options, {"lsq": False})
+        opts = merge_options("uniform", options, {"lsq": False, "init": "mse"})
         if not isinstance(opts["lsq"], bool):
             raise ValueError(f"uniform: option 'lsq' must be a bool, got {opts['lsq']!r}")
+        if opts["init"] not in INITS:
+            raise ValueError(f"uniform: option 'init' must be one of {INITS}, got {opts['init']!r}")
         return opts
 
     def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor", **options: Any) -> None:
         super().__init__(weight, bits, granularity)
-        self.lsq: bool = self.check_options(options)["lsq"]
+        opts = self.check_options(options)
+        self.lsq: bool = opts["lsq"]
+        self.init: str = opts["init"]
         self.register_buffer("levels_", int_levels(bits).to(weight.dtype))
         if self.lsq:
-            init = max_step(self.grouped(weight.detach()), bits)
+            init = initial_step(self.grouped(weight.detach()), bits, self.init)
             self.step = nn.Parameter(init.clone())
             n = weight.numel() // self.num_groups
             self._grad_scale = 1.0 / math.sqrt(n * max(qrange(bits)[1], 1.0))
@@ -105,4 +141,4 @@ class UniformQuantizer(WeightQuantizer):
         return idx, codebook
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", lsq={self.lsq}"
+        return super().extra_repr() + f", lsq={self.lsq}" + (f", init={self.init}" if self.lsq else "")
