@@ -102,8 +102,15 @@ def quantizable_names(model: nn.Module) -> list[str]:
     return names
 
 
-def _gq(bits: int, **options: Any) -> dict[str, Any]:
-    return {"default": {"method": "gq", "bits": bits, "granularity": "tensor", "options": dict(options)}}
+def _gq(bits: int, granularity: str = "tensor", **options: Any) -> dict[str, Any]:
+    return {"default": {"method": "gq", "bits": bits, "granularity": granularity, "options": dict(options)}}
+
+
+def _spec(method: str, bits: int, granularity: str, **options: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"method": method, "bits": bits, "granularity": granularity}
+    if options:
+        spec["options"] = dict(options)
+    return {"default": spec}
 
 
 #: recurrent kernels of the encoder (RNN-T: encoder.lstms.N.weight_hh_lK); absent in a Conformer
@@ -117,12 +124,16 @@ _RECIPES: tuple[Recipe, ...] = (
     Recipe("fp32", "fp32", "fp32 fine-tuned for the same budget (no quantization)"),
     Recipe("qat8", "uniform", "8-bit QAT: uniform symmetric per-channel fake quant + STE (the paper's 8-bit baseline)",
            {"default": {"method": "uniform", "bits": 8, "granularity": "channel"}}),
-    Recipe("s8bqat4", "s8bqat", "S8BQAT 4-bit: fixed mu-law centroids + MRACos regularizer, hard compressor every 50 steps",
-           {"default": {"method": "s8bqat", "bits": 4, "granularity": "tensor"}}, schedule=_S8BQAT_SCHEDULE),
-    Recipe("s8bqat5", "s8bqat", "S8BQAT 5-bit: fixed mu-law centroids + MRACos regularizer, hard compressor every 50 steps",
-           {"default": {"method": "s8bqat", "bits": 5, "granularity": "tensor"}}, schedule=_S8BQAT_SCHEDULE),
+    *(Recipe(f"lsq{b}", "uniform", f"{b}-bit uniform QAT per channel with LSQ: learned step (Esser et al. 2020, "
+             "gradient scale 1/sqrt(N*Qp), MSE-initialised), STE", _spec("uniform", b, "channel", lsq=True))
+      for b in (2, 3, 4, 5, 8)),
+    *(Recipe(f"s8bqat{b}", "s8bqat", f"S8BQAT {b}-bit: fixed mu-law centroids + MRACos regularizer (lam per weight), "
+             "hard compressor every 50 steps", _spec("s8bqat", b, "tensor"), schedule=_S8BQAT_SCHEDULE)
+      for b in (4, 5, 3)),
     *(Recipe(f"gq{b}", "gq", f"GQ {b}-bit everywhere: learnable mu-law centroids, softmax annealed soft->hard", _gq(b))
       for b in (8, 5, 4, 3, 2)),
+    *(Recipe(f"gq{b}-channel", "gq", f"GQ {b}-bit, one codebook per output channel", _gq(b, "channel"))
+      for b in (5, 4, 3, 2)),
     Recipe(
         "gq-mixed", "gq",
         "GQ mixed: 2 bits on encoder recurrent kernels (weight_hh), 8 on predictor.embed and joiner.out, "
@@ -130,14 +141,15 @@ _RECIPES: tuple[Recipe, ...] = (
         "every step; the embedding and output layer are small but act on token scores directly",
         _gq(4), param_rules=((ENC_RECURRENT, {"bits": 2}), (TOKEN_EDGES, {"bits": 8})),
     ),
-    Recipe("dkm4", "dkm", "DKM 4-bit: soft k-means attention, fixed tau, no mu-law, no anneal",
-           {"default": {"method": "dkm", "bits": 4, "granularity": "tensor"}}),
-    Recipe("ptq4-uniform", "ptq", "PTQ 4-bit uniform per-channel round-to-nearest, no training",
-           {"default": {"method": "ptq", "bits": 4, "granularity": "channel", "options": {"algo": "uniform"}}},
-           train=False),
-    Recipe("ptq4-kmeans", "ptq", "PTQ 4-bit 1-D k-means codebook per tensor, no training",
-           {"default": {"method": "ptq", "bits": 4, "granularity": "tensor", "options": {"algo": "kmeans"}}},
-           train=False),
+    *(Recipe(f"dkm{b}", "dkm", f"DKM {b}-bit: soft k-means attention over all weights, fixed raw tau 1e-4 "
+             "(coremltools default), no mu-law, no anneal", _spec("dkm", b, "tensor"))
+      for b in (4, 3, 2)),
+    *(r for b in (4, 3) for r in (
+        Recipe(f"ptq{b}-uniform", "ptq", f"PTQ {b}-bit uniform per-channel round-to-nearest, no training",
+               _spec("ptq", b, "channel", algo="uniform"), train=False),
+        Recipe(f"ptq{b}-kmeans", "ptq", f"PTQ {b}-bit 1-D k-means codebook per tensor, no training",
+               _spec("ptq", b, "tensor", algo="kmeans"), train=False),
+    )),
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
