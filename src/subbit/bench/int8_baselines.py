@@ -129,19 +129,22 @@ def quantize_torch_int8(model: Any) -> Any:
 def torch_weight_bytes(model: Any, int8: bool = False) -> int:
     """Resident weight bytes of a float model, or of its torch.ao int8 version (``int8=True``).
 
-    int8: Linear and LSTM weight matrices take 1 byte per value plus a scale and zero point;
-    biases, norms and embeddings stay fp32 (torch.ao dynamic quantizes only LSTM/Linear).
+    int8: Linear and LSTM weight matrices take 1 byte per value plus one per-tensor scale and zero
+    point (:data:`subbit.sizes.TORCH_AO_QPARAM_BYTES`); biases, norms and embeddings stay as they
+    are (torch.ao dynamic quantizes only LSTM/Linear). Counts from :mod:`subbit.sizes`.
     """
     from torch import nn
+
+    from subbit import sizes
 
     total = 0
     for mod in model.modules():
         for name, p in mod.named_parameters(recurse=False):
             is_matrix = name == "weight" if isinstance(mod, nn.Linear) else name.startswith("weight_")
             if int8 and isinstance(mod, (nn.Linear, nn.LSTM)) and is_matrix:
-                total += p.numel() + 12
+                total += sizes.int8_bytes(p.numel(), 1, sizes.TORCH_AO_QPARAM_BYTES)
             else:
-                total += p.numel() * p.element_size()
+                total += sizes.float_bytes(p.numel(), p.element_size())
     return total
 
 

@@ -4,7 +4,8 @@ For a run directory the numbers come from :func:`subbit.quant.report` (method, b
 hardness, weight RMSE, packed bytes per quantized tensor); for a ``.subbit`` file from its
 validated manifest and payload (bits, shape, bytes actually stored). Totals are set against the
 same model in fp32 (4 bytes per parameter) and int8 (1 byte per quantized weight + one fp32
-scale per output channel; other tensors unchanged).
+scale per output channel; other tensors in fp32, the tokenizer as stored); both twins are
+counted by :mod:`subbit.sizes`, as in ``subbit export``'s summary.
 """
 
 from __future__ import annotations
@@ -32,14 +33,18 @@ def register(subparsers: Any) -> None:
 
 
 def _totals(tensors: list[dict[str, Any]], stored_total: int) -> dict[str, Any]:
-    """Sums over the rows; fp32 and int8 keep the non-weight bytes (tokenizer) as they are."""
+    """Sums over the rows; fp32 and int8 twins from :mod:`subbit.sizes` (float tensors in fp32 in
+    both), the non-weight bytes (tokenizer) kept as they are."""
+    from subbit import sizes
+
     q = [t for t in tensors if t["kind"] == "quantized"]
     weights = [t for t in tensors if t["kind"] != "tokenizer"]
     qn = sum(t["numel"] for t in q)
     floats = sum(t["bytes"] for t in tensors if t["kind"] == "float")
     other = sum(t["bytes"] for t in tensors if t["kind"] == "tokenizer")
-    fp32 = sum(4 * t["numel"] for t in weights) + other
-    int8 = sum(t["numel"] + 4 * t["rows"] for t in q) + floats + other
+    fp32 = sum(sizes.fp32_bytes(t["numel"]) for t in weights) + other
+    int8 = (sum(sizes.int8_bytes(t["numel"], t["rows"]) for t in q)
+            + sum(sizes.fp32_bytes(t["numel"]) for t in weights if t["kind"] == "float") + other)  # fmt: skip
     return {
         "tensors": len(weights), "quantized_tensors": len(q), "params": sum(t["numel"] for t in weights),
         "quantized_params": qn, "mean_bits": (sum(t["bits"] * t["numel"] for t in q) / qn) if qn else None,
@@ -52,6 +57,7 @@ def _totals(tensors: list[dict[str, Any]], stored_total: int) -> dict[str, Any]:
 def report_run(run_dir: str | Path, which: str = "final") -> dict[str, Any]:
     """Per-tensor rows of a run's model (quantized or fp32) and totals."""
     import subbit.quant as sq
+    from subbit import sizes
     from subbit.asr.checkpoint import RunPaths, load_run
 
     paths = RunPaths(Path(run_dir))
@@ -62,7 +68,7 @@ def report_run(run_dir: str | Path, which: str = "final") -> dict[str, Any]:
     tensors: list[dict[str, Any]] = []
     if loaded.quantized:
         rep = sq.report(model)
-        rows_of = {qt.name: int(qt.latent.shape[0]) for qt in sq.quantized_tensors(model)}
+        rows_of = {qt.name: sizes.rows_of(qt.latent.shape) for qt in sq.quantized_tensors(model)}
         for r in rep.rows:
             tensors.append({"name": r.name, "kind": "quantized", "method": r.method, "bits": r.bits,
                             "groups": r.groups, "numel": r.numel, "rows": rows_of.get(r.name, 1), "tau": r.tau,
@@ -80,6 +86,7 @@ def report_run(run_dir: str | Path, which: str = "final") -> dict[str, Any]:
 
 def report_subbit(path: str | Path) -> dict[str, Any]:
     """Per-tensor rows of a ``.subbit`` file from its validated manifest and payload."""
+    from subbit import sizes
     from subbit.export.container import read_container
     from subbit.export.manifest import CODEBOOK_SUFFIX, IDX_SUFFIX, STEP_SUFFIX, TOKENIZER_TENSOR
 
@@ -91,7 +98,7 @@ def report_subbit(path: str | Path) -> dict[str, Any]:
         nbytes = sum(int(arrays[name + sfx].nbytes) for sfx in parts if name + sfx in arrays)
         tensors.append({"name": name, "kind": "quantized", "method": q["method"], "bits": q["bits"],
                         "groups": q["groups"], "shape": list(q["shape"]), "numel": q["count"],
-                        "rows": int(q["shape"][0]) if q["shape"] else 1, "mu": q.get("mu"), "bytes": nbytes})
+                        "rows": sizes.rows_of(q["shape"]), "mu": q.get("mu"), "bytes": nbytes})
     for name, f in manifest["float"].items():
         arr = arrays[name]
         tensors.append({"name": name, "kind": "float", "method": f["dtype"], "bits": None, "groups": None,

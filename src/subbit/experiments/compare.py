@@ -333,11 +333,15 @@ def _export(model: torch.nn.Module, loaded: Any, path: Path, recipe: str) -> int
 
 
 def _sizes(model: torch.nn.Module) -> tuple[float, int, list[dict[str, Any]]]:
-    """(mean bits per quantized weight, theoretical packed bytes, per-tensor report rows)."""
+    """(mean bits per quantized weight, theoretical packed bytes, per-tensor report rows).
+
+    Theoretical: :func:`subbit.quant.report` bytes (``ceil(N * b / 8)`` indices + the codebooks the
+    file stores, :mod:`subbit.sizes`) + float parameters."""
     import subbit.quant as sq
+    from subbit import sizes
 
     if not sq.is_prepared(model):
-        return 32.0, 4 * sum(p.numel() for p in model.parameters()), []
+        return 32.0, sizes.fp32_bytes(sum(p.numel() for p in model.parameters())), []
     rep = sq.report(model)
     n = sum(r.numel for r in rep.rows)
     bits = sum(r.bits * r.numel for r in rep.rows) / n if n else 32.0
@@ -345,30 +349,27 @@ def _sizes(model: torch.nn.Module) -> tuple[float, int, list[dict[str, Any]]]:
 
 
 def deploy_bytes(model: torch.nn.Module) -> int:
-    """Packed indices + the smallest exact codebook + float tensors.
+    """Packed indices + codebooks + float parameters, as a ``.subbit`` file stores them.
 
-    A codebook row on an evenly spaced grid (uniform QAT, uniform PTQ, any 1-bit row) is stored
-    as offset and step (8 bytes); any other row as its ``2**bits`` fp32 entries. This is what an
-    int8/intN deployment of a uniform method costs, which a table of fp32 codebooks overstates
-    (256 fp32 entries per output channel at 8 bits).
+    Every count is :mod:`subbit.sizes`: indices in the file's row layout
+    (:func:`~subbit.sizes.index_bytes`), a codebook that is bit-exactly evenly spaced
+    (:func:`~subbit.sizes.find_affine`: uniform QAT and PTQ grids) as one fp32 step per group,
+    any other as its ``2**bits`` fp32 entries per group. This is what an int8/intN deployment of a
+    uniform method costs, which a table of fp32 codebooks overstates (256 fp32 entries per output
+    channel at 8 bits). Header and tokenizer are not counted.
     """
     import subbit.quant as sq
+    from subbit import sizes
 
     if not sq.is_prepared(model):
-        return 4 * sum(p.numel() for p in model.parameters())
+        return sizes.fp32_bytes(sum(p.numel() for p in model.parameters()))
     total = sq.report(model).float_bytes
     with torch.no_grad():
         for qt in sq.quantized_tensors(model):
             q = qt.quantizer
             _, cb = q.encode(qt.latent.detach())
-            cb = cb.double()
-            groups, k = cb.shape
-            per_group = qt.latent.numel() // groups
-            step = cb.diff(dim=1)
-            tol = 1e-5 * cb.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
-            affine = ((step - step[:, :1]).abs() <= tol).all(dim=1) if k > 2 else torch.ones(groups, dtype=torch.bool)
-            n_affine = int(affine.sum())
-            total += groups * math.ceil(per_group * q.bits / 8) + 8 * n_affine + 4 * k * (groups - n_affine)
+            cb_np = cb.detach().to(torch.float32).cpu().numpy()
+            total += sizes.quantized_bytes(tuple(qt.latent.shape), q.bits, cb_np.shape[0], sizes.codebook_kind(cb_np))
     return total
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from subbit import sizes
 from subbit.export.bitpack import PackedTensor, int8_codebook, matrix_rows, padding_is_zero
 from subbit.export.manifest import (
     CODEBOOK_SUFFIX,
@@ -35,13 +36,12 @@ from subbit.export.manifest import (
     STEP_SUFFIX,
     TOKENIZER_TENSOR,
     SubbitFormatError,
-    affine_table,
     build_manifest,
     codebook_kind,
-    find_affine,
     quant_entry,
     validate_manifest,
 )
+from subbit.sizes import affine_table, find_affine
 
 MAX_HEADER = 64 << 20
 _NP = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "U8": np.dtype("u1"), "I64": np.dtype("<i8"),
@@ -57,10 +57,10 @@ class TensorBytes:
     kind: str  # "quantized" | "float" | "tokenizer"
     count: int
     bits: int | None
-    stored: int  # bytes in the file (indices + codebook for quantized tensors)
-    theory: int  # quantized: sum over groups of ceil(N_g * b / 8) + codebook; else stored
-    fp32: int
-    int8: int
+    stored: int  # bytes in the file (indices + codebook for quantized tensors): sizes.quantized_bytes
+    theory: int  # quantized: ceil(N * b / 8) + codebook (sizes.ideal_quantized_bytes); else stored
+    fp32: int  # sizes.fp32_bytes (tokenizer: as stored)
+    int8: int  # quantized: sizes.int8_twin_bytes; float tensors: fp32; tokenizer: as stored
     codebook: str = "-"  # quantized: "table" (4 * G * 2**b bytes) or "affine" (4 * G bytes)
 
 
@@ -68,8 +68,9 @@ class TensorBytes:
 class ExportSummary:
     """Bytes per tensor and totals, next to the same model in fp32 and in int8.
 
-    "int8" = every quantized weight at one byte plus an fp32 scale per group, float tensors
-    in fp32 (what an 8-bit per-channel export of the same model would hold).
+    "int8" = every quantized weight at one byte plus an fp32 scale per output channel, float
+    tensors in fp32 (what an 8-bit per-channel export of the same model would hold); every
+    count comes from :mod:`subbit.sizes`.
     """
 
     path: str
@@ -79,7 +80,7 @@ class ExportSummary:
 
     @property
     def theory_bytes(self) -> int:
-        """sum ceil(N_g * b / 8) + codebooks + float tensors + tokenizer + header."""
+        """sum ceil(N * b / 8) + codebooks + float tensors + tokenizer + header."""
         return sum(t.theory for t in self.tensors) + self.header_bytes
 
     @property
@@ -253,7 +254,7 @@ def write_packed(
 ) -> ExportSummary:
     """Write already packed tensors and ``{name: (dtype, array)}`` float tensors.
 
-    ``compact_codebooks``: store a codebook that :func:`~subbit.export.manifest.find_affine`
+    ``compact_codebooks``: store a codebook that :func:`subbit.sizes.find_affine`
     proves bit-exact as one step per group (False: always the full table, as minor version 0).
     """
     tensors: dict[str, tuple[str, np.ndarray]] = {}
@@ -273,19 +274,20 @@ def write_packed(
             tensors[name + STEP_SUFFIX] = ("F32", affine[0])
             qmeta[name] = quant_entry(pt.bits, pt.shape, pt.groups, pt.granularity, pt.method, pt.mu,
                                       zero_index=affine[1])  # fmt: skip
-        per_group = pt.count // pt.groups
-        cb_bytes = pt.groups * 4 * (1 if affine is not None else 1 << pt.bits)
-        rows.append(TensorBytes(name, "quantized", pt.count, pt.bits, pt.packed.nbytes + cb_bytes,
-                                pt.groups * math.ceil(per_group * pt.bits / 8) + cb_bytes,
-                                4 * pt.count, pt.count + 4 * pt.groups, qmeta[name]["codebook"]))  # fmt: skip
+        kind = qmeta[name]["codebook"]
+        rows.append(TensorBytes(name, "quantized", pt.count, pt.bits,
+                                sizes.quantized_bytes(pt.shape, pt.bits, pt.groups, kind),
+                                sizes.ideal_quantized_bytes(pt.count, pt.bits, pt.groups, kind),
+                                sizes.fp32_bytes(pt.count), sizes.int8_twin_bytes(pt.shape), kind))  # fmt: skip
     fmeta: dict[str, dict[str, Any]] = {}
     for name, (dtype, arr) in floats.items():
         if dtype not in _NP:
             raise ValueError(f"{name}: unsupported dtype {dtype}")
         tensors[name] = (dtype, arr)
         fmeta[name] = {"dtype": dtype, "shape": [int(s) for s in arr.shape]}
-        nbytes = int(arr.size) * _NP[dtype].itemsize
-        rows.append(TensorBytes(name, "float", int(arr.size), None, nbytes, nbytes, 4 * int(arr.size), 4 * int(arr.size)))
+        nbytes = sizes.float_bytes(int(arr.size), dtype)
+        fp32 = sizes.fp32_bytes(int(arr.size))
+        rows.append(TensorBytes(name, "float", int(arr.size), None, nbytes, nbytes, fp32, fp32))
     tok = None
     if tokenizer_bytes is not None:
         tb = np.frombuffer(bytes(tokenizer_bytes), dtype=np.uint8)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 from subbit.export.bitpack import PACKING, matrix_rows, row_bytes
+# affine codebooks: detection and rebuild live with the byte counts (below quant and export)
+from subbit.sizes import CODEBOOK_KINDS, affine_table, find_affine  # noqa: F401 (re-exported)
 
 FORMAT = "subbit"
 SCHEMA_VERSION = 1
@@ -23,7 +23,6 @@ TOKENIZER_TENSOR = "__tokenizer__"
 IDX_SUFFIX = ".idx"
 CODEBOOK_SUFFIX = ".codebook"
 STEP_SUFFIX = ".codebook_step"
-CODEBOOK_KINDS = ("table", "affine")
 FLOAT_DTYPES = ("F32", "F16")
 OTHER_DTYPES = ("I64", "I32", "BOOL")
 RUNTIME_NUMERICS = {
@@ -95,45 +94,6 @@ def quant_entry(bits: int, shape: tuple[int, ...], groups: int, granularity: str
         entry["codebook"] = "affine"
         entry["zero_index"] = int(zero_index)
     return entry
-
-
-# -- affine codebooks ------------------------------------------------------------------------------
-def affine_table(step: np.ndarray, zero_index: int, k: int) -> np.ndarray:
-    """The ``[G, k]`` float32 table of an affine codebook: ``step[g] * (j - zero_index)``.
-
-    Writer and loaders both use exactly this float32 expression, so a codebook the writer
-    verified against it is rebuilt bit for bit.
-    """
-    s = np.asarray(step, dtype=np.float32).reshape(-1, 1)
-    levels = np.arange(k, dtype=np.float32) - np.float32(zero_index)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return (s * levels[None, :]).astype(np.float32)
-
-
-def find_affine(codebook: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """``(step [G] float32, zero_index)`` if ``codebook`` ``[G, K]`` is exactly (bit for bit)
-    :func:`affine_table` of them with every step finite and > 0; else None.
-
-    Column ``zero_index`` must be 0 in every group (symmetric uniform grids
-    ``-2**(b-1) .. 2**(b-1) - 1``: z = 2**(b-1)). Codebooks without a zero level, such as 1-bit
-    ``{-step, +step}``, stay tables (2 floats per group instead of 1).
-    """
-    cb = np.asarray(codebook)
-    if cb.dtype != np.float32 or cb.ndim != 2 or cb.shape[1] < 2 or cb.shape[0] < 1:
-        return None
-    if not np.all(np.isfinite(cb)):
-        return None
-    k = cb.shape[1]
-    zero_cols = np.flatnonzero(np.all(cb == 0, axis=0))
-    if zero_cols.size != 1:
-        return None
-    z = int(zero_cols[0])
-    step = np.ascontiguousarray(cb[:, z + 1] if z + 1 < k else -cb[:, z - 1], dtype=np.float32)
-    if not np.all(step > 0):
-        return None
-    if np.array_equal(affine_table(step, z, k).view(np.uint32), cb.view(np.uint32)):
-        return step, z
-    return None
 
 
 def build_manifest(*, arch: dict[str, Any], quantized: dict[str, dict[str, Any]],

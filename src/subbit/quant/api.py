@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from subbit import sizes
 from subbit.quant.base import WeightQuantizer
 from subbit.quant.modules import attach, attached, quantizable_params, refresh
 from subbit.quant.registry import get_method
@@ -161,25 +162,23 @@ def regularization(model: nn.Module) -> Tensor:
 
 
 def codebook_bytes(quantizer: WeightQuantizer, weight: Tensor | None = None) -> int:
-    """Bytes of the codebooks as the exporter writes them (float32): one step per group when the
-    codebook is bit-exactly affine (``subbit.export.manifest.find_affine``: uniform grids), the
-    full ``[G, 2**bits]`` table otherwise. Telling the two apart needs the codebook, so pass the
-    latent ``weight``; without it the table size is returned (an upper bound)."""
-    g, k = quantizer.num_groups, quantizer.levels
+    """Bytes of the codebooks as the exporter writes them (float32, :func:`subbit.sizes.codebook_bytes`):
+    one step per group when the codebook is bit-exactly affine (:func:`subbit.sizes.find_affine`:
+    uniform grids), the full ``[G, 2**bits]`` table otherwise. Telling the two apart needs the
+    codebook, so pass the latent ``weight``; without it the table size is returned (an upper bound)."""
+    g, bits = quantizer.num_groups, quantizer.bits
+    kind = "table"
     if weight is not None:
-        from subbit.export.manifest import find_affine
-
         with torch.no_grad():
             _, cb = quantizer.encode(weight.detach())
-        if find_affine(cb.detach().to(torch.float32).cpu().numpy()) is not None:
-            return g * 4
-    return g * k * 4
+        kind = sizes.codebook_kind(cb.detach().to(torch.float32).cpu().numpy())
+    return sizes.codebook_bytes(g, bits, kind)
 
 
 def packed_bytes(quantizer: WeightQuantizer, weight: Tensor | None = None) -> int:
-    """``ceil(numel * bits / 8)`` index bytes + :func:`codebook_bytes` (same ``weight`` rule)."""
-    numel = math.prod(quantizer.shape)
-    return math.ceil(numel * quantizer.bits / 8) + codebook_bytes(quantizer, weight)
+    """``ceil(numel * bits / 8)`` index bytes (:func:`subbit.sizes.ideal_index_bytes`, no row
+    padding) + :func:`codebook_bytes` (same ``weight`` rule)."""
+    return sizes.ideal_index_bytes(math.prod(quantizer.shape), quantizer.bits) + codebook_bytes(quantizer, weight)
 
 
 @dataclass
@@ -254,6 +253,8 @@ def report(model: nn.Module) -> QuantReport:
             packed_bytes=packed_bytes(q, w),
         ))
     float_bytes = sum(
-        p.numel() * p.element_size() for n, p in model.named_parameters() if ".subbit_quant." not in f".{n}"
+        sizes.float_bytes(p.numel(), p.element_size())
+        for n, p in model.named_parameters()
+        if ".subbit_quant." not in f".{n}"
     )
     return QuantReport(rows, list(info.float_tensors), list(info.unmatched_rules), float_bytes)
