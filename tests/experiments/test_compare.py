@@ -221,9 +221,10 @@ def test_deploy_bytes_counts_indices_codebooks_and_floats(tiny_model) -> None:
     qnames = quantizable_names(tiny_model)
     floats = 4 * sum(math.prod(s) for n, s in shapes.items() if n not in qnames)
     assert deploy_bytes(tiny_model) == 4 * sum(math.prod(s) for s in shapes.values())
-    # uniform 8-bit per channel: 1 byte per weight + offset/step per row (its grid is evenly spaced)
+    # uniform 8-bit per channel: 1 byte per weight + one fp32 step per row (its grid is evenly spaced
+    # and symmetric, stored as the file stores it: subbit.sizes.affine_bytes)
     m = sq.prepare(copy.deepcopy(tiny_model), RECIPES["qat8"].quant_config(qnames))
-    expect = sum(s[0] * (math.prod(s[1:]) + 8) for n, s in shapes.items() if n in qnames) + floats
+    expect = sum(s[0] * (math.prod(s[1:]) + 4) for n, s in shapes.items() if n in qnames) + floats
     assert deploy_bytes(sq.convert(m)) == expect
     # GQ 4-bit per tensor: half a byte per weight + 16 fp32 centroids per tensor (mu-law: not evenly spaced)
     m = sq.prepare(copy.deepcopy(tiny_model), RECIPES["gq4"].quant_config(qnames))

@@ -239,10 +239,17 @@ def corpus_identity(data: Path) -> str:
     return h.hexdigest()[:16]
 
 
+#: methods whose implementation changed after cells were first recorded (a cell made with the
+#: older code is redone): DKM v2 backpropagates through every weight at raw tau 1e-4; S8BQAT v2
+#: applies lam per weight (a sum, not a per-tensor mean)
+METHOD_VERSIONS = {"dkm": 2, "s8bqat": 2}
+
+
 def cell_fingerprint(cfg: StudyConfig, arch: str, recipe: Recipe, seed: int, corpus: str) -> dict[str, Any]:
     r = recipe.to_dict()
     r.pop("description")
-    return {
+    extra = {"method_version": METHOD_VERSIONS[recipe.method]} if recipe.method in METHOD_VERSIONS else {}
+    return {**extra,
         "schema": CELL_SCHEMA, "arch": arch, "preset": cfg.preset, "recipe": r, "seed": seed, "corpus": corpus,
         "fp32": {"steps": cfg.fp32_steps, "seed": 0, **FP32_RECIPE},
         "finetune": {"steps": cfg.steps, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "batch_size": cfg.batch_size},
@@ -345,22 +352,33 @@ def runtime_wer(subbit_file: Path, data: Path, split: str, limit: int | None) ->
             "utt_ids": [r.id for r in rows], "utt_errors": [r.errors for r in rows]}
 
 
-def run_cells(cfg: StudyConfig, arch: str, cells: list[Cell], data: Path, corpus: str) -> None:
-    """Train and evaluate every cell of ``arch`` that has no valid cell file yet."""
-    fp32 = None
-    seeds = sorted({s for c in cells for s in c.seeds})
-    for seed in seeds:
-        todo = []
-        for cell in cells:
-            if seed not in cell.seeds:
-                continue
+def _schedule(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str) -> list[tuple[int, list[tuple[Recipe, dict]]]]:
+    """Cells still to run, in the order that makes a stopped study most useful: first every seed
+    of the cells a claim rests on (multi-seed cells), then the one-seed cells; consecutive cells
+    of one seed are grouped so they share a compare run."""
+    todo: list[tuple[int, int, Recipe, dict]] = []
+    for order, cell in enumerate(cells):
+        for seed in cell.seeds:
             fp = cell_fingerprint(cfg, arch, cell.recipe, seed, corpus)
             stored = _read(_cell_path(cfg, arch, cell.recipe.name, seed))
             if stored is not None and stored.get("fingerprint") == fp:
                 continue
-            todo.append((cell.recipe, fp))
-        if not todo:
-            continue
+            priority = 0 if len(cell.seeds) > 1 else 1
+            todo.append((priority, seed, order, cell.recipe, fp))
+    todo.sort(key=lambda t: (t[0], t[1], t[2]))
+    groups: list[tuple[int, list[tuple[Recipe, dict]]]] = []
+    for _, seed, _, recipe, fp in todo:
+        if groups and groups[-1][0] == seed:
+            groups[-1][1].append((recipe, fp))
+        else:
+            groups.append((seed, [(recipe, fp)]))
+    return groups
+
+
+def run_cells(cfg: StudyConfig, arch: str, cells: list[Cell], data: Path, corpus: str) -> None:
+    """Train and evaluate every cell of ``arch`` that has no valid cell file yet."""
+    fp32 = None
+    for seed, todo in _schedule(cfg, arch, cells, corpus):
         if fp32 is None:
             fp32 = ensure_fp32_base(cfg, arch, data)
         cc = CompareConfig(out=str(cfg.work_dir / arch / f"seed-{seed}"), data=str(data), model=arch,
@@ -369,27 +387,32 @@ def run_cells(cfg: StudyConfig, arch: str, cells: list[Cell], data: Path, corpus
                            eval_limit=cfg.eval_limit, threads=cfg.threads, progress=cfg.progress, export=True,
                            ckpt_every=max(10, cfg.steps // 4))
         log.info("study: %s seed %d: %d cell(s) to run: %s", arch, seed, len(todo), ", ".join(r.name for r, _ in todo))
-        result = run_compare(cc, [r for r, _ in todo], name="results")
-        rows = {row["recipe"]: row for row in result.rows}
-        ref_row = rows.get(REFERENCE, {})
-        for recipe, fp in todo:
-            row = rows.get(recipe.name)
-            if row is None:
-                continue
-            stored = _read(cfg.work_dir / arch / f"seed-{seed}" / "results" / f"{recipe.name}.json") or {}
-            evals = stored.get("eval") or {}
-            serve = None
-            subbit_file = Path(row["run"]) / "model.subbit"
-            if "serve" in cfg.sections and row.get("status") == "done" and subbit_file.is_file():
-                serve = runtime_wer(subbit_file, data, "test_heldout",
-                                    cfg.runtime_limit if cfg.eval_limit is None else min(cfg.eval_limit, cfg.runtime_limit or cfg.eval_limit))
-            keep = {k: row.get(k) for k in ("method", "bits", "size_bytes", "fp32_bytes", "size_vs_fp32",
-                                            "size_deploy_bytes", "size_file_bytes", "size_theory_bytes",
-                                            "train_minutes", "steps", "status")}
-            _write(_cell_path(cfg, arch, recipe.name, seed), {
-                "fingerprint": fp, "row": keep, "eval": {s: evals.get(s) for s in SPLITS},
-                "serve": serve, "fp32_init_wer": ref_row.get("wer"),
-            })
+        for recipe, fp in todo:  # one compare call per cell: its file is written as soon as it is done
+            result = run_compare(cc, [recipe], name="results")
+            rows = {row["recipe"]: row for row in result.rows}
+            _write_cell(cfg, arch, seed, recipe, fp, rows, data)
+
+
+def _write_cell(cfg: StudyConfig, arch: str, seed: int, recipe: Recipe, fp: dict[str, Any],
+                rows: dict[str, dict[str, Any]], data: Path) -> None:
+    row = rows.get(recipe.name)
+    if row is None:
+        return
+    stored = _read(cfg.work_dir / arch / f"seed-{seed}" / "results" / f"{recipe.name}.json") or {}
+    evals = stored.get("eval") or {}
+    serve = None
+    subbit_file = Path(row["run"]) / "model.subbit"
+    if "serve" in cfg.sections and row.get("status") == "done" and subbit_file.is_file():
+        limit = cfg.runtime_limit if cfg.eval_limit is None else min(cfg.eval_limit, cfg.runtime_limit or cfg.eval_limit)
+        serve = runtime_wer(subbit_file, data, "test_heldout", limit)
+    keep = {k: row.get(k) for k in ("method", "bits", "size_bytes", "fp32_bytes", "size_vs_fp32",
+                                    "size_deploy_bytes", "size_file_bytes", "size_theory_bytes",
+                                    "train_minutes", "steps", "status")}
+    ref_row = rows.get(REFERENCE, {})
+    _write(_cell_path(cfg, arch, recipe.name, seed), {
+        "fingerprint": fp, "row": keep, "eval": {s: evals.get(s) for s in SPLITS},
+        "serve": serve, "fp32_init_wer": ref_row.get("wer"),
+    })
 
 
 # -- from cells to rows ---------------------------------------------------------------------------
