@@ -133,6 +133,16 @@ def test_demo_runs_its_stages(corpus, tmp_path, monkeypatch, capsys) -> None:
     assert summary["runtime_utterances"] == 3
     text = capsys.readouterr().out
     assert "WER seen voices" in text and "WER held-out" in text and "packed runtime" in text
+    # results.json: fp32, 8-bit QAT and GQ rows in the study's shape, sizes from the written files
+    rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert set(rows) == {"fp32", "qat8", "gq4"}
+    for tag, r in rows.items():
+        for key in ("name", "method", "bits_avg", "size_bytes", "wer_seen", "wer_heldout", "p90_ms"):
+            assert r[key] is not None, (tag, key)
+        assert r["size_bytes"] == (out / ("model-gq4.subbit" if tag == "gq4" else f"model-{tag}.subbit")).stat().st_size
+        assert r["p90_ms"] >= r["p50_ms"] > 0
+    assert rows["gq4"]["size_bytes"] < rows["qat8"]["size_bytes"] < rows["fp32"]["size_bytes"]
+    assert (out / "report.md").is_file() and (out / "wer-vs-size.png").stat().st_size > 0
     # the GQ run holds a converted model: every quantized tensor takes at most 2**bits values
     from subbit.asr.checkpoint import load_run
     from subbit.quant import quantized_tensors
@@ -141,6 +151,6 @@ def test_demo_runs_its_stages(corpus, tmp_path, monkeypatch, capsys) -> None:
     for qt in quantized_tensors(loaded.model):
         assert torch.unique(qt.quantizer.hard(qt.latent.detach())).numel() <= 2**qt.quantizer.bits
     # a second demo reuses the finished runs instead of training again
-    mtimes = [(out / run / "final.pt").stat().st_mtime_ns for run in ("fp32", "gq4")]
+    mtimes = [(out / run / "final.pt").stat().st_mtime_ns for run in ("fp32", "gq4", "qat8")]
     assert cli.main(argv) == 0
-    assert [(out / run / "final.pt").stat().st_mtime_ns for run in ("fp32", "gq4")] == mtimes
+    assert [(out / run / "final.pt").stat().st_mtime_ns for run in ("fp32", "gq4", "qat8")] == mtimes

@@ -154,26 +154,34 @@ def stage_eval_fp32(ctx: DemoContext) -> None:
     _evaluate_run(ctx, ctx.fp32_run, "fp32")
 
 
-#: the demo's GQ recipe: 4 bits per weight everywhere (per-tensor mu-law codebooks, learnable
-#: centroids, tau annealed soft -> hard); biases and norms stay float
+#: the demo's quantized variants, each fine-tuned from the fp32 run for QAT_MINUTES:
+#: GQ 4 bits everywhere (per-tensor mu-law codebooks, learnable centroids, tau annealed soft ->
+#: hard) and the paper's 8-bit QAT baseline (uniform symmetric per-channel fake quant + STE);
+#: biases and norms stay float
 GQ_RULES: dict[str, Any] = {"default": {"method": "gq", "bits": 4}, "rules": {}}
+QAT8_RULES: dict[str, Any] = {"default": {"method": "uniform", "bits": 8, "granularity": "channel"}, "rules": {}}
+VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "gq4": ("gq", GQ_RULES, "GQ 4-bit"),
+    "qat8": ("uniform", QAT8_RULES, "8-bit QAT"),
+}
 
 
-def stage_quantize_gq(ctx: DemoContext) -> None:
-    """GQ quantization-aware fine-tune (4 bits) warm-started from the fp32 run."""
+def _quantize(ctx: DemoContext, tag: str) -> None:
+    """QAT fine-tune of one variant, warm-started from the fp32 run."""
     from subbit.asr.checkpoint import RunPaths, read_run_config
     from subbit.asr.train import TrainConfig, train
     from subbit.quant import QuantConfig
 
-    paths = RunPaths(ctx.gq_run)
+    _, rules_dict, label = VARIANTS[tag]
+    paths = RunPaths(ctx.out / tag)
     if paths.final.is_file():
         _say(f"quantize: {paths.root} is finished; reusing it")
         return
-    rules = ctx.out / "gq4-rules.json"
-    QuantConfig.from_dict(GQ_RULES).save(rules)
+    rules = ctx.out / f"{tag}-rules.json"
+    QuantConfig.from_dict(rules_dict).save(rules)
     fp32_cfg = read_run_config(ctx.fp32_run)
     resume = paths.last.is_file()
-    _say(f"quantize: GQ 4-bit fine-tune for {ctx.qat_minutes:g} min -> {paths.root}" + (" (resuming)" if resume else ""))
+    _say(f"quantize: {label} fine-tune for {ctx.qat_minutes:g} min -> {paths.root}" + (" (resuming)" if resume else ""))
     recipe = {**DEMO_RECIPE, "lr": 5e-4, "warmup_steps": 50, "sortagrad_epochs": 0}
     recipe["tokenizer"] = fp32_cfg["tokenizer"]["kind"]
     recipe["vocab_size"] = int(fp32_cfg["tokenizer"]["vocab_size"])
@@ -181,7 +189,13 @@ def stage_quantize_gq(ctx: DemoContext) -> None:
         data=str(ctx.data), out=str(paths.root), model="rnnt", preset=ctx.preset, minutes=ctx.qat_minutes,
         seed=ctx.seed, device=ctx.device, resume=resume, init=str(ctx.fp32_run), quant=str(rules), **recipe,
     )
-    train(cfg)
+    result = train(cfg)
+    ctx.summary[f"{tag}_train_minutes"] = round(result.elapsed / 60, 2)
+
+
+def stage_quantize_gq(ctx: DemoContext) -> None:
+    """GQ quantization-aware fine-tune (4 bits) warm-started from the fp32 run."""
+    _quantize(ctx, "gq4")
 
 
 def stage_eval_gq(ctx: DemoContext) -> None:
@@ -189,46 +203,138 @@ def stage_eval_gq(ctx: DemoContext) -> None:
     _evaluate_run(ctx, ctx.gq_run, "gq4")
 
 
+def stage_quantize_qat8(ctx: DemoContext) -> None:
+    """The 8-bit QAT baseline, same start and budget as GQ."""
+    _quantize(ctx, "qat8")
+
+
+def stage_eval_qat8(ctx: DemoContext) -> None:
+    _evaluate_run(ctx, ctx.out / "qat8", "qat8")
+
+
 def stage_export(ctx: DemoContext) -> None:
-    """Write the bit-packed .subbit file and read it back through the validating loader."""
+    """Write the bit-packed .subbit files (GQ, 8-bit QAT, fp32) and read each back through the
+    validating loader."""
     from subbit.commands.export import export_run
 
-    summary = export_run(ctx.gq_run, ctx.subbit_file)
-    _say(f"export: {ctx.subbit_file} ({summary.file_bytes:,} bytes)")
-    ctx.summary["subbit_bytes"] = summary.file_bytes
-    ctx.summary["fp32_bytes"] = summary.fp32_bytes
-    ctx.summary["int8_bytes"] = summary.int8_bytes
+    for tag, run, path in _files(ctx):
+        summary = export_run(run, path)
+        _say(f"export: {path} ({summary.file_bytes:,} bytes)")
+        ctx.summary[f"{tag}_file_bytes"] = summary.file_bytes
+        if tag == "gq4":
+            ctx.summary["subbit_bytes"] = summary.file_bytes
+            ctx.summary["fp32_bytes"] = summary.fp32_bytes
+            ctx.summary["int8_bytes"] = summary.int8_bytes
 
 
-def stage_runtime(ctx: DemoContext) -> None:
-    """Stream held-out audio through the packed-weight runtime (C kernels, no torch) and score it."""
+def _files(ctx: DemoContext) -> list[tuple[str, Path, Path]]:
+    """(tag, run, .subbit path) of every model the demo serves, GQ first."""
+    return [("gq4", ctx.gq_run, ctx.subbit_file), ("qat8", ctx.out / "qat8", ctx.out / "model-qat8.subbit"),
+            ("fp32", ctx.fp32_run, ctx.out / "model-fp32.subbit")]
+
+
+def _stream(path: Path, utts: list[Any]) -> tuple[list[str], list[float], float, int]:
+    """Stream utterances through the packed runtime in 100 ms chunks: (hyps, per-chunk ms,
+    audio seconds, weight bytes)."""
     import numpy as np
 
-    from subbit.asr.data import load_audio, read_manifest
-    from subbit.asr.evaluate import score
+    from subbit.asr.data import load_audio
     from subbit.runtime import PackedTransducer, StreamingSession
 
-    model = PackedTransducer.from_file(ctx.subbit_file)
+    model = PackedTransducer.from_file(path)
     session = StreamingSession(model)
-    utts = read_manifest(ctx.data / "test_heldout.jsonl")[: ctx.runtime_limit]
     chunk = 1600  # 100 ms of 16 kHz audio per call, as a device would feed it
-    hyps, audio_s, t0 = [], 0.0, time.perf_counter()
-    _say(f"runtime: streaming {len(utts)} held-out utterances through {ctx.subbit_file.name} in 100 ms chunks")
+    hyps, chunk_ms, audio_s = [], [], 0.0
     for utt in utts:
         audio = load_audio(utt.audio).astype(np.float32)
         audio_s += len(audio) / 16000
         session.reset()
         for start in range(0, len(audio), chunk):
+            t = time.perf_counter()
             session.accept_audio(audio[start : start + chunk])
+            chunk_ms.append(1e3 * (time.perf_counter() - t))
         hyps.append(session.finalize())
-    elapsed = time.perf_counter() - t0
-    rows = score([u.id for u in utts], [u.text for u in utts], hyps)
-    errors, words = sum(r.errors for r in rows), max(1, sum(r.ref_words for r in rows))
-    ctx.summary["runtime_wer_test_heldout"] = round(100 * errors / words, 2)
-    ctx.summary["runtime_utterances"] = len(utts)
-    ctx.summary["runtime_rtf"] = round(elapsed / max(audio_s, 1e-9), 4)
-    ctx.summary["runtime_weight_bytes"] = int(model.weight_bytes)
-    _say(f"runtime: WER {100 * errors / words:.2f}% on {len(utts)} held-out utterances, RTF {elapsed / audio_s:.3f}")
+    return hyps, chunk_ms, audio_s, int(model.weight_bytes)
+
+
+def stage_runtime(ctx: DemoContext) -> None:
+    """Stream held-out audio through the packed-weight runtime (C kernels, no torch) and score it:
+    WER and per-chunk latency of each served file, side by side on this machine."""
+    import numpy as np
+
+    from subbit.asr.data import read_manifest
+    from subbit.asr.evaluate import score
+
+    utts = read_manifest(ctx.data / "test_heldout.jsonl")[: ctx.runtime_limit]
+    _say(f"runtime: streaming {len(utts)} held-out utterances through each .subbit file in 100 ms chunks")
+    for tag, _, path in _files(ctx):
+        t0 = time.perf_counter()
+        hyps, chunk_ms, audio_s, weight_bytes = _stream(path, utts)
+        elapsed = time.perf_counter() - t0
+        rows = score([u.id for u in utts], [u.text for u in utts], hyps)
+        errors, words = sum(r.errors for r in rows), max(1, sum(r.ref_words for r in rows))
+        p50, p90 = (float(np.percentile(chunk_ms, q)) for q in (50, 90))
+        prefix = "runtime" if tag == "gq4" else f"{tag}_runtime"
+        ctx.summary[f"{prefix}_wer_test_heldout"] = round(100 * errors / words, 2)
+        ctx.summary[f"{prefix}_rtf"] = round(elapsed / max(audio_s, 1e-9), 4)
+        ctx.summary[f"{prefix}_weight_bytes"] = weight_bytes
+        ctx.summary[f"{tag}_p50_ms"] = round(p50, 3)
+        ctx.summary[f"{tag}_p90_ms"] = round(p90, 3)
+        ctx.summary["runtime_utterances"] = len(utts)
+        _say(f"runtime {tag}: WER {100 * errors / words:.2f}%, RTF {elapsed / audio_s:.3f}, "
+             f"chunk p50 {p50:.2f} ms p90 {p90:.2f} ms, {weight_bytes:,} weight bytes")
+
+
+def result_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """The demo's rows in the study's shape (results.json)."""
+    rows = []
+    for tag, method, bits in (("fp32", "fp32", 32.0), ("qat8", "uniform", 8.0), ("gq4", "gq", 4.0)):
+        pre = "" if tag == "fp32" else f"{tag}_"
+        rows.append({
+            "name": tag, "method": method, "bits_avg": bits, "size_bytes": s.get(f"{tag}_file_bytes"),
+            "wer_seen": s.get(f"{pre}wer_test_seen"), "wer_heldout": s.get(f"{pre}wer_test_heldout"),
+            "runtime_wer_heldout": s.get("runtime_wer_test_heldout" if tag == "gq4" else f"{tag}_runtime_wer_test_heldout"),
+            "p90_ms": s.get(f"{tag}_p90_ms"), "p50_ms": s.get(f"{tag}_p50_ms"),
+        })
+    return rows
+
+
+def stage_results(ctx: DemoContext) -> None:
+    """results.json, report.md and a WER-vs-size plot of the three served models."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result_rows(ctx.summary)
+    (ctx.out / "results.json").write_text(json.dumps({"rows": rows, "summary": ctx.summary}, indent=2) + "\n")
+    lines = ["# subbit demo", "", f"corpus: {ctx.data}", "",
+             "WER in % (greedy, PyTorch forward of the converted model; runtime = the .subbit file streamed in "
+             "100 ms chunks); size = bytes of the .subbit file; p90 = 90th percentile of the time per 100 ms chunk "
+             "in the packed runtime on this machine, one thread. One seed, short budgets: differences of a few "
+             "points are within noise (see `subbit study` for intervals).", "",
+             "| model | bits | file bytes | WER seen | WER held-out | runtime WER held-out | p50 ms | p90 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['bits_avg']:g} | {r['size_bytes'] or '-'} | {r['wer_seen']} | {r['wer_heldout']} | "
+                     f"{r['runtime_wer_heldout']} | {r['p50_ms']} | {r['p90_ms']} |")
+    (ctx.out / "report.md").write_text("\n".join(lines) + "\n")
+    pts = [r for r in rows if r["size_bytes"] and r["wer_heldout"] is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in pts:
+            ax.scatter(r["size_bytes"] / 1024, r["wer_heldout"], s=40)
+            ax.annotate(f"{r['name']} (p90 {r['p90_ms']} ms)", (r["size_bytes"] / 1024, r["wer_heldout"]),
+                        fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(".subbit file size (KiB, log scale)")
+        ax.set_ylabel("held-out WER (%)")
+        ax.set_title("subbit demo: fp32 vs 8-bit QAT vs GQ 4-bit")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(ctx.out / "wer-vs-size.png", dpi=120)
+        plt.close(fig)
+    _say(f"results: {ctx.out / 'results.json'}, {ctx.out / 'report.md'}, {ctx.out / 'wer-vs-size.png'}")
 
 
 STAGES: list[Callable[[DemoContext], None]] = [
@@ -237,6 +343,8 @@ STAGES: list[Callable[[DemoContext], None]] = [
     stage_eval_fp32,
     stage_quantize_gq,
     stage_eval_gq,
+    stage_quantize_qat8,
+    stage_eval_qat8,
     stage_export,
     stage_runtime,
 ]
@@ -258,6 +366,10 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(
             f"GQ 4-bit         WER seen {s['gq4_wer_test_seen']:.2f}%, held-out {s['gq4_wer_test_heldout']:.2f}%"
         )
+    if "qat8_wer_test_seen" in s:
+        lines.append(
+            f"8-bit QAT        WER seen {s['qat8_wer_test_seen']:.2f}%, held-out {s['qat8_wer_test_heldout']:.2f}%"
+        )
     if "subbit_bytes" in s:
         lines.append(
             f"model file       {s['subbit_bytes']:,} bytes .subbit vs {s['fp32_bytes']:,} fp32 "
@@ -267,6 +379,12 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(
             f"packed runtime   WER held-out {s['runtime_wer_test_heldout']:.2f}% on {s['runtime_utterances']} "
             f"utterances, streaming RTF {s['runtime_rtf']:.3f}, {s['runtime_weight_bytes']:,} weight bytes"
+        )
+    if "gq4_p90_ms" in s and "qat8_p90_ms" in s:
+        lines.append(
+            f"latency (p90)    per 100 ms chunk: GQ 4-bit {s['gq4_p90_ms']:.2f} ms, 8-bit QAT {s['qat8_p90_ms']:.2f} ms, "
+            f"fp32 {s.get('fp32_p90_ms', float('nan')):.2f} ms; files {s.get('gq4_file_bytes', 0):,} / "
+            f"{s.get('qat8_file_bytes', 0):,} / {s.get('fp32_file_bytes', 0):,} bytes"
         )
     lines.append(f"total time       {s.get('wall_minutes', 0):.1f} min")
     return "\n".join(lines)
@@ -304,6 +422,7 @@ def run(args: argparse.Namespace) -> int:
     for stage in STAGES:
         stage(ctx)
     ctx.summary["wall_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+    stage_results(ctx)  # last: results.json carries the wall time
     (ctx.out / "summary.json").write_text(json.dumps(ctx.summary, indent=2) + "\n")
     print(format_summary(ctx.summary))
     return 0
