@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from subbit.asr.recipes import default_recipe
+
 
 @dataclass
 class DemoContext:
@@ -84,12 +86,10 @@ def describe_corpus(engines: dict[str, list[str]], open_sentences: int) -> str:
 #: char + sortagrad 1 + batch 8 + lr 3e-3, no augmentation            36.8% / 72.3%
 #: the same with augmentation (speed, noise, SpecAugment)              92.4% / 95.5%
 #: Many small updates matter most in a short budget; augmentation pays off only with more steps.
+#: These are now the defaults of `subbit train` (subbit.asr.recipes); the demo adds only how it
+#: uses this machine.
 DEMO_RECIPE: dict[str, Any] = {
-    "tokenizer": "char",
-    "sortagrad_epochs": 1,
-    "batch_size": 8,
-    "lr": 3e-3,
-    "augment": False,
+    **{k: v for k, v in default_recipe("rnnt", minutes=10).items() if k != "warmup_steps"},
     "num_workers": 1,
     # one compute thread next to the loader process: two threads on a busy 2-core machine
     # stalled at ~10 s per step (measured), one thread kept 0.3-0.5 s

@@ -22,7 +22,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--data", help="corpus directory (default: the one RUN was trained on)")
     add_schedule_options(p)
-    p.set_defaults(func=run, lr=5e-4, warmup_steps=50)
+    # fine-tuning: a lower lr, a short warmup, no curriculum (the model already reads the audio)
+    p.set_defaults(func=run, lr=5e-4, warmup_steps=50, sortagrad_epochs=0)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from subbit.asr.recipes import AUGMENT_FROM_MINUTES, default_recipe, describe
 from subbit.asr.train import ARCHS, PRESETS, TrainConfig, TrainingDiverged
 
 #: exit code of a run stopped by a NaN/inf loss
@@ -19,19 +20,22 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--minutes", type=float, help="time budget; sets the number of steps from measured speed")
     budget.add_argument("--steps", type=int, help="number of optimizer steps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, help="default: the recipe's (8)")
     p.add_argument("--max-frames", type=int, help="cap on feature frames per batch (bucketing)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, warmup + cosine)")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW, warmup + cosine); default: the recipe's (3e-3)")
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--ctc-weight", type=float, default=0.3,
                    help="weight of an auxiliary CTC loss on the encoder output (training only: the head "
                         "is not in final.pt nor exported); it learns the alignment much faster, 0 = off")
-    p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--warmup-steps", type=int, help="default: the recipe's (200, at most 10%% of the run)")
     p.add_argument("--grad-clip", type=float, default=5.0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (under torchrun: one GPU per rank)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no speed/noise/SpecAugment")
-    p.add_argument("--sortagrad", dest="sortagrad_epochs", type=int, default=0, metavar="N",
+    aug = p.add_mutually_exclusive_group()
+    aug.add_argument("--augment", dest="augment", action="store_true", default=None,
+                     help="speed/noise/SpecAugment (default: on only for budgets of 2 h or more)")
+    aug.add_argument("--no-augment", dest="augment", action="store_false", help="no speed/noise/SpecAugment")
+    p.add_argument("--sortagrad", dest="sortagrad_epochs", type=int, metavar="N",
                    help="curriculum: the first N epochs run from the shortest batches to the longest")
     p.add_argument("--eval-every", type=int, default=0, help="dev WER every N steps (keeps checkpoints/best.pt)")
     p.add_argument("--eval-limit", type=int, default=200, help="dev utterances used by --eval-every")
@@ -55,7 +59,12 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train",
         help="train an RNN-T or Conformer transducer (fp32 or with --quant)",
-        description="Train a transducer on a corpus directory (DIR/{train,dev}.jsonl) into a run directory.",
+        description=(
+            "Train a transducer on a corpus directory (DIR/{train,dev}.jsonl) into a run directory. Options left "
+            "unset come from the default recipe (subbit.asr.recipes), per architecture and budget: "
+            f"{describe('rnnt', 10)} for a 10-minute budget; augmentation switches on from "
+            f"{AUGMENT_FROM_MINUTES:g} minutes."
+        ),
     )
     p.add_argument("--model", choices=ARCHS, default="rnnt")
     p.add_argument("--preset", choices=PRESETS, default="small")
@@ -63,7 +72,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--quant", help="quantization rules (.json or .yaml, subbit.quant.QuantConfig)")
     p.add_argument("--init", help="warm start from an fp32 run directory or checkpoint")
-    p.add_argument("--tokenizer", choices=("bpe", "char"), default="bpe")
+    p.add_argument("--tokenizer", choices=("bpe", "char"), help="default: the recipe's (char)")
     p.add_argument("--vocab-size", type=int, default=128)
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model hyperparameter of the preset, e.g. dropout=0.3 (repeatable)")
@@ -92,6 +101,15 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     if getattr(args, "model_arg", None):
         values["model_overrides"] = parse_model_args(args.model_arg)
     values.update(overrides)
+    unset = [k for k, v in values.items() if v is None]
+    if unset and not values.get("resume"):
+        recipe = default_recipe(values.get("model") or "rnnt", values.get("minutes"), values.get("steps"))
+        picked = {k: v for k, v in recipe.items() if k in unset}
+        values.update(picked)
+        if picked:
+            print("subbit: default recipe for " + str(values.get("model")) + ": "
+                  + ", ".join(f"{k}={v}" for k, v in picked.items()), file=sys.stderr)
+    values = {k: v for k, v in values.items() if v is not None}
     if values.get("resume"):
         # placeholders: train() replaces them with RUN/config.json's train_args
         values.setdefault("data", "")
