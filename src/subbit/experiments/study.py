@@ -171,6 +171,7 @@ class StudyConfig:
     batch_size: int = 8
     eval_limit: int | None = None
     runtime_limit: int | None = 300
+    report_only: bool = False  # rows and claims from the cell files there are; train nothing
     threads: int | None = None
     progress: bool = True
     command: str = ""
@@ -432,12 +433,17 @@ def _pair(a: stats.Scored | None, b: stats.Scored | None) -> tuple[stats.Scored,
     return a, b
 
 
-def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell]) -> list[dict[str, Any]]:
-    """One row per recipe of ``arch``: means over seeds, intervals, delta to fp32, lossless."""
+def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str) -> list[dict[str, Any]]:
+    """One row per recipe of ``arch``: means over seeds, intervals, delta to fp32, lossless.
+    Only cell files made with exactly these settings count (a stale cell is never mixed in)."""
     loaded: dict[str, list[dict[str, Any]]] = {}
     for cell in cells:
-        got = [_read(_cell_path(cfg, arch, cell.recipe.name, s)) for s in cell.seeds]
-        loaded[cell.recipe.name] = [g for g in got if g is not None]
+        got = []
+        for s in cell.seeds:
+            c = _read(_cell_path(cfg, arch, cell.recipe.name, s))
+            if c is not None and c.get("fingerprint") == cell_fingerprint(cfg, arch, cell.recipe, s, corpus):
+                got.append(c)
+        loaded[cell.recipe.name] = got
     ctrl = {s: _scored(loaded.get("fp32", []), s) for s in SPLITS}
     rows = []
     for cell in cells:
@@ -605,6 +611,7 @@ def report_markdown(rows: list[dict[str, Any]], claims: list[dict[str, str]], me
              f"- command: `{meta['command']}`", f"- commit: {meta['commit']}", f"- machine: {meta['machine']}",
              f"- corpus: {meta['corpus']} ({meta['corpus_id']})", f"- wall time of this invocation: {meta['wall_minutes']:.1f} min",
              f"- budgets: fp32 {meta['fp32_steps']} steps, every fine-tune {meta['steps']} steps (lr {meta['lr']})",
+             f"- cells finished: {meta['cells']} of {meta['cells_planned']} planned (rows without seeds are not run yet)",
              "- WER in %, 95% intervals from a paired bootstrap over utterances (2000 resamples); delta = held-out WER "
              "minus the fp32 control's (fp32 fine-tuned for the same steps and seeds), in points; lossless = upper "
              "bound of delta within max(2% relative, 0.2 absolute).", ""]
@@ -687,15 +694,18 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cfg.root.mkdir(parents=True, exist_ok=True)
-    data = ensure_corpus(cfg)
+    if cfg.report_only and not cfg.data and not cfg.quick:
+        raise ValueError("--report-only needs --data (the corpus the cells were scored on)")
+    data = Path(cfg.data) if cfg.report_only and cfg.data else ensure_corpus(cfg)
     corpus = corpus_identity(data)
     all_rows: list[dict[str, Any]] = []
     missing: list[str] = []
     for arch in cfg.archs:
         cells, miss = plan(arch, cfg.quick, cfg.seeds, cfg.sections)
         missing += [f"{arch}:{m}" for m in miss]
-        run_cells(cfg, arch, cells, data, corpus)
-        all_rows += build_rows(cfg, arch, cells)
+        if not cfg.report_only:
+            run_cells(cfg, arch, cells, data, corpus)
+        all_rows += build_rows(cfg, arch, cells, corpus)
     claims = evaluate_claims(all_rows, cfg, {})
     if cfg.quick:  # a smoke run decides nothing: say so next to every verdict
         for c in claims:
@@ -703,7 +713,9 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     meta = {"command": cfg.command or "subbit study", "commit": _git_commit(), "machine": machine(),
             "corpus": str(data), "corpus_id": corpus, "wall_minutes": (time.perf_counter() - t0) / 60,
             "fp32_steps": cfg.fp32_steps, "steps": cfg.steps, "lr": cfg.lr, "archs": list(cfg.archs),
-            "missing": missing, "quick": cfg.quick}
+            "missing": missing, "quick": cfg.quick, "report_only": cfg.report_only,
+            "cells": sum(len(r.get("seeds", [])) for r in all_rows),
+            "cells_planned": sum(len(r.get("seeds_planned", [])) for r in all_rows)}
     results = {"meta": meta, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                "rows": all_rows, "claims": claims}
     files = {"results": cfg.root / "results.json", "report": cfg.root / "report.md"}
