@@ -120,6 +120,9 @@ def plan(arch: str, quick: bool, seeds: int = 3, sections: Sequence[str] = SECTI
                 "dkm4", "dkm3", "dkm2", "ptq4-uniform", "ptq4-kmeans", "ptq3-uniform", "ptq3-kmeans",
                 "gq8", "gq5", "gq4", "gq3", "gq2", "gq5-channel", "gq4-channel", "gq3-channel"]
         wanted += [(n, multi if n in claim_cells else one, "baselines") for n in base]
+        # GQ's central claim (learned vs fixed centroids) before the finer ablations
+        wanted += [(n, one, "centroids") for n in ("gq4-fixed", "gq4-mu0", "gq4-mu25", "gq4-mu100", "gq4-mu255",
+                                                  "gq4-mu-learn")]
         if arch == "rnnt":
             alloc = ["gq4-hh2", "gq4-hh1", "gq4-ih2", "gq4-enc2", "gq4-pred2", "gq4-joiner2", "gq4-edges8", "gq3-hh1"]
         else:
@@ -127,8 +130,6 @@ def plan(arch: str, quick: bool, seeds: int = 3, sections: Sequence[str] = SECTI
         wanted += [(n, multi if n in claim_cells else one, "bit-allocation") for n in alloc]
         tq = [f"gq4-tq{t}-{m}" for m in ("project", "forward") for t in (1, 10, 100, 1000)]
         wanted += [(n, one, "quant-frequency") for n in tq if n != "gq4-tq1-forward"]
-        wanted += [(n, one, "centroids") for n in ("gq4-fixed", "gq4-mu0", "gq4-mu25", "gq4-mu100", "gq4-mu255",
-                                                  "gq4-mu-learn")]
     cells: dict[str, Cell] = {}
     missing: list[str] = []
     for name, sds, section in wanted:
@@ -172,6 +173,7 @@ class StudyConfig:
     eval_limit: int | None = None
     runtime_limit: int | None = 300
     report_only: bool = False  # rows and claims from the cell files there are; train nothing
+    only: tuple[str, ...] = ()  # run only these recipes' cells (a second worker, or a rerun)
     threads: int | None = None
     progress: bool = True
     command: str = ""
@@ -704,7 +706,8 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         cells, miss = plan(arch, cfg.quick, cfg.seeds, cfg.sections)
         missing += [f"{arch}:{m}" for m in miss]
         if not cfg.report_only:
-            run_cells(cfg, arch, cells, data, corpus)
+            chosen = [c for c in cells if not cfg.only or c.recipe.name in cfg.only]
+            run_cells(cfg, arch, chosen, data, corpus)
         all_rows += build_rows(cfg, arch, cells, corpus)
     claims = evaluate_claims(all_rows, cfg, {})
     if cfg.quick:  # a smoke run decides nothing: say so next to every verdict
