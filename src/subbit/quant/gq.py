@@ -116,6 +116,9 @@ def companded(w: Tensor, s: Tensor, mu: Tensor) -> Tensor:
     return compand(torch.clamp(w / s, -1.0, 1.0), mu)
 
 
+_EXACT_DTYPES = (torch.float32, torch.float64)  # dtypes the quantizer computes in; others go via float32
+
+
 def locate(u: Tensor, theta: Tensor) -> Tensor:
     """``torch.searchsorted(theta, u)`` (count of centroids below each ``u``) for ``u`` in [-1, 1].
 
@@ -125,6 +128,11 @@ def locate(u: Tensor, theta: Tensor) -> Tensor:
     centroids sharing ``u``'s bin need a comparison, one vectorised step per centroid in the
     fullest bin (usually 1). Exact; falls back to ``searchsorted`` if centroids bunch up.
     """
+    if u.dtype not in _EXACT_DTYPES or theta.dtype != u.dtype:
+        # bf16/fp16 cannot hold the bin numbers of 7-8 bits (4K - 1 = 1023) nor order u against
+        # theta finely enough: bin and compare in float32 (float64 stays float64)
+        dt = torch.float64 if torch.float64 in (u.dtype, theta.dtype) else torch.float32
+        u, theta = u.to(dt), theta.to(dt)
     g, k = theta.shape
     if u.numel() < 8192:  # small tensors: fewer ops wins over fewer cycles per weight
         return torch.searchsorted(theta.contiguous(), u.contiguous())
@@ -154,6 +162,9 @@ def locate(u: Tensor, theta: Tensor) -> Tensor:
 def nearest(u: Tensor, theta: Tensor) -> Tensor:
     """Index of the nearest centroid of each ``u`` (``theta`` sorted per row); ties go low."""
     k = theta.shape[1]
+    if u.dtype not in _EXACT_DTYPES or theta.dtype != u.dtype:
+        dt = torch.float64 if torch.float64 in (u.dtype, theta.dtype) else torch.float32
+        u, theta = u.to(dt), theta.to(dt)
     p = locate(u, theta).clamp_(1, k - 1)
     left = theta.gather(1, p - 1)
     right = theta.gather(1, p)
@@ -576,6 +587,11 @@ class GeneralQuantizer(WeightQuantizer):
     # -- contract ----------------------------------------------------------------------
     def forward(self, w: Tensor) -> Tensor:
         self._check(w)
+        if w.dtype not in _EXACT_DTYPES:
+            # bf16 / fp16 weights: the assignment runs in float32 (bins, window starts and the
+            # table's cells do not fit a 7-8 bit codebook in 8-11 mantissa bits); the result and
+            # the gradient to ``w`` come back in ``w``'s dtype
+            return self.forward(w.float()).to(w.dtype)
         if self.is_hard:
             idx, _ = self.encode(w)
             hard = self.codebook().gather(1, idx.reshape(self.num_groups, -1)).reshape(w.shape).to(w.dtype)
@@ -599,9 +615,9 @@ class GeneralQuantizer(WeightQuantizer):
     def encode(self, w: Tensor) -> tuple[Tensor, Tensor]:
         self._check(w)
         wg = self.grouped(w.detach().float())
-        u = companded(wg, self.scale.unsqueeze(1), self.mu.unsqueeze(1))
-        idx = nearest(u, self.centroids())
-        return idx.reshape(w.shape), self.codebook().detach()
+        u = companded(wg, self.scale.float().unsqueeze(1), self.mu.float().unsqueeze(1))
+        idx = nearest(u, self.centroids().float())
+        return idx.reshape(w.shape), self.codebook().detach().float()
 
     def set_tau(self, tau: float) -> None:
         if not math.isfinite(tau) or tau < 0:
@@ -614,8 +630,8 @@ class GeneralQuantizer(WeightQuantizer):
         if self.is_hard:
             return 1.0
         wg = self.grouped(w.detach().float())
-        theta = self.centroids()
-        total = max_prob(wg, self.scale.unsqueeze(1), self.mu.unsqueeze(1), theta, self._cfg(theta))
+        theta = self.centroids().float()
+        total = max_prob(wg, self.scale.float().unsqueeze(1), self.mu.float().unsqueeze(1), theta, self._cfg(theta))
         return float(total) / w.numel()
 
     @torch.no_grad()
