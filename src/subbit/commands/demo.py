@@ -73,7 +73,10 @@ def stage_corpus(ctx: DemoContext) -> None:
 
 def describe_corpus(engines: dict[str, list[str]], open_sentences: int) -> str:
     """One line naming the engines, their voices and the text sources: results depend on them."""
-    parts = [f"{eng} ({len(vs)} voice{'s' if len(vs) != 1 else ''}: {', '.join(vs)})" for eng, vs in engines.items()]
+    def voices(vs: list[str]) -> str:  # a long espeak list would bury the line: name a few
+        return ", ".join(vs) if len(vs) <= 6 else ", ".join(vs[:4]) + f", ... (+{len(vs) - 4} more)"
+
+    parts = [f"{eng} ({len(vs)} voice{'s' if len(vs) != 1 else ''}: {voices(vs)})" for eng, vs in engines.items()]
     text = (f"grammar commands + {open_sentences:,} open fortune sentences" if open_sentences
             else "grammar commands only (no Debian fortunes: no open sentences)")
     return "engines " + ("; ".join(parts) or "none") + "; text: " + text
