@@ -176,11 +176,12 @@ def test_deepcopy_and_multihead_attention_out_proj():
     assert torch.equal(clone(X), model(X))
     mha = nn.MultiheadAttention(8, 2)
     prepare(mha, QuantConfig.from_dict({"default": {"bits": 2}}))
-    qt = next(quantized_tensors(mha))
-    assert qt.name == "out_proj.weight"
+    qts = list(quantized_tensors(mha))
+    assert [qt.name for qt in qts] == ["in_proj_weight", "out_proj.weight"]  # all of MHA's weights
     q = torch.randn(4, 1, 8)
     mha(q, q, q)[0].sum().backward()
-    assert qt.latent.grad is not None and qt.quantizer.theta.grad is not None
+    for qt in qts:
+        assert qt.latent.grad is not None and qt.quantizer.theta.grad is not None
 
 
 def test_no_grad_forwards_reuse_the_quantized_weight_until_something_changes():

@@ -889,8 +889,16 @@ def _dev_eval(model: nn.Module, tokenizer: Any, frontend: Any, data_dir: Path, c
     if dist.main and dev.is_file():
         utts = read_manifest(dev)
         if utts:
-            res = evaluate(model, tokenizer, utts, limit=cfg.eval_limit, device=dist.device, split="dev",
-                           frontend=frontend)
+            import contextlib
+
+            from subbit.quant.api import is_prepared, quantizer_enabled
+
+            # quant_mode="forward" switches the quantizer off between T_q steps: the dev WER (and
+            # best.pt) must come from the quantized model all the same
+            on = quantizer_enabled(model) if is_prepared(model) else contextlib.nullcontext()
+            with on:
+                res = evaluate(model, tokenizer, utts, limit=cfg.eval_limit, device=dist.device, split="dev",
+                               frontend=frontend)
             wer = res.wer
             new = not paths.eval_log.is_file()
             with paths.eval_log.open("a", newline="") as fh:

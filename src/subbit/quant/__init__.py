@@ -8,6 +8,7 @@ Typical use::
     for batch in data:          # loss.backward(); opt.step(); sched.step()
         ...
     convert(model); print(report(model))
+    plain = strip(model)        # an ordinary module: original state_dict keys, quantized values
 """
 
 from subbit.quant.api import (
@@ -22,8 +23,10 @@ from subbit.quant.api import (
     prepare,
     prepare_info,
     quantized_tensors,
+    quantizer_enabled,
     regularization,
     report,
+    strip,
 )
 from subbit.quant.base import WeightQuantizer
 from subbit.quant.gq import GeneralQuantizer
@@ -36,5 +39,5 @@ __all__ = [
     "GQScheduler", "GeneralQuantizer", "LayerSpec", "PrepareInfo", "QuantConfig", "QuantReport",
     "QuantizedTensor", "ReportRow", "WeightQuantizer", "compand", "convert", "expand", "get_config",
     "get_method", "is_prepared", "known_methods", "packed_bytes", "prepare", "prepare_info",
-    "quantized_tensors", "register_method", "regularization", "report",
+    "quantized_tensors", "quantizer_enabled", "register_method", "regularization", "report", "strip",
 ]

@@ -4,7 +4,7 @@ The latent (float) weight stays a trainable ``nn.Parameter``, moved into a
 :class:`QuantizedWeight` under ``module.subbit_quant[<param name>]``; the module's original
 attribute (``weight``, ``weight_hh_l1``, ...) becomes a plain tensor that a forward pre-hook
 recomputes **once per module call**. The module's own forward then reads it as usual, so an
-``nn.LSTM`` quantizes each matrix once per sequence, not once per time step. For ``nn.LSTM`` the
+``nn.LSTM`` quantizes each matrix once per sequence, not once per time step. For ``nn.LSTM`` (and GRU, RNN) the
 setter updates ``_flat_weights`` (``RNNBase.__setattr__`` does that on torch 2.13), which is the
 list the fused kernel reads; ``torch.nn.utils.parametrize`` is avoided because it can silently
 freeze LSTM weights (pytorch issue 65688). A post-hook detaches the stored tensor after each
@@ -21,19 +21,56 @@ from torch import Tensor, nn
 from subbit.quant.base import WeightQuantizer
 
 HOLDER = "subbit_quant"
-_LINEAR_LIKE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
-_LSTM_PREFIXES = ("weight_ih_l", "weight_hh_l", "weight_hr_l")
-
-
+PARAM_ORDER = "_subbit_param_order"
+# every convolution (1-3 d, transposed too: ``_ConvNd``), linear maps and lookup tables
+_LINEAR_LIKE = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.EmbeddingBag)
+_RNN_PREFIXES = ("weight_ih_l", "weight_hh_l", "weight_hr_l")
+_MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 def quantizable_params(module: nn.Module) -> list[str]:
-    """Names of the weight tensors of ``module`` that can be quantized (own parameters only)."""
+    """Names of the weight tensors of ``module`` that can be quantized (own parameters only).
+
+    Linear, every Conv / ConvTranspose (1-3 d), Embedding, EmbeddingBag; every input, recurrent
+    and projection kernel of LSTM / GRU / RNN (``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``);
+    MultiheadAttention's input projection (``in_proj_weight``, or ``q/k/v_proj_weight``; its
+    ``out_proj`` is a Linear child).
+    """
     if isinstance(module, _LINEAR_LIKE):
         names = ["weight"]
-    elif isinstance(module, nn.LSTM):
-        names = [n for n in module._flat_weights_names if n.startswith(_LSTM_PREFIXES)]
+    elif isinstance(module, nn.RNNBase):
+        names = [n for n in module._flat_weights_names if n.startswith(_RNN_PREFIXES)]
+    elif isinstance(module, nn.MultiheadAttention):
+        names = list(_MHA_WEIGHTS)
     else:
         return []
-    return [n for n in names if isinstance(module._parameters.get(n), nn.Parameter)]
+    return [
+        n for n in names
+        if isinstance(module._parameters.get(n), nn.Parameter)
+        and not isinstance(module._parameters[n], nn.parameter.UninitializedParameter)
+    ]
+
+
+class _OffStep(torch.autograd.Function):
+    """The latent weight as is, plus a zero gradient for each quantizer parameter.
+
+    On a step where the quantizer is off (``quant_mode="forward"``) the quantizer's parameters take
+    no part in the loss; DDP without ``find_unused_parameters`` then waits forever (or fails) for
+    their gradients. This hands them exact zeros instead.
+    """
+
+    @staticmethod
+    def forward(ctx, latent: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.meta = [(p.shape, p.dtype, p.device) for p in params]
+        return latent.view_as(latent)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return (grad, *(torch.zeros(sh, dtype=dt, device=dev) for sh, dt, dev in ctx.meta))
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class QuantizedWeight(nn.Module):
@@ -43,8 +80,13 @@ class QuantizedWeight(nn.Module):
         super().__init__()
         self.latent = latent
         self.quantizer = quantizer
-        # False = this forward uses the latent weight unquantized ("forward" quantization mode)
+        # False = this forward uses the latent weight unquantized ("forward" quantization mode);
+        # only in training mode: evaluation (``model.eval()``) always sees the quantized weight
         self.enabled = True
+        # what the quantizer's parameters get on such a step: "auto" = zero gradients when a
+        # process group of > 1 ranks is up (DDP needs every parameter's gradient each step), no
+        # gradient otherwise (single-process optimizers then skip them, as before); "zero"; "none"
+        self.off_grads = "auto"
         self._cache: tuple[tuple, Tensor] | None = None
 
     def _state_key(self) -> tuple:
@@ -59,7 +101,11 @@ class QuantizedWeight(nn.Module):
         latent weight or a quantizer parameter/buffer changes, so a predictor called once per
         emitted token does not re-quantize its weights each call.
         """
-        if not (self.enabled or bool(self.quantizer.converted)):
+        if not (self.enabled or not self.training or bool(self.quantizer.converted)):
+            zero = self.off_grads == "zero" or (self.off_grads == "auto" and _distributed())
+            params = [p for p in self.quantizer.parameters() if p.requires_grad]
+            if zero and params and torch.is_grad_enabled():
+                return _OffStep.apply(self.latent, *params)
             return self.latent.view_as(self.latent)
         if torch.is_grad_enabled():
             self._cache = None
@@ -109,13 +155,59 @@ def _children_post_hook(module: nn.Module, args: tuple, output: object) -> None:
         _detach(child)
 
 
+_HOOKS = (_pre_hook, _post_hook, _children_pre_hook, _children_post_hook)
+# (``nn.TransformerEncoderLayer``'s fused eval path reads its descendants' weights directly, but
+# torch skips it whenever a submodule has forward hooks, as every quantized one does here)
+
+
+def remove_hooks(module: nn.Module) -> None:
+    """Drop every hook this module registered on ``module`` (for :func:`subbit.quant.strip`)."""
+    for store in (module._forward_pre_hooks, module._forward_hooks):
+        for key in [k for k, fn in store.items() if fn in _HOOKS]:
+            del store[key]
+            for extra in ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs",
+                          "_forward_hooks_always_called"):
+                getattr(module, extra, {}).pop(key, None)
+
+
+def detach_holder(module: nn.Module) -> dict[str, QuantizedWeight]:
+    """Remove ``module``'s quantized kernels and hooks; returns them by parameter name. The module's
+    attributes keep the (plain tensor) weights last computed; the caller re-registers Parameters."""
+    holder = _holder(module)
+    remove_hooks(module)
+    if holder is None:
+        return {}
+    kernels = {n: qw for n, qw in holder.items()}
+    del module._modules[HOLDER]
+    return kernels  # type: ignore[return-value]
+
+
+def restore_param_order(module: nn.Module) -> None:
+    """Put ``module._parameters`` back in the order it had before :func:`attach`."""
+    order = module.__dict__.pop(PARAM_ORDER, None)
+    if order is not None:
+        params = module._parameters
+        ranked = sorted(params, key=lambda n: order.index(n) if n in order else len(order))
+        items = [(n, params[n]) for n in ranked]
+        params.clear()
+        params.update(items)
+
+
 def attach(
-    module: nn.Module, name: str, quantizer: WeightQuantizer, parent: nn.Module | None = None
+    module: nn.Module, name: str, quantizer: WeightQuantizer, parent: nn.Module | None = None,
+    shared: QuantizedWeight | None = None,
 ) -> QuantizedWeight:
-    """Quantize ``module.<name>`` with ``quantizer``; returns the new :class:`QuantizedWeight`."""
+    """Quantize ``module.<name>`` with ``quantizer``; returns the new :class:`QuantizedWeight`.
+
+    ``shared``: a :class:`QuantizedWeight` already attached elsewhere whose latent *is* this
+    parameter (tied weights): it is registered here too, so both owners compute with one
+    quantizer and one latent (``quantizer`` is then ignored).
+    """
     param = module._parameters.get(name)
     if not isinstance(param, nn.Parameter):
         raise ValueError(f"{type(module).__name__} has no parameter {name!r} to quantize")
+    if shared is not None and shared.latent is not param:
+        raise ValueError(f"{type(module).__name__}.{name}: the shared quantized weight holds another parameter")
     holder = _holder(module)
     if holder is None:
         holder = nn.ModuleDict()
@@ -125,8 +217,10 @@ def attach(
         if isinstance(parent, nn.MultiheadAttention):
             parent.register_forward_pre_hook(_children_pre_hook)
             parent.register_forward_hook(_children_post_hook)
+    if PARAM_ORDER not in module.__dict__:  # so strip() puts the Parameters back in their order
+        module.__dict__[PARAM_ORDER] = list(module._parameters)
     del module._parameters[name]
-    qw = QuantizedWeight(param, quantizer)
+    qw = QuantizedWeight(param, quantizer) if shared is None else shared
     holder[name] = qw
     with torch.no_grad():
         setattr(module, name, qw.compute().detach())
