@@ -1,14 +1,20 @@
-"""Which weight gets which quantizer: a versioned, validated, serialisable rule set.
+r"""Which weight gets which quantizer: a versioned, validated, serialisable rule set.
 
 A :class:`QuantConfig` holds a ``default`` :class:`LayerSpec` and ``rules`` keyed by
 
 * an exact parameter FQN (``"lstm.weight_hh_l1"``),
-* ``"re:<regex>"``, matched with ``re.fullmatch`` against the *module* FQN (``"head_out"``),
-* a module type name (``"Linear"``, ``"LSTM"``, ``"Embedding"``, ``"Conv1d"``, ``"Conv2d"``).
+* an exact module FQN (``"emb"``, ``"encoder.lstm"``: every quantizable weight of that module,
+  as torchao's ``FqnToConfig`` and coremltools' ``module_name_configs`` read),
+* ``"re:<regex>"``, matched with ``re.fullmatch`` against the *parameter* FQN
+  (``"re:encoder\..*\.weight_hh_l\d+"``: every recurrent kernel of the encoder, though LSTM
+  kernels share one module) and against the *module* FQN (``"re:head_.*"``),
+* a module type name (``"Linear"``, ``"LSTM"``, ``"GRU"``, ``"Embedding"``, ``"Conv1d"``, ...;
+  any class in the module's MRO).
 
-Precedence: exact parameter name > module-name regex > module type > default (between regexes,
-the first in the dict wins). A rule value of ``None`` (or a ``None`` default) leaves the tensor in
-float. In dict/JSON/YAML form a rule may be partial (``{"bits": 1}``): missing fields are taken
+Precedence: exact parameter name > exact module name > regex over parameter names > regex over
+module names > module type > default. Between regexes of one kind the first in the dict wins; a
+regex that matches the parameter FQN beats every regex that only matches the module FQN. A rule
+value of ``None`` (or a ``None`` default) leaves the tensor in float. In dict/JSON/YAML form a rule may be partial (``{"bits": 1}``): missing fields are taken
 from the default (or from ``LayerSpec()`` when the default is ``None``).
 """
 
@@ -25,7 +31,8 @@ import torch.nn as nn
 from subbit.quant.base import GRANULARITIES
 
 CONFIG_VERSION = 1
-TYPE_KEYS = ("Linear", "Conv1d", "Conv2d", "Embedding", "LSTM")
+TYPE_KEYS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "Embedding", "LSTM", "GRU",
+             "MultiheadAttention")
 
 
 @dataclass
@@ -114,9 +121,13 @@ class QuantConfig:
         fqn = f"{module_name}.{param_name}" if module_name else param_name
         if fqn in self.rules:
             return fqn, self.rules[fqn]
-        for key, spec in self.rules.items():
-            if key.startswith("re:") and re.fullmatch(key[3:], module_name):
-                return key, spec
+        if module_name and module_name in self.rules:
+            return module_name, self.rules[module_name]
+        regexes = [(k, v) for k, v in self.rules.items() if k.startswith("re:")]
+        for name in (fqn, module_name):  # parameter FQN first, then module FQN
+            for key, spec in regexes:
+                if re.fullmatch(key[3:], name):
+                    return key, spec
         for cls in type(module).__mro__:
             if cls.__name__ in self.rules and issubclass(cls, nn.Module) and cls is not nn.Module:
                 return cls.__name__, self.rules[cls.__name__]
