@@ -22,6 +22,7 @@ from subbit.export import (
     read_container,
 )
 from subbit.export.bitpack import PackedTensor
+from subbit.export.container import seal_header
 from subbit.runtime import kernels
 
 torch.set_num_threads(1)
@@ -192,12 +193,16 @@ def test_explicit_quantized_list(tmp_path: Path) -> None:
 
 
 # -- refusal ------------------------------------------------------------------------------------
-def rewrite_header(blob: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
+def rewrite_header(blob: bytes, edit, seal: bool = True) -> bytes:  # type: ignore[no-untyped-def]
+    """Edit header and manifest; ``seal``: recompute header_sha256, as a forger would, so that
+    the validators behind the digest are what is tested."""
     n = struct.unpack("<Q", blob[:8])[0]
     header = json.loads(blob[8 : 8 + n])
     manifest = json.loads(header["__metadata__"]["subbit"])
     edit(header, manifest)
     header["__metadata__"]["subbit"] = json.dumps(manifest)
+    if seal:
+        return seal_header(header) + blob[8 + n :]
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)
     return struct.pack("<Q", len(h)) + h + blob[8 + n :]

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,15 +36,22 @@ from subbit.export.manifest import (
     IDX_SUFFIX,
     STEP_SUFFIX,
     TOKENIZER_TENSOR,
+    DIGEST_MINOR,
+    HEADER_DIGEST_KEY,
+    HEADER_PREFIX,
+    SCHEMA_VERSION,
     SubbitFormatError,
     build_manifest,
     codebook_kind,
     quant_entry,
     validate_manifest,
+    warn_legacy,
 )
 from subbit.sizes import affine_table, find_affine
 
 MAX_HEADER = 64 << 20
+#: the largest file a loader reads (checked with stat before anything is read)
+MAX_FILE = 16 << 30
 _NP = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "U8": np.dtype("u1"), "I64": np.dtype("<i8"),
        "I32": np.dtype("<i4"), "BOOL": np.dtype("?")}  # fmt: skip
 # data section order keeps every tensor aligned to its item size (header is padded to 8)
@@ -113,21 +121,46 @@ class ExportSummary:
 
 
 # -- writing -----------------------------------------------------------------------------------
-def _safetensors_bytes(tensors: dict[str, tuple[str, np.ndarray]], metadata_for: Any) -> tuple[bytes, int]:
-    """Serialize ``{name: (dtype, array)}``; ``metadata_for(sha256_hex) -> dict[str, str]``."""
+def _safetensors_bytes(tensors: dict[str, tuple[str, np.ndarray]], metadata_for: Any,
+                       digest: bool = True) -> tuple[bytes, int]:  # fmt: skip
+    """Serialize ``{name: (dtype, array)}``; ``metadata_for(sha256_hex) -> dict[str, str]``.
+
+    ``digest`` (format 1.2): the header opens with ``__metadata__["header_sha256"]``, the sha256
+    of the 8 length bytes + header with those 64 digits written as ``0`` (``digest=False``
+    writes the unprotected header of format 1.0/1.1, for tests of old files).
+    """
     names = sorted(tensors, key=lambda n: (_ORDER[tensors[n][0]], n))
-    chunks, header, offset = [], {}, 0
+    chunks, entries, offset = [], {}, 0
     for name in names:
         dtype, arr = tensors[name]
         raw = np.ascontiguousarray(arr, dtype=_NP[dtype]).tobytes()
-        header[name] = {"dtype": dtype, "shape": [int(s) for s in arr.shape], "data_offsets": [offset, offset + len(raw)]}
+        entries[name] = {"dtype": dtype, "shape": [int(s) for s in arr.shape], "data_offsets": [offset, offset + len(raw)]}
         chunks.append(raw)
         offset += len(raw)
     data = b"".join(chunks)
-    header["__metadata__"] = metadata_for(hashlib.sha256(data).hexdigest())
-    hjson = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    meta = dict(metadata_for(hashlib.sha256(data).hexdigest()))
+    head = seal_header({"__metadata__": meta, **entries}, digest=digest)
+    return head + data, len(head)
+
+
+def seal_header(header: dict[str, Any], *, digest: bool = True) -> bytes:
+    """The 8 length bytes + JSON header (padded to 8) of ``{"__metadata__": {...}, tensor: entry}``.
+
+    With ``digest`` (format 1.2) ``__metadata__`` comes first and opens with ``header_sha256``:
+    the sha256 of these very bytes with its 64 digits written as ``0``.
+    """
+    meta = {k: v for k, v in dict(header.get("__metadata__") or {}).items() if k != HEADER_DIGEST_KEY}
+    if digest:
+        meta = {HEADER_DIGEST_KEY: "0" * 64, **meta}
+    body = {"__metadata__": meta, **{k: v for k, v in header.items() if k != "__metadata__"}}
+    hjson = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
     hjson += b" " * (-len(hjson) % 8)
-    return struct.pack("<Q", len(hjson)) + hjson + data, 8 + len(hjson)
+    head = struct.pack("<Q", len(hjson)) + hjson
+    if digest:
+        assert hjson.startswith(HEADER_PREFIX)
+        start = 8 + len(HEADER_PREFIX)
+        head = head[:start] + hashlib.sha256(head).hexdigest().encode() + head[start + 64 :]
+    return head
 
 
 def _quantized_from_model(model: Any) -> list[Any]:
@@ -255,7 +288,11 @@ def write_packed(
     """Write already packed tensors and ``{name: (dtype, array)}`` float tensors.
 
     ``compact_codebooks``: store a codebook that :func:`subbit.sizes.find_affine`
-    proves bit-exact as one step per group (False: always the full table, as minor version 0).
+    proves bit-exact as one step per group (False: always the full table; the file is still of
+    the current format version, 1.2, with ``codebook: "table"`` entries).
+
+    Refused (ValueError): a quantized tensor with shape ``[]`` or a zero dimension (the loader
+    would refuse the file), a ``mu`` list whose length is not the group count.
     """
     tensors: dict[str, tuple[str, np.ndarray]] = {}
     qmeta: dict[str, dict[str, Any]] = {}
@@ -263,6 +300,11 @@ def write_packed(
     for name, pt in packed.items():
         if any(name + sfx in floats for sfx in ("", IDX_SUFFIX, CODEBOOK_SUFFIX, STEP_SUFFIX)):
             raise ValueError(f"tensor name {name!r} collides with a float tensor")
+        if not pt.shape or 0 in tuple(pt.shape):
+            raise ValueError(f"{name}: a quantized tensor needs a non-empty shape without zero dimensions, "
+                             f"got {list(pt.shape)}")  # fmt: skip
+        if isinstance(pt.mu, list) and len(pt.mu) != pt.groups:
+            raise ValueError(f"{name}: mu has {len(pt.mu)} values for {pt.groups} groups")
         n, _ = matrix_rows(pt.shape)
         tensors[name + IDX_SUFFIX] = ("U8", np.asarray(pt.packed, dtype=np.uint8).reshape(n, -1))
         cb = np.asarray(pt.codebook, dtype=np.float32)
@@ -315,48 +357,139 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"non-finite number {name} in header")
 
 
+def _kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def read_container(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Parse and fully validate a ``.subbit`` file -> ``(manifest, {name: array})``."""
+    """Parse and fully validate a ``.subbit`` file -> ``(manifest, {name: array})``.
+
+    The file is stat-ed first: anything but a regular file (a FIFO, a directory, a device) is
+    refused before it is opened, and so is a file over ``MAX_FILE`` bytes. Then only the 8
+    length bytes and the header are read and checked (header digest, tensor table, manifest)
+    before the data section is read, into one buffer the arrays are views of.
+    """
+    p = os.fspath(path)
     try:
-        blob = Path(path).read_bytes()
+        st = os.stat(p)
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise SubbitFormatError(f"{path}: cannot read: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SubbitFormatError(f"{path}: {_kind_of(st.st_mode)}, not a regular .subbit file")
+    if st.st_size > MAX_FILE:
+        raise SubbitFormatError(f"{path}: {st.st_size} bytes, over the {MAX_FILE}-byte limit of a .subbit file")
     try:
-        return parse_container(blob)
-    except SubbitFormatError as exc:
-        raise SubbitFormatError(f"{path}: {exc}") from None
+        # O_NONBLOCK: should the path have been swapped for a FIFO since the stat, open does not hang
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SubbitFormatError(f"{path}: cannot read: {exc}") from None
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise SubbitFormatError(f"{path}: {_kind_of(st.st_mode)}, not a regular .subbit file")
+
+        def read(offset: int, n: int) -> bytearray:
+            buf = bytearray(n)
+            f.seek(offset)
+            view, got = memoryview(buf), 0
+            while got < n:
+                k = f.readinto(view[got:])
+                if not k:
+                    raise SubbitFormatError(f"file shrank while being read ({offset + got} of {offset + n} bytes)")
+                got += k
+            return buf
+
+        try:
+            return _parse(read, int(st.st_size), copy=False, where=str(path))
+        except SubbitFormatError as exc:
+            raise SubbitFormatError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise SubbitFormatError(f"{path}: cannot read: {exc}") from None
 
 
 def parse_container(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The checks of :func:`read_container` on bytes in memory."""
-    if len(blob) < 8:
-        raise SubbitFormatError(f"file is {len(blob)} bytes: too short for a safetensors header")
-    (hlen,) = struct.unpack("<Q", blob[:8])
-    if hlen > MAX_HEADER or hlen > len(blob) - 8:
-        raise SubbitFormatError(f"header length {hlen} exceeds the file ({len(blob)} bytes): truncated or not .subbit")
+    view = memoryview(bytes(blob) if not isinstance(blob, (bytes, bytearray)) else blob)
+    return _parse(lambda offset, n: view[offset : offset + n], len(view), copy=True)
+
+
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def _header_digest(head: bytes) -> str | None:
+    """The ``header_sha256`` opening a 1.2 header (``head`` = length bytes + header), checked
+    against the header's bytes; None when the header does not open with one (format 1.0/1.1)."""
+    hjson = head[8:]
+    if not hjson.startswith(HEADER_PREFIX):
+        return None
+    start = 8 + len(HEADER_PREFIX)
+    digest = bytes(head[start : start + 64])
+    if len(digest) != 64 or not set(digest) <= _HEX or head[start + 64 : start + 65] != b'"':
+        raise SubbitFormatError(f"__metadata__.{HEADER_DIGEST_KEY}: expected 64 lowercase hex digits")
+    zeroed = bytes(head[:start]) + b"0" * 64 + bytes(head[start + 64 :])
+    if hashlib.sha256(zeroed).hexdigest().encode() != digest:
+        raise SubbitFormatError(f"__metadata__.{HEADER_DIGEST_KEY} does not match the header: manifest or tensor "
+                                "table corrupted or tampered")  # fmt: skip
+    return digest.decode()
+
+
+def _parse(read: Any, size: int, *, copy: bool, where: str = "") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``read(offset, n)`` gives n bytes of a file of ``size`` bytes; header first, data last."""
+    if size < 8:
+        raise SubbitFormatError(f"file is {size} bytes: too short for a safetensors header")
+    (hlen,) = struct.unpack("<Q", bytes(read(0, 8)))
+    if hlen > MAX_HEADER or hlen > size - 8:
+        raise SubbitFormatError(f"header length {hlen} exceeds the file ({size} bytes) or the {MAX_HEADER}-byte "
+                                "limit: truncated or not .subbit")  # fmt: skip
+    head = bytes(read(0, 8 + hlen))
+    digest = _header_digest(head)
     try:
-        header = json.loads(blob[8 : 8 + hlen].decode("utf-8"), parse_constant=_no_constants)
+        header = json.loads(head[8:].decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SubbitFormatError(f"header is not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(header, dict):
         raise SubbitFormatError("header is not a JSON object")
-    data = memoryview(blob)[8 + hlen :]
+    data_len = size - 8 - hlen
     meta = header.pop("__metadata__", None)
     if not isinstance(meta, dict) or not isinstance(meta.get("subbit"), str):
         raise SubbitFormatError("header has no __metadata__['subbit'] manifest: not a .subbit file")
-    entries = _check_entries(header, len(data))
+    if digest is None and HEADER_DIGEST_KEY in meta:
+        raise SubbitFormatError(f"__metadata__.{HEADER_DIGEST_KEY} must open the header (see docs/format.md)")
+    unknown = set(meta) - {"subbit", HEADER_DIGEST_KEY}
+    if unknown:
+        raise SubbitFormatError(f"__metadata__: unknown field(s) {sorted(unknown)[:5]}")
+    entries = _check_entries(header, data_len)
     try:
         manifest = json.loads(meta["subbit"], parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
         raise SubbitFormatError(f"manifest is not valid JSON: {str(exc)[:120]}") from None
     manifest = validate_manifest(manifest, {n: (e[0], e[1]) for n, e in entries.items()})
+    minor = manifest.get("schema_minor", 0)
+    if digest is None:
+        if minor >= DIGEST_MINOR:
+            raise SubbitFormatError(f"format {SCHEMA_VERSION}.{minor} file without __metadata__.{HEADER_DIGEST_KEY} "
+                                    "(stripped or corrupted header)")  # fmt: skip
+        warn_legacy(minor, where)
+    data = read(8 + hlen, data_len)
     if hashlib.sha256(data).hexdigest() != manifest["data_sha256"]:
         raise SubbitFormatError("data section sha256 does not match the manifest: file corrupted or tampered")
     arrays = {}
     for name, (dtype, shape, begin, end) in entries.items():
-        arr = np.frombuffer(data[begin:end], dtype=_NP[dtype]).reshape(shape).copy()
+        nt = _NP[dtype]
+        if end == begin:
+            arr = np.zeros(shape, dtype=nt)
+        else:
+            arr = np.frombuffer(data, dtype=nt, count=(end - begin) // nt.itemsize, offset=begin).reshape(shape)
+        if copy or not arr.flags.aligned:
+            arr = arr.copy()
         if dtype == "BOOL" and arr.size and arr.view(np.uint8).max() > 1:
             raise SubbitFormatError(f"tensor {name!r}: BOOL values other than 0/1")
         arrays[name] = arr

@@ -8,6 +8,7 @@ problem raises :class:`SubbitFormatError` naming the field.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from subbit.export.bitpack import PACKING, matrix_rows, row_bytes
@@ -18,7 +19,13 @@ FORMAT = "subbit"
 SCHEMA_VERSION = 1
 # minor versions add optional fields a reader of the same major version can default:
 # 1 = per-tensor "codebook" ("table" | "affine") and "zero_index" (absent: "table")
-SCHEMA_MINOR = 1
+# 2 = the header (tensor table + manifest) is covered by ``header_sha256``, which opens the header
+SCHEMA_MINOR = 2
+#: first minor version whose files must carry ``__metadata__["header_sha256"]``
+DIGEST_MINOR = 2
+HEADER_DIGEST_KEY = "header_sha256"
+#: a 1.2 header starts with exactly these bytes, then 64 lowercase hex digits, then ``"``
+HEADER_PREFIX = b'{"__metadata__":{"' + HEADER_DIGEST_KEY.encode() + b'":"'
 TOKENIZER_TENSOR = "__tokenizer__"
 IDX_SUFFIX = ".idx"
 CODEBOOK_SUFFIX = ".codebook"
@@ -34,6 +41,17 @@ RUNTIME_NUMERICS = {
 
 class SubbitFormatError(ValueError):
     """A ``.subbit`` file is truncated, tampered with, of another version, or not one at all."""
+
+
+class SubbitLegacyWarning(UserWarning):
+    """A ``.subbit`` file of format 1.0/1.1 was loaded: its manifest is not covered by a checksum."""
+
+
+def warn_legacy(minor: int, where: str = "") -> None:
+    warnings.warn(SubbitLegacyWarning(
+        f"{where + ': ' if where else ''}format {SCHEMA_VERSION}.{minor} file: its manifest and tensor table are not "
+        f"covered by a checksum (only the data section is), so a corrupted manifest cannot be detected; "
+        f"re-export it to get format {SCHEMA_VERSION}.{SCHEMA_MINOR}"), stacklevel=3)
 
 
 def _fail(where: str, msg: str) -> SubbitFormatError:
@@ -165,10 +183,13 @@ def validate_manifest(m: Any, tensors: dict[str, tuple[str, tuple[int, ...]]]) -
             raise _fail(f"{where}.packing", f"unsupported packing {q['packing']!r:.40} (this reader knows {PACKING!r})")
         if not isinstance(q["codebook_dtype"], str) or q["codebook_dtype"] != "F32":
             raise _fail(f"{where}.codebook_dtype", f"expected 'F32', got {q['codebook_dtype']!r:.40}")
-        _mu(q["mu"], f"{where}.mu")
+        _mu(q["mu"], f"{where}.mu", groups)
         n, k = matrix_rows(shape)
         expected[name + IDX_SUFFIX] = ("U8", (n, row_bytes(k, bits)))
         if codebook_kind(q, where) == "affine":
+            if minor < 1:
+                raise _fail(f"{where}.codebook", "an 'affine' codebook needs schema 1.1 or later, the file says 1.0 "
+                                                 "(no schema_minor)")  # fmt: skip
             zero_index(q, where)
             expected[name + STEP_SUFFIX] = ("F32", (groups,))
         else:
@@ -207,10 +228,12 @@ def validate_manifest(m: Any, tensors: dict[str, tuple[str, tuple[int, ...]]]) -
     return m
 
 
-def _mu(v: Any, where: str) -> None:
+def _mu(v: Any, where: str, groups: int) -> None:
     vals = v if isinstance(v, list) else [v]
     if v is None:
         return
+    if isinstance(v, list) and len(v) != groups:
+        raise _fail(where, f"a list of mu needs one value per group ({groups}), got {len(v)}")
     for x in vals:
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
             raise _fail(where, f"expected null, a finite number or a list of them, got {x!r:.40}")
