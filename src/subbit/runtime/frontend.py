@@ -110,22 +110,68 @@ class StreamingLogMel:
         return out
 
 
+#: ranges of the log-mel settings in ``extra.features`` (docs/format.md, "Runtime limits"):
+#: n_fft drives the window and filterbank allocations, so it is checked before either exists
+FEATURE_LIMITS: dict[str, tuple[int, int]] = {
+    "sample_rate": (1000, 192000), "n_fft": (16, 8192), "hop_length": (1, 8192), "n_mels": (1, 512),
+}  # fmt: skip
+
+
+def _features_error(msg: str) -> ValueError:
+    try:
+        from subbit.export.manifest import SubbitFormatError
+    except ImportError:  # pragma: no cover
+        return ValueError(msg)
+    return SubbitFormatError(msg)
+
+
+def _feature_int(feats: dict, key: str) -> int:
+    if key not in feats:
+        raise _features_error(f"manifest extra.features: no field {key!r}")
+    v = feats[key]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise _features_error(f"manifest extra.features.{key}: must be an integer, got {v!r:.40}")
+    lo, hi = FEATURE_LIMITS[key]
+    if not lo <= int(v) <= hi:
+        raise _features_error(f"manifest extra.features.{key}: {int(v)} outside [{lo}, {hi}]")
+    return int(v)
+
+
+def _feature_vector(feats: dict, key: str, n_mels: int, positive: bool) -> np.ndarray | None:
+    v = feats.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != n_mels:
+        got = f"{len(v)} values" if isinstance(v, list) else type(v).__name__
+        raise _features_error(f"manifest extra.features.{key}: expected a list of n_mels={n_mels} numbers, got {got}")
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
+        raise _features_error(f"manifest extra.features.{key}: every value must be a number")
+    arr = np.asarray(v, dtype=np.float64)
+    if not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 1e30) or (positive and np.any(arr <= 0)):
+        raise _features_error(f"manifest extra.features.{key}: values must be finite{' and > 0' if positive else ''}")
+    return arr.astype(np.float32)
+
+
 def frontend_from_manifest(manifest: dict | None, n_mels: int) -> StreamingLogMel:
     """The frontend a ``.subbit`` file was trained with: ``manifest["extra"]["features"]``
     (written by ``subbit export`` from the run's config: log-mel settings and the global
-    mean/std), else the default log-mel without normalisation."""
-    feats = ((manifest or {}).get("extra") or {}).get("features")
+    mean/std), else the default log-mel without normalisation.
+
+    Every field is range-checked (:data:`FEATURE_LIMITS`, mean/std of length n_mels, finite,
+    std > 0) before anything is allocated; a bad one raises ``SubbitFormatError`` naming it."""
+    extra = (manifest or {}).get("extra") if isinstance(manifest, dict) else None
+    feats = extra.get("features") if isinstance(extra, dict) else None
     if not feats:
         return StreamingLogMel(n_mels=n_mels)
     if not isinstance(feats, dict) or feats.get("kind") != "logmel":
-        raise ValueError(f"manifest extra.features: kind {feats.get('kind') if isinstance(feats, dict) else feats!r} "
-                         "is not supported (expected 'logmel')")
-    try:
-        fe = StreamingLogMel(sample_rate=int(feats["sample_rate"]), n_fft=int(feats["n_fft"]),
-                             hop_length=int(feats["hop_length"]), n_mels=int(feats["n_mels"]),
-                             mean=feats.get("mean"), std=feats.get("std"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"manifest extra.features is malformed: {exc}") from None
-    if fe.n_mels != n_mels:
-        raise ValueError(f"manifest extra.features.n_mels={fe.n_mels} but the model expects {n_mels}")
-    return fe
+        raise _features_error(f"manifest extra.features: kind {feats.get('kind') if isinstance(feats, dict) else feats!r:.40} "
+                              "is not supported (expected 'logmel')")  # fmt: skip
+    sample_rate, n_fft = _feature_int(feats, "sample_rate"), _feature_int(feats, "n_fft")
+    hop, mels = _feature_int(feats, "hop_length"), _feature_int(feats, "n_mels")
+    if hop > n_fft:
+        raise _features_error(f"manifest extra.features.hop_length: {hop} > n_fft={n_fft}")
+    if mels != n_mels:
+        raise _features_error(f"manifest extra.features.n_mels={mels} but the model expects {n_mels}")
+    mean = _feature_vector(feats, "mean", mels, positive=False)
+    std = _feature_vector(feats, "std", mels, positive=True)
+    return StreamingLogMel(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop, n_mels=mels, mean=mean, std=std)

@@ -23,13 +23,42 @@ from subbit.runtime.layers import (
 State = dict[str, Any]
 
 
-def _cfg_int(cfg: dict[str, Any], key: str) -> int:
-    if key not in cfg:
-        raise ValueError(f"arch config has no field {key!r}")
-    v = cfg[key]
+#: ranges of the arch fields the runtime allocates or indexes with (docs/format.md, "Runtime
+#: limits"); a real model is far inside them, a file outside them is refused before any allocation
+ARCH_LIMITS: dict[str, tuple[int, int]] = {
+    "n_mels": (1, 512), "stack": (1, 64), "stack2": (1, 64), "stack2_after": (0, 63), "enc_layers": (1, 64),
+    "pred_layers": (1, 64), "n_blocks": (1, 64), "d_model": (1, 8192), "n_heads": (1, 256),
+    "chunk_size": (1, 4096), "left_chunks": (0, 4096), "conv_kernel": (1, 1024), "vocab_size": (2, 1 << 20),
+    "blank": (0, (1 << 20) - 1), "chunk_frames": (0, 1 << 16),
+}  # fmt: skip
+
+
+def _bad(msg: str) -> ValueError:
+    try:
+        from subbit.export.manifest import SubbitFormatError
+    except ImportError:  # pragma: no cover - subbit.export is part of the package
+        return ValueError(msg)
+    return SubbitFormatError(msg)
+
+
+def _cfg_int(cfg: dict[str, Any], key: str, default: int | None = None) -> int:
+    """``cfg[key]`` as an int inside :data:`ARCH_LIMITS` (``default`` when absent or null)."""
+    v = cfg.get(key)
+    if v is None:
+        if default is None:
+            raise _bad(f"manifest arch: no field {key!r}")
+        return default
     if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-        raise ValueError(f"arch config field {key!r} must be an integer, got {v!r}")
+        raise _bad(f"manifest arch.{key}: must be an integer, got {v!r:.40}")
+    lo, hi = ARCH_LIMITS.get(key, (-(1 << 31), 1 << 31))
+    if not lo <= int(v) <= hi:
+        raise _bad(f"manifest arch.{key}: {int(v)} outside [{lo}, {hi}]")
     return int(v)
+
+
+def _dims(where: str, got: int, want: int) -> None:
+    if got != want:
+        raise _bad(f"manifest arch / tensors disagree: {where} is {got}, the config implies {want}")
 
 
 def _stack(x: Array, k: int) -> Array:
@@ -44,14 +73,23 @@ class LSTMEncoder:
     def __init__(self, store: WeightStore, cfg: dict[str, Any], prefix: str = "encoder") -> None:
         self.n_mels = _cfg_int(cfg, "n_mels")
         self.stack = _cfg_int(cfg, "stack")
-        self.stack2 = int(cfg.get("stack2", 1))
-        self.stack2_after = int(cfg.get("stack2_after", 0)) if self.stack2 > 1 else -1
+        self.stack2 = _cfg_int(cfg, "stack2", 1)
         n_layers = _cfg_int(cfg, "enc_layers")
+        self.stack2_after = _cfg_int(cfg, "stack2_after", 0) if self.stack2 > 1 else -1
+        if self.stack2_after >= n_layers:
+            raise _bad(f"manifest arch.stack2_after: {self.stack2_after} outside [0, enc_layers - 1 = {n_layers - 1}]")
         self.lstms = [PackedLSTM.from_store(store, f"{prefix}.lstms.{i}") for i in range(n_layers)]
         self.proj = store.linear(f"{prefix}.proj")
+        width = self.n_mels * self.stack
+        for i, lstm in enumerate(self.lstms):
+            if i == self.stack2_after:
+                width *= self.stack2
+            _dims(f"{prefix}.lstms.{i} input size", lstm.layers[0].ih.in_features, width)
+            width = lstm.layers[-1].output_size
+        _dims(f"{prefix}.proj input size", self.proj.in_features, width)
         self.output_dim = self.proj.out_features
         self.subsampling = self.stack * self.stack2
-        self.chunk_frames = int(cfg.get("chunk_frames") or self.subsampling)
+        self.chunk_frames = _cfg_int(cfg, "chunk_frames", 0) or self.subsampling
 
     def init_state(self) -> State:
         return {
@@ -99,8 +137,12 @@ class ConformerEncoder:
         self.left_chunks = _cfg_int(cfg, "left_chunks")
         self.kernel = _cfg_int(cfg, "conv_kernel")
         n_blocks = _cfg_int(cfg, "n_blocks")
+        if self.d % self.heads:
+            raise _bad(f"manifest arch.n_heads: d_model={self.d} is not divisible by n_heads={self.heads}")
         rel_pos = bool(cfg.get("rel_pos", True))
         self.inp = store.linear(f"{prefix}.inp")
+        _dims(f"{prefix}.inp input size", self.inp.in_features, self.n_mels * self.stack)
+        _dims(f"{prefix}.inp output size", self.inp.out_features, self.d)
         self.blocks = [
             ConformerBlock(store, f"{prefix}.blocks.{i}", self.d, self.heads, self.kernel, self.chunk_size,
                            self.left_chunks, rel_pos)
@@ -155,10 +197,16 @@ class Predictor:
     """Embedding (blank = start) -> LSTM layers; one token per step."""
 
     def __init__(self, store: WeightStore, cfg: dict[str, Any], prefix: str = "predictor") -> None:
-        self.blank = int(cfg.get("blank", 0))
+        self.blank = _cfg_int(cfg, "blank", 0)
         self.embed = Embedding(store, f"{prefix}.embed.weight")
         n_layers = _cfg_int(cfg, "pred_layers")
         self.lstms = [PackedLSTM.from_store(store, f"{prefix}.lstms.{i}") for i in range(n_layers)]
+        width = self.embed.dim
+        for i, lstm in enumerate(self.lstms):
+            _dims(f"{prefix}.lstms.{i} input size", lstm.layers[0].ih.in_features, width)
+            width = lstm.layers[-1].output_size
+        if not 0 <= self.blank < self.embed.num:
+            raise _bad(f"manifest arch.blank: {self.blank} outside the embedding table of {self.embed.num} rows")
         self.output_dim = self.lstms[-1].hidden
 
     def init_state(self) -> State:
@@ -205,16 +253,24 @@ class PackedTransducer:
         elif arch == "conformer":
             self.encoder = ConformerEncoder(store, config)
         else:
-            raise ValueError(f"arch config field 'arch' must be 'rnnt' or 'conformer', got {arch!r}")
+            raise _bad(f"manifest arch: field 'arch' must be 'rnnt' or 'conformer', got {arch!r:.40}")
         self.predictor = Predictor(store, config)
         self.joiner = Joiner(store)
         self.config = dict(config)
         self.store = store
         self.tokenizer_bytes = tokenizer_bytes
         self.manifest = manifest or {}
-        self.blank = int(config.get("blank", 0))
+        self.blank = _cfg_int(config, "blank", 0)
         self.vocab_size = _cfg_int(config, "vocab_size")
         self.n_mels = _cfg_int(config, "n_mels")
+        j = self.joiner
+        _dims("joiner.enc_proj input size", j.enc_proj.in_features, self.encoder.output_dim)
+        _dims("joiner.pred_proj input size", j.pred_proj.in_features, self.predictor.lstms[-1].layers[-1].output_size)
+        _dims("joiner.pred_proj output size", j.pred_proj.out_features, j.enc_proj.out_features)
+        _dims("joiner.out input size", j.out.in_features, j.enc_proj.out_features)
+        _dims("joiner.out output size (vocab_size)", j.out.out_features, self.vocab_size)
+        if self.blank >= self.vocab_size:
+            raise _bad(f"manifest arch.blank: {self.blank} outside [0, vocab_size - 1 = {self.vocab_size - 1}]")
         unused = store.unused()
         if unused:
             raise ValueError(f"model file has tensors the {arch} runtime does not use: {unused[:8]}")
