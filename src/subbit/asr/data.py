@@ -9,7 +9,9 @@ seconds. Blank lines are ignored.
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -50,19 +52,35 @@ def _check_record(obj: object, where: str) -> Utterance:
     return Utterance(obj["id"], obj["audio"], obj["text"], float(dur), obj["speaker"])
 
 
-def read_manifest(path: str | os.PathLike) -> list[Utterance]:
+class UtteranceList(list):
+    """A list of :class:`Utterance` that also carries ``skipped``: one dict per manifest line or
+    utterance left out, ``{"id", "audio", "reason"}`` (see :func:`screen_utterances`)."""
+
+    def __init__(self, items: Iterable[Utterance] = (), skipped: list[dict[str, str]] | None = None) -> None:
+        super().__init__(items)
+        self.skipped: list[dict[str, str]] = list(skipped or [])
+
+
+def read_manifest(path: str | os.PathLike) -> UtteranceList:
     """Read a JSONL manifest; relative audio paths are resolved against its directory.
 
-    Raises ValueError naming the file and line for bad JSON or a bad/missing field.
+    Raises ValueError naming the file and line for bad JSON or a bad/missing field. A line that
+    is not UTF-8 is left out and listed in the result's ``skipped`` (naming file and line).
     """
     path = Path(path)
     base = path.resolve().parent
-    utts: list[Utterance] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    utts = UtteranceList()
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                utts.skipped.append({"id": where, "audio": "", "reason": f"{where}: line is not UTF-8 "
+                                     f"(byte {exc.start}: {raw[exc.start:exc.start + 1]!r})"})  # fmt: skip
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -116,14 +134,85 @@ def resample_to(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     return resample_poly(audio, dst_rate // g, src_rate // g, axis=-1).astype(np.float32)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read any soundfile-readable file as float32 mono at ``sample_rate`` (resampling if needed)."""
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+def _read_mono(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Decode a regular audio file to float32 mono; ValueError naming the path otherwise (never
+    opens a FIFO or a device, which could block)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"audio {path}: missing") from None
+    except OSError as exc:
+        raise ValueError(f"audio {path}: cannot stat: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"audio {path}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"audio {path}: not a regular file")
+    if st.st_size == 0:
+        raise ValueError(f"audio {path}: empty file (0 bytes)")
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile.LibsndfileError, RuntimeError, TypeError on odd headers
+        raise ValueError(f"audio {path}: not decodable audio ({str(exc)[:100]})") from None
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    return mono, int(sr)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read any soundfile-readable file as float32 mono at ``sample_rate`` (resampling if needed).
+
+    A missing, empty, non-regular or undecodable file raises ValueError naming the path."""
+    mono, sr = _read_mono(path)
     return resample_to(mono, sr, sample_rate)
 
 
+def check_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> tuple[str | None, int]:
+    """``(reason, samples)``: why ``path`` cannot be used (None: it can) and its length in
+    samples at ``sample_rate``. Reasons: missing, a directory / not a regular file, empty,
+    not decodable, no samples, NaN/Inf samples."""
+    try:
+        mono, sr = _read_mono(path)
+    except ValueError as exc:
+        return str(exc).split(": ", 1)[-1], 0
+    if mono.size == 0:
+        return "no samples", 0
+    if not np.all(np.isfinite(mono)):
+        return f"{int(np.count_nonzero(~np.isfinite(mono)))} NaN/Inf samples", 0
+    n = mono.size if sr == sample_rate else math.ceil(mono.size * sample_rate / sr)
+    return None, int(n)
+
+
+def screen_utterances(utts: Iterable[Utterance], min_samples: int = 1, sample_rate: int = SAMPLE_RATE,
+                      what: str = "one encoder frame", lengths: dict[str, int] | None = None,
+                      ) -> tuple[list[Utterance], list[dict[str, str]]]:  # fmt: skip
+    """Split ``utts`` into usable ones and skipped ones (``{"id", "audio", "reason"}``).
+
+    Each file is decoded once: missing, directory, empty, undecodable, NaN/Inf audio, and audio
+    shorter than ``min_samples`` (``what`` names that length in the reason) are skipped;
+    ``lengths`` (if given) receives each file's length in samples. The
+    ``skipped`` of an :class:`UtteranceList` (lines that were not UTF-8) come first."""
+    good: list[Utterance] = []
+    skipped: list[dict[str, str]] = list(getattr(utts, "skipped", []))
+    for u in utts:
+        reason, n = check_audio(u.audio, sample_rate)
+        if lengths is not None:
+            lengths[u.audio] = n
+        if reason is None and n < min_samples:
+            reason = f"shorter than {what} ({n} samples, needs {min_samples})"
+        if reason is None:
+            good.append(u)
+        else:
+            skipped.append({"id": u.id, "audio": u.audio, "reason": reason})
+    return good, skipped
+
+
+def write_skipped(path: str | os.PathLike, skipped: list[dict[str, str]]) -> None:
+    """``id<TAB>audio<TAB>reason`` per skipped utterance, with a header row (atomically)."""
+    rows = ["id\taudio\treason"] + ["\t".join(str(s.get(k, "")).replace("\t", " ").replace("\n", " ")
+                                            for k in ("id", "audio", "reason")) for s in skipped]  # fmt: skip
+    atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+
 __all__ = [
-    "MANIFEST_FIELDS", "SAMPLE_RATE", "Utterance", "atomic_write_text", "load_audio",
-    "read_manifest", "resample_to", "write_manifest",
+    "MANIFEST_FIELDS", "SAMPLE_RATE", "Utterance", "UtteranceList", "atomic_write_text", "check_audio",
+    "load_audio", "read_manifest", "resample_to", "screen_utterances", "write_manifest", "write_skipped",
 ]

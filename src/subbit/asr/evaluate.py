@@ -78,10 +78,13 @@ class EvalResult:
         }
 
     def summary(self) -> str:
+        skipped = self.extra.get("skipped") or []
         return (
             f"{self.split or 'eval'}: WER {100 * self.wer:.2f}% on {len(self.utts)} utterances "
             f"({self.ref_words} words; sub {self.substitutions}, del {self.deletions}, "
             f"ins {self.insertions}; {self.method}{' streaming' if self.extra.get('streaming') else ''})"
+            + (f"; {len(skipped)} utterances skipped (bad or too short audio, listed in the JSON), e.g. "
+               f"{skipped[0]['id']}: {skipped[0]['reason']}" if skipped else "")
         )
 
 
@@ -204,13 +207,29 @@ def evaluate(
     progress: bool = False,
     frontend: Any = None,
 ) -> EvalResult:
-    """Decode and score; ``limit`` keeps the first N utterances of the manifest."""
+    """Decode and score; ``limit`` keeps the first N utterances of the manifest.
+
+    Utterances whose audio is missing, empty, a directory, undecodable, NaN/Inf or shorter than
+    one encoder frame (and manifest lines that were not UTF-8) are not scored: they are counted
+    in the summary and listed in ``extra["skipped"]`` (the eval JSON) with the reason."""
+    from subbit.asr.data import screen_utterances
+    from subbit.asr.features import LogMel, frames_needed
+
+    pre_skipped = list(getattr(utts, "skipped", []))
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         utts = list(utts)[:limit]
-    if not utts:
+    if not utts and not pre_skipped:
         raise ValueError(f"nothing to evaluate (split {split or '?'} is empty)")
+    fe = frontend if frontend is not None else LogMel()
+    subsampling = int(getattr(getattr(model, "encoder", None), "subsampling", 1) or 1)
+    min_samples = frames_needed(subsampling, int(getattr(fe, "n_fft", 400)), int(getattr(fe, "hop_length", 160)))
+    utts, skipped = screen_utterances(list(utts), min_samples=min_samples)
+    skipped = pre_skipped + skipped
+    if not utts:
+        raise ValueError(f"nothing to evaluate (split {split or '?'}): all {len(skipped)} utterances skipped, e.g. "
+                         f"{[s['id'] + ': ' + s['reason'] for s in skipped[:3]]}")  # fmt: skip
     ids, refs, hyps = transcribe(
         model,
         tokenizer,
@@ -224,7 +243,7 @@ def evaluate(
         progress=progress,
         frontend=frontend,
     )
-    extra: dict[str, Any] = {"streaming": bool(streaming)}
+    extra: dict[str, Any] = {"streaming": bool(streaming), "skipped_count": len(skipped), "skipped": skipped}
     if method == "beam":
         extra["beam"] = int(beam)
     return EvalResult(score(ids, refs, hyps), method=method, split=split, run=run, extra=extra)

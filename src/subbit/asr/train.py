@@ -228,6 +228,7 @@ class TrainResult:
     last_loss: float
     audio_sec_per_sec: float
     stopped: str  # "done", "time", "stop_after"
+    skipped: int = 0  # train utterances left out (listed in RUN/skipped.tsv)
 
 
 # -- distributed -------------------------------------------------------------------------------
@@ -490,10 +491,10 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
     """
     from tqdm import tqdm
 
-    from subbit.asr.data import read_manifest
+    from subbit.asr.data import read_manifest, screen_utterances, write_skipped
     from subbit.asr.dataset import frontend_stats, make_loader
     from subbit.asr.models import Transducer, build_model
-    from subbit.asr.features import LogMel
+    from subbit.asr.features import LogMel, frames_needed
     from subbit.asr.tokenizer import Tokenizer, train_tokenizer
 
     session = {k: getattr(cfg, k) for k in SESSION_FIELDS}
@@ -517,8 +518,15 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
     if not train_manifest.is_file():
         raise FileNotFoundError(f"data: no train.jsonl in {data_dir}")
     train_utts = read_manifest(train_manifest)
-    if not train_utts:
+    if not train_utts and not train_utts.skipped:
         raise ValueError(f"{train_manifest}: no utterances")
+    # every file is decoded once: missing, empty, undecodable, NaN/Inf audio and non-UTF-8 lines
+    # are skipped (RUN/skipped.tsv), never a traceback mid-run; too short ones further below
+    lengths: dict[str, int] = {}
+    train_utts, skipped = screen_utterances(train_utts, lengths=lengths)
+    if not train_utts:
+        raise ValueError(f"{train_manifest}: no usable utterances ({len(skipped)} skipped, e.g. "
+                         f"{[s['id'] + ': ' + s['reason'] for s in skipped[:3]]})")  # fmt: skip
 
     # tokenizer + model (+ warm start, + quantization)
     init_cfg = None
@@ -542,6 +550,26 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
         frontend = frontend_from_config(init_cfg)
     else:
         frontend = LogMel()
+    # an utterance shorter than one encoder frame would stop every step it lands in
+    subsampling = int(getattr(getattr(model, "encoder", None), "subsampling", 1) or 1)
+    min_samples = frames_needed(subsampling, frontend.n_fft, frontend.hop_length)
+    if cfg.augment:  # speed perturbation shortens an utterance by up to its fastest factor
+        from subbit.asr.augment import SPEEDS
+
+        min_samples = math.ceil(min_samples * max(max(SPEEDS), 1.0))
+    short = [u for u in train_utts if lengths.get(u.audio, 0) < min_samples]
+    if short:
+        skipped += [{"id": u.id, "audio": u.audio, "reason": f"shorter than one encoder frame "
+                     f"({lengths.get(u.audio, 0)} samples, needs {min_samples}: subsampling {subsampling})"}
+                    for u in short]  # fmt: skip
+        keep = {id(u) for u in short}
+        train_utts = [u for u in train_utts if id(u) not in keep]
+        if not train_utts:
+            raise ValueError(f"{train_manifest}: every utterance is shorter than one encoder frame ({min_samples} samples)")
+    if skipped:
+        log.warning("%s: skipped %d of %d utterances (listed in %s), e.g. %s: %s", train_manifest, len(skipped),
+                    len(skipped) + len(train_utts), paths.root / "skipped.tsv", skipped[0]["id"], skipped[0]["reason"])
+    if not cfg.resume and init_cfg is None:
         mean, std = frontend_stats(train_utts, frontend, seed=cfg.seed)
         frontend.set_stats(mean, std)
     quant_dict = None
@@ -574,6 +602,12 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
             data_dir=str(data_dir),
             features=features_config(frontend),
         )
+    if dist.main:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        if skipped:
+            write_skipped(paths.root / "skipped.tsv", skipped)
+        elif (paths.root / "skipped.tsv").is_file():
+            (paths.root / "skipped.tsv").unlink()
     dist.barrier()
 
     ddp_model: nn.Module = model
@@ -723,7 +757,7 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
                 dist.all_reduce_(bad, "max")
             if bad.item() > 0:
                 what = "loss" if not torch.isfinite(loss).item() else "gradient"
-                _on_divergence(model, paths, dist, save, step + 1, what, loss)
+                _on_divergence(model, paths, dist, save, step + 1, what, loss, cfg)
             optimizer.step()
             if gq is not None:
                 gq.step()
@@ -814,10 +848,11 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
     mean_speed = float(np.mean(speeds[2:] if len(speeds) > 4 else speeds)) if speeds else 0.0
     if dist.main:
         log.info(
-            "stopped (%s) at step %d/%s after %.1f min; last loss %.4f; %.0f audio s per s",
-            stopped, step, total, elapsed / 60, last_loss, mean_speed,
+            "stopped (%s) at step %d/%s after %.1f min; last loss %.4f; %.0f audio s per s; %d utterances skipped%s",
+            stopped, step, total, elapsed / 60, last_loss, mean_speed, len(skipped),
+            f" ({paths.root / 'skipped.tsv'})" if skipped else "",
         )
-    return TrainResult(paths.root, step, int(total or step), elapsed, last_loss, mean_speed, stopped)
+    return TrainResult(paths.root, step, int(total or step), elapsed, last_loss, mean_speed, stopped, len(skipped))
 
 
 def _seconds_per_step(recent: deque[tuple[float, float]], calib_t0: float, calib_audio: float,
@@ -865,17 +900,47 @@ def _current_tau(gq: Any, cfg: TrainConfig) -> float:
 
 
 def _on_divergence(model: nn.Module, paths: RunPaths, dist: Dist, save: Callable[[Path], None],
-                   step: int, what: str, loss: torch.Tensor) -> None:
-    """Keep the last good state (weights are still finite: the bad step was not applied)."""
+                   step: int, what: str, loss: torch.Tensor, cfg: TrainConfig | None = None) -> None:
+    """Stop, keeping the last checkpoint written while the loss was finite, and say what recovers.
+
+    ``last.pt`` is not overwritten when it exists: it was written at a periodic checkpoint, and
+    the state now is further along the divergence (a resume would only fail again, one step on,
+    and overwrite the good checkpoint each time). Only a run that diverges before its first
+    checkpoint saves the current (finite) weights. ``--resume`` keeps the stored lr, so the
+    recovery is a warm start into a new run directory with a lower ``--lr``.
+    """
     finite = all(torch.isfinite(p).all().item() for p in model.parameters())
-    if dist.main and finite:
+    kept = paths.last.is_file()
+    if dist.main and finite and not kept:
         save(paths.last)
+    note = "" if finite or kept else " (weights were already non-finite: nothing saved)"
     raise TrainingDiverged(
         f"non-finite {what} at step {step} (loss={loss.item()}); stopped. "
-        f"The last good checkpoint is {paths.last}"
-        + ("" if finite else " (weights were already non-finite: not overwritten)")
-        + ". Lower --lr or check the data, then --resume."
+        f"The last good checkpoint is {paths.last}{note}. "
+        + (_recovery_command(paths, cfg) if cfg is not None else "Lower --lr or check the data.")
     )
+
+
+def _recovery_command(paths: RunPaths, cfg: TrainConfig) -> str:
+    """The command that restarts from the last good weights at a tenth of the lr (``--resume``
+    would restore the stored lr and diverge again)."""
+    import shlex
+
+    lr = cfg.lr / 10
+    new = f"{str(paths.root).rstrip('/')}-lr{lr:g}"
+    budget = ["--steps", str(cfg.steps)] if cfg.steps else ["--minutes", f"{cfg.minutes:g}"]
+    common = ["--data", str(cfg.data), "--out", new, "--lr", f"{lr:g}", *budget]
+    if not cfg.quant:
+        cmd = ["subbit", "train", "--init", str(paths.last), *common]
+        why = "Warm-start a new run from it at a tenth of the lr (--resume keeps the stored lr):"
+    elif cfg.init:
+        cmd = ["subbit", "train", "--init", str(cfg.init), "--quant", str(cfg.quant), *common]
+        why = "Restart the quantized run from its fp32 start at a tenth of the lr (--resume keeps the stored lr):"
+    else:
+        cmd = ["subbit", "train", "--model", cfg.model, "--preset", cfg.preset, "--tokenizer", cfg.tokenizer,
+               "--quant", str(cfg.quant), *common]  # fmt: skip
+        why = "Restart the quantized run at a tenth of the lr (--resume keeps the stored lr):"
+    return f"{why} {shlex.join(cmd)} (if it diverges again, check the data or lower --lr further)"
 
 
 def _dev_eval(model: nn.Module, tokenizer: Any, frontend: Any, data_dir: Path, cfg: TrainConfig, dist: Dist,
