@@ -59,6 +59,7 @@ def check(got, ref, s):
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("groups", [1, 3])
 def test_parity_with_float64_torch_path(bits, groups, monkeypatch):
+    monkeypatch.delenv("SUBBIT_NATIVE", raising=False)  # this test is about the C path: force it on
     table = gq_table(bits, groups, seed=bits)
     w, s = weights(groups, 4000, seed=bits)
     gy = torch.randn(w.shape, generator=torch.Generator().manual_seed(7))
@@ -197,6 +198,7 @@ def test_torch_path_gradcheck_float64():
 
 
 def test_missing_library_falls_back_with_one_warning(monkeypatch, caplog):
+    monkeypatch.delenv("SUBBIT_NATIVE", raising=False)  # SUBBIT_NATIVE=0 would skip the load it checks
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_tried", False)
     monkeypatch.setattr(native, "_library_file", lambda: None)
