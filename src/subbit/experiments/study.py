@@ -31,7 +31,7 @@ from typing import Any
 
 from subbit.experiments import stats
 from subbit.experiments.ablations import ablation_recipes
-from subbit.experiments.compare import REFERENCE, CompareConfig, run_compare
+from subbit.experiments.compare import REFERENCE, CompareConfig, _read_json, _write_json, run_compare
 from subbit.experiments.recipes import ENC_RECURRENT, RECIPES, TOKEN_EDGES, Recipe
 
 log = logging.getLogger(__name__)
@@ -215,20 +215,12 @@ class StudyConfig:
 
 # -- small helpers -------------------------------------------------------------------------------
 def _read(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg}); delete it to redo the cell") from None
-    return data if isinstance(data, dict) else None
+    return _read_json(path)
 
 
 def _write(path: Path, data: Any) -> None:
-    from subbit.asr.checkpoint import atomic_write_json
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, data)
+    _write_json(path, data)
 
 
 def corpus_identity(data: Path) -> str:
@@ -435,9 +427,11 @@ def _pair(a: stats.Scored | None, b: stats.Scored | None) -> tuple[stats.Scored,
     return a, b
 
 
-def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str) -> list[dict[str, Any]]:
+def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str,
+               heldout: dict[tuple[str, str], stats.Scored] | None = None) -> list[dict[str, Any]]:
     """One row per recipe of ``arch``: means over seeds, intervals, delta to fp32, lossless.
-    Only cell files made with exactly these settings count (a stale cell is never mixed in)."""
+    Only cell files made with exactly these settings count (a stale cell is never mixed in);
+    each row's held-out scores go into ``heldout[(arch, name)]`` for the claims' paired tests."""
     loaded: dict[str, list[dict[str, Any]]] = {}
     for cell in cells:
         got = []
@@ -469,6 +463,8 @@ def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str) -> l
         row["train_minutes"] = round(sum(float(c["row"].get("train_minutes") or 0) for c in cs), 2)
         for split, key in (("test_seen", "seen"), ("test_heldout", "heldout")):
             sc = _scored(cs, split)
+            if split == "test_heldout" and sc is not None and heldout is not None:
+                heldout[(arch, name)] = sc
             row[f"wer_{key}"] = None if sc is None else sc.wer
             row[f"wer_{key}_ci"] = None if sc is None else list(stats.wer_ci(sc))
             pair = _pair(sc, ctrl[split])
@@ -510,7 +506,8 @@ def _claim(claim: str, verdict: str, evidence: str) -> dict[str, str]:
     return {"claim": claim, "verdict": verdict, "evidence": evidence}
 
 
-def evaluate_claims(rows: list[dict[str, Any]], cfg: StudyConfig, cell_files: dict[str, Path]) -> list[dict[str, str]]:
+def evaluate_claims(rows: list[dict[str, Any]], cfg: StudyConfig,
+                    heldout: dict[tuple[str, str], stats.Scored]) -> list[dict[str, str]]:
     claims = []
     # 1. lossless 5-bit RNN-T (and 4-bit, our target)
     for bits in (5, 4):
@@ -559,7 +556,7 @@ def evaluate_claims(rows: list[dict[str, Any]], cfg: StudyConfig, cell_files: di
             worse, better, tied = [], [], []
             lowest = all(g["wer_heldout"] <= o["wer_heldout"] for o in others)
             for o in others:
-                d = _paired_delta(cfg, arch, g["name"], o["name"], cell_files)
+                d = _paired_delta(heldout, arch, g["name"], o["name"])
                 if d is None:
                     continue
                 (better if d[1] < 0 else worse if d[0] > 0 else tied).append(f"{o['name']} {_fmt_ci(d)}")
@@ -572,7 +569,7 @@ def evaluate_claims(rows: list[dict[str, Any]], cfg: StudyConfig, cell_files: di
     # 5. learned beat fixed centroids
     for arch in cfg.archs:
         text = f"{arch}: learnable centroids beat centroids frozen at the mu-law init (GQ 4-bit)"
-        d = _paired_delta(cfg, arch, "gq4", "gq4-fixed", cell_files)
+        d = _paired_delta(heldout, arch, "gq4", "gq4-fixed")
         if d is None:
             claims.append(_claim(text, "not run", "gq4 or gq4-fixed missing"))
         else:
@@ -585,21 +582,9 @@ def evaluate_claims(rows: list[dict[str, Any]], cfg: StudyConfig, cell_files: di
     return claims
 
 
-def _paired_delta(cfg: StudyConfig, arch: str, a: str, b: str, cell_files: dict[str, Path]) -> tuple[float, float] | None:
-    """Paired interval of WER(a) - WER(b) on held-out, over the seeds both rows have."""
-    def load(name: str) -> dict[int, dict[str, Any]]:
-        out = {}
-        for path in sorted((cfg.root / "cells" / arch).glob(f"{name}-s*.json")):
-            c = _read(path)
-            if c is not None and c["fingerprint"]["recipe"]["name"] == name:
-                out[int(c["fingerprint"]["seed"])] = c
-        return out
-
-    ca, cb = load(a), load(b)
-    if not ca or not cb:
-        return None
-    sa, sb = _scored(list(ca.values()), "test_heldout"), _scored(list(cb.values()), "test_heldout")
-    pair = _pair(sa, sb)
+def _paired_delta(heldout: dict[tuple[str, str], stats.Scored], arch: str, a: str, b: str) -> tuple[float, float] | None:
+    """Paired interval of WER(a) - WER(b) on held-out (each pooled over its seeds)."""
+    pair = _pair(heldout.get((arch, a)), heldout.get((arch, b)))
     return None if pair is None else stats.delta_ci(*pair)
 
 
@@ -701,6 +686,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     data = Path(cfg.data) if cfg.report_only and cfg.data else ensure_corpus(cfg)
     corpus = corpus_identity(data)
     all_rows: list[dict[str, Any]] = []
+    heldout: dict[tuple[str, str], stats.Scored] = {}
     missing: list[str] = []
     for arch in cfg.archs:
         cells, miss = plan(arch, cfg.quick, cfg.seeds, cfg.sections)
@@ -708,8 +694,8 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         if not cfg.report_only:
             chosen = [c for c in cells if not cfg.only or c.recipe.name in cfg.only]
             run_cells(cfg, arch, chosen, data, corpus)
-        all_rows += build_rows(cfg, arch, cells, corpus)
-    claims = evaluate_claims(all_rows, cfg, {})
+        all_rows += build_rows(cfg, arch, cells, corpus, heldout)
+    claims = evaluate_claims(all_rows, cfg, heldout)
     if cfg.quick:  # a smoke run decides nothing: say so next to every verdict
         for c in claims:
             c["evidence"] = "[quick toy run: not evidence] " + c["evidence"]
