@@ -236,30 +236,6 @@ def _files(ctx: DemoContext) -> list[tuple[str, Path, Path]]:
             ("fp32", ctx.fp32_run, ctx.out / "model-fp32.subbit")]
 
 
-def _stream(path: Path, utts: list[Any]) -> tuple[list[str], list[float], float, int]:
-    """Stream utterances through the packed runtime in 100 ms chunks: (hyps, per-chunk ms,
-    audio seconds, weight bytes)."""
-    import numpy as np
-
-    from subbit.asr.data import load_audio
-    from subbit.runtime import PackedTransducer, StreamingSession
-
-    model = PackedTransducer.from_file(path)
-    session = StreamingSession(model)
-    chunk = 1600  # 100 ms of 16 kHz audio per call, as a device would feed it
-    hyps, chunk_ms, audio_s = [], [], 0.0
-    for utt in utts:
-        audio = load_audio(utt.audio).astype(np.float32)
-        audio_s += len(audio) / 16000
-        session.reset()
-        for start in range(0, len(audio), chunk):
-            t = time.perf_counter()
-            session.accept_audio(audio[start : start + chunk])
-            chunk_ms.append(1e3 * (time.perf_counter() - t))
-        hyps.append(session.finalize())
-    return hyps, chunk_ms, audio_s, int(model.weight_bytes)
-
-
 def stage_runtime(ctx: DemoContext) -> None:
     """Stream held-out audio through the packed-weight runtime (C kernels, no torch) and score it:
     WER and per-chunk latency of each served file, side by side on this machine."""
@@ -267,12 +243,13 @@ def stage_runtime(ctx: DemoContext) -> None:
 
     from subbit.asr.data import read_manifest
     from subbit.asr.evaluate import score
+    from subbit.experiments.study import stream_utterances
 
     utts = read_manifest(ctx.data / "test_heldout.jsonl")[: ctx.runtime_limit]
     _say(f"runtime: streaming {len(utts)} held-out utterances through each .subbit file in 100 ms chunks")
     for tag, _, path in _files(ctx):
         t0 = time.perf_counter()
-        hyps, chunk_ms, audio_s, weight_bytes = _stream(path, utts)
+        hyps, chunk_ms, audio_s, weight_bytes = stream_utterances(path, utts)
         elapsed = time.perf_counter() - t0
         rows = score([u.id for u in utts], [u.text for u in utts], hyps)
         errors, words = sum(r.errors for r in rows), max(1, sum(r.ref_words for r in rows))

@@ -321,26 +321,42 @@ def ensure_fp32_base(cfg: StudyConfig, arch: str, data: Path) -> Path:
     return run
 
 
-def runtime_wer(subbit_file: Path, data: Path, split: str, limit: int | None) -> dict[str, Any]:
-    """Stream a split through the packed runtime in 100 ms chunks: what is served, scored."""
+#: samples per accept_audio call when streaming a file: 100 ms of 16 kHz audio, as a device feeds it
+STREAM_CHUNK = 1600
+
+
+def stream_utterances(subbit_file: Path, utts: Sequence[Any]) -> tuple[list[str], list[float], float, int]:
+    """Stream utterances through the packed runtime in 100 ms chunks: (hypotheses, ms per chunk,
+    audio seconds, resident weight bytes). Shared by the study and the demo."""
     import numpy as np
 
-    from subbit.asr.data import load_audio, read_manifest
-    from subbit.asr.evaluate import score
+    from subbit.asr.data import load_audio
     from subbit.runtime import PackedTransducer, StreamingSession
 
     model = PackedTransducer.from_file(subbit_file)
     session = StreamingSession(model)
+    hyps, chunk_ms, audio_s = [], [], 0.0
+    for utt in utts:
+        audio = load_audio(utt.audio).astype(np.float32)
+        audio_s += len(audio) / 16000
+        session.reset()
+        for start in range(0, len(audio), STREAM_CHUNK):
+            t = time.perf_counter()
+            session.accept_audio(audio[start : start + STREAM_CHUNK])
+            chunk_ms.append(1e3 * (time.perf_counter() - t))
+        hyps.append(session.finalize())
+    return hyps, chunk_ms, audio_s, int(model.weight_bytes)
+
+
+def runtime_wer(subbit_file: Path, data: Path, split: str, limit: int | None) -> dict[str, Any]:
+    """Stream a split through the packed runtime in 100 ms chunks: what is served, scored."""
+    from subbit.asr.data import read_manifest
+    from subbit.asr.evaluate import score
+
     utts = read_manifest(data / f"{split}.jsonl")
     if limit is not None:
         utts = utts[:limit]
-    hyps = []
-    for utt in utts:
-        audio = load_audio(utt.audio).astype(np.float32)
-        session.reset()
-        for start in range(0, len(audio), 1600):
-            session.accept_audio(audio[start : start + 1600])
-        hyps.append(session.finalize())
+    hyps = stream_utterances(subbit_file, utts)[0]
     rows = score([u.id for u in utts], [u.text for u in utts], hyps)
     errors, words = sum(r.errors for r in rows), sum(r.ref_words for r in rows)
     return {"wer": errors / max(1, words), "utterances": len(utts), "ref_words": words, "limit": limit,
