@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import stat
 import struct
@@ -30,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from subbit import sizes
-from subbit.export.bitpack import PackedTensor, int8_codebook, matrix_rows, padding_is_zero
+from subbit.export.bitpack import (
+    BLOCK,
+    PackedTensor,
+    int8_codebook,
+    matrix_rows,
+    padded_length,
+    unpack_rows,
+)
 from subbit.export.manifest import (
     CODEBOOK_SUFFIX,
     IDX_SUFFIX,
@@ -370,8 +378,13 @@ def read_container(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
 
     The file is stat-ed first: anything but a regular file (a FIFO, a directory, a device) is
     refused before it is opened, and so is a file over ``MAX_FILE`` bytes. Then only the 8
-    length bytes and the header are read and checked (header digest, tensor table, manifest)
-    before the data section is read, into one buffer the arrays are views of.
+    length bytes and the header are read and checked (header digest, every size against the
+    file length, manifest). The data section's sha256 is computed by reading it in
+    ``HASH_CHUNK`` pieces, and the arrays are views of a copy-on-write memory map of the file:
+    loading costs memory for the header and what the checks touch (codebooks, float tensors, the
+    last block of each packed row), not for the whole file. The arrays are writable (a write
+    changes this process's copy only); the file must not be truncated or rewritten in place
+    while they are in use (``export_model`` writes a new file and renames it, which is safe).
     """
     p = os.fspath(path)
     try:
@@ -395,30 +408,85 @@ def read_container(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise SubbitFormatError(f"{path}: {_kind_of(st.st_mode)}, not a regular .subbit file")
-
-        def read(offset: int, n: int) -> bytearray:
-            buf = bytearray(n)
-            f.seek(offset)
-            view, got = memoryview(buf), 0
-            while got < n:
-                k = f.readinto(view[got:])
-                if not k:
-                    raise SubbitFormatError(f"file shrank while being read ({offset + got} of {offset + n} bytes)")
-                got += k
-            return buf
-
+        source = _FileSource(f, int(st.st_size))
         try:
-            return _parse(read, int(st.st_size), copy=False, where=str(path))
+            return _parse(source, copy=False, where=str(path))
         except SubbitFormatError as exc:
             raise SubbitFormatError(f"{path}: {exc}") from None
         except OSError as exc:
             raise SubbitFormatError(f"{path}: cannot read: {exc}") from None
 
 
+#: bytes read at a time while hashing the data section of a file (bounds the memory of the check)
+HASH_CHUNK = 1 << 20
+
+
+class _FileSource:
+    """An open regular file for :func:`_parse`: exact reads, a streamed sha256, a memory map."""
+
+    def __init__(self, f: Any, size: int) -> None:
+        self.f, self.size = f, size
+
+    def read(self, offset: int, n: int) -> bytes:
+        buf = bytearray(n)
+        self._fill(offset, memoryview(buf))
+        return bytes(buf)
+
+    def _fill(self, offset: int, view: memoryview) -> None:
+        self.f.seek(offset)
+        got, n = 0, len(view)
+        while got < n:
+            k = self.f.readinto(view[got:])
+            if not k:
+                raise SubbitFormatError(f"file shrank while being read ({offset + got} of {offset + n} bytes)")
+            got += k
+
+    def sha256(self, offset: int, n: int) -> str:
+        h = hashlib.sha256()
+        buf = memoryview(bytearray(min(n, HASH_CHUNK)))
+        done = 0
+        while done < n:
+            k = min(len(buf), n - done)
+            self._fill(offset + done, buf[:k])
+            h.update(buf[:k])
+            done += k
+        return h.hexdigest()
+
+    def data(self, offset: int, n: int) -> Any:
+        """``n`` bytes from ``offset`` as a writable buffer backed by a copy-on-write map."""
+        if n == 0:
+            return bytearray()
+        try:
+            mm = mmap.mmap(self.f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError):  # no mmap for this file (e.g. some network file systems): read it
+            buf = bytearray(n)
+            self._fill(offset, memoryview(buf))
+            return buf
+        if len(mm) < offset + n:
+            raise SubbitFormatError(f"file shrank while being read ({len(mm)} of {offset + n} bytes)")
+        return memoryview(mm)[offset : offset + n]
+
+
+class _BytesSource:
+    """Bytes in memory for :func:`_parse` (:func:`parse_container`)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self.view, self.size = view, len(view)
+
+    def read(self, offset: int, n: int) -> bytes:
+        return bytes(self.view[offset : offset + n])
+
+    def sha256(self, offset: int, n: int) -> str:
+        return hashlib.sha256(self.view[offset : offset + n]).hexdigest()
+
+    def data(self, offset: int, n: int) -> Any:
+        return self.view[offset : offset + n]
+
+
 def parse_container(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The checks of :func:`read_container` on bytes in memory."""
+    """The checks of :func:`read_container` on bytes in memory (arrays are copies)."""
     view = memoryview(bytes(blob) if not isinstance(blob, (bytes, bytearray)) else blob)
-    return _parse(lambda offset, n: view[offset : offset + n], len(view), copy=True)
+    return _parse(_BytesSource(view), copy=True)
 
 
 _HEX = frozenset(b"0123456789abcdef")
@@ -441,8 +509,10 @@ def _header_digest(head: bytes) -> str | None:
     return digest.decode()
 
 
-def _parse(read: Any, size: int, *, copy: bool, where: str = "") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``read(offset, n)`` gives n bytes of a file of ``size`` bytes; header first, data last."""
+def _parse(src: Any, *, copy: bool, where: str = "") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``src`` (:class:`_FileSource` or :class:`_BytesSource`): header first, every size checked
+    against ``src.size``, then the data section's digest, then views of the data."""
+    read, size = src.read, src.size
     if size < 8:
         raise SubbitFormatError(f"file is {size} bytes: too short for a safetensors header")
     (hlen,) = struct.unpack("<Q", bytes(read(0, 8)))
@@ -478,9 +548,9 @@ def _parse(read: Any, size: int, *, copy: bool, where: str = "") -> tuple[dict[s
             raise SubbitFormatError(f"format {SCHEMA_VERSION}.{minor} file without __metadata__.{HEADER_DIGEST_KEY} "
                                     "(stripped or corrupted header)")  # fmt: skip
         warn_legacy(minor, where)
-    data = read(8 + hlen, data_len)
-    if hashlib.sha256(data).hexdigest() != manifest["data_sha256"]:
+    if src.sha256(8 + hlen, data_len) != manifest["data_sha256"]:
         raise SubbitFormatError("data section sha256 does not match the manifest: file corrupted or tampered")
+    data = src.data(8 + hlen, data_len)
     arrays = {}
     for name, (dtype, shape, begin, end) in entries.items():
         nt = _NP[dtype]
@@ -548,11 +618,31 @@ def _check_payload(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> N
         if not np.all(np.isfinite(cb)):
             raise SubbitFormatError(f"tensor {name!r}: codebook has non-finite values")
         _, k = matrix_rows(tuple(q["shape"]))
-        if not padding_is_zero(arrays[name + IDX_SUFFIX], q["bits"], k):
+        if not _padding_is_zero(arrays[name + IDX_SUFFIX], q["bits"], k):
             raise SubbitFormatError(f"tensor {name!r}: non-zero padding indices")
     for name, f in manifest["float"].items():
-        if f["dtype"] in ("F32", "F16") and not np.all(np.isfinite(arrays[name])):
+        if f["dtype"] in ("F32", "F16") and not _all_finite(arrays[name]):
             raise SubbitFormatError(f"tensor {name!r}: non-finite values")
+
+
+#: elements checked at a time by :func:`_all_finite` (bounds the temporary it allocates)
+_FINITE_CHUNK = 1 << 20
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    flat = arr.reshape(-1)
+    return all(bool(np.isfinite(flat[i : i + _FINITE_CHUNK]).all()) for i in range(0, flat.size, _FINITE_CHUNK))
+
+
+def _padding_is_zero(packed: np.ndarray, bits: int, count: int) -> bool:
+    """:func:`subbit.export.bitpack.padding_is_zero` decoding only the last block of each row (padding is shorter
+    than 8 indices, so it lies in that block): memory and time in the row count, not the size."""
+    kp = padded_length(count)
+    if kp == count:
+        return True
+    start = (kp - 1) // BLOCK * BLOCK  # first index of the last block (full or short)
+    tail = unpack_rows(packed[:, start * bits // 8 :], bits, kp - start)
+    return not bool(tail[:, count - start :].any())
 
 
 @dataclass
