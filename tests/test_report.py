@@ -35,7 +35,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 def test_report_of_a_quantized_run_lists_every_tensor(runs, tmp_path, capsys) -> None:
-    from subbit.asr.checkpoint import load_run
+    from subbit.runs import load_run
     import subbit.quant as sq
 
     capsys.readouterr()

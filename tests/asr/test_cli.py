@@ -144,7 +144,7 @@ def test_demo_runs_its_stages(corpus, tmp_path, monkeypatch, capsys) -> None:
     assert rows["gq4"]["size_bytes"] < rows["qat8"]["size_bytes"] < rows["fp32"]["size_bytes"]
     assert (out / "report.md").is_file() and (out / "wer-vs-size.png").stat().st_size > 0
     # the GQ run holds a converted model: every quantized tensor takes at most 2**bits values
-    from subbit.asr.checkpoint import load_run
+    from subbit.runs import load_run
     from subbit.quant import quantized_tensors
 
     loaded = load_run(out / "gq4", "final")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from subbit.asr.checkpoint import RunPaths, load_checkpoint, load_run, read_run_config
-from subbit.asr.models import Transducer, build_model
+from subbit.asr.checkpoint import RunPaths, load_checkpoint, read_run_config
+from subbit.asr.models import Transducer, build_from_config, build_model
 from subbit.asr.train import TrainConfig, train
+from subbit.runs import load_run
 from subbit.testing.dummies import dummy_batch, make_dummy_corpus
 
 torch.set_num_threads(1)
@@ -16,7 +17,7 @@ torch.set_num_threads(1)
 def _pair(weight: float, arch: str = "rnnt") -> tuple[Transducer, Transducer]:
     torch.manual_seed(0)
     base = build_model(arch, "tiny", vocab_size=8).eval()
-    with_ctc = Transducer.from_config({**base.config, "ctc_weight": weight})
+    with_ctc = build_from_config({**base.config, "ctc_weight": weight})
     with_ctc.load_state_dict(base.state_dict(), strict=False)
     return base, with_ctc.eval()
 
@@ -45,7 +46,7 @@ def test_ctc_loss_is_added_with_its_weight() -> None:
 
 def test_ctc_loss_decreases_when_training() -> None:
     torch.manual_seed(0)
-    m = Transducer.from_config({**build_model("rnnt", "tiny", vocab_size=8).config, "ctc_weight": 0.5})
+    m = build_from_config({**build_model("rnnt", "tiny", vocab_size=8).config, "ctc_weight": 0.5})
     b = dummy_batch(batch_size=4, frames=48, vocab_size=8, max_target=4)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
 
@@ -66,7 +67,7 @@ def test_bad_ctc_weight_is_refused_by_name() -> None:
     cfg = build_model("rnnt", "tiny", vocab_size=8).config
     for bad in (-0.1, 1.0, "0.3", True):
         with pytest.raises(ValueError, match="ctc_weight"):
-            Transducer.from_config({**cfg, "ctc_weight": bad})
+            build_from_config({**cfg, "ctc_weight": bad})
 
 
 def test_without_ctc_shares_modules_and_drops_the_head() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from subbit.asr.models import Transducer, build_model, count_params, preset_config
+from subbit.asr.models import Transducer, build_from_config, build_model, count_params, preset_config
 
 torch.set_num_threads(1)
 ARCHS = ("rnnt", "conformer")
@@ -48,7 +48,7 @@ def test_config_round_trip_rebuilds_same_model(arch: str) -> None:
     m = build_model(arch, "tiny", vocab_size=12, n_mels=80, joiner_dim=24).eval()
     cfg = json.loads(json.dumps(m.config))  # JSON-able
     assert cfg["arch"] == arch and cfg["vocab_size"] == 12 and cfg["joiner_dim"] == 24
-    m2 = Transducer.from_config(cfg).eval()
+    m2 = build_from_config(cfg).eval()
     m2.load_state_dict(m.state_dict())
     feats, lens, y, yl = _batch(m, seed=1)
     with torch.no_grad():
@@ -70,9 +70,9 @@ def test_bad_overrides_and_configs_are_refused() -> None:
     cfg = preset_config("conformer", "tiny", vocab_size=8)
     del cfg["n_heads"]
     with pytest.raises(ValueError, match="n_heads"):
-        Transducer.from_config(cfg)
+        build_from_config(cfg)
     with pytest.raises(ValueError, match="vocab_size"):
-        Transducer.from_config({**preset_config("rnnt", "tiny", vocab_size=8), "vocab_size": 0})
+        build_from_config({**preset_config("rnnt", "tiny", vocab_size=8), "vocab_size": 0})
     with pytest.raises(ValueError, match="stack2_after"):
         build_model("rnnt", "tiny", vocab_size=8, stack2_after=5)
 

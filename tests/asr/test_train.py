@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from subbit.asr.checkpoint import RunPaths, load_checkpoint, load_run, read_run_config
+from subbit.asr.checkpoint import RunPaths, load_checkpoint, read_run_config
 from subbit.asr.train import LRSchedule, TrainConfig, TrainingDiverged, read_log, train
+from subbit.runs import load_run
 from subbit.testing.dummies import dummy_batch, make_dummy_corpus
 
 torch.set_num_threads(1)

@@ -1,4 +1,6 @@
-"""The training run directory, atomic checkpoints, and :func:`load_run`.
+"""The training run directory's files: names, atomic writes, checkpoints and config.json.
+
+Rebuilding a model from a run (``load_run``) is one level up, in :mod:`subbit.runs`.
 
 A run directory holds everything needed to rebuild, resume or evaluate a model::
 
@@ -26,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from subbit.asr.features import LogMel
+from subbit.quant.modules import refresh
 
 SCHEMA_VERSION = 1
 CONFIG_KEYS = ("schema_version", "model", "tokenizer", "quant", "train_args", "data")
@@ -198,13 +203,11 @@ def features_config(frontend: Any) -> dict[str, Any]:
     }
 
 
-def frontend_from_config(config: dict[str, Any]) -> Any:
+def frontend_from_config(config: dict[str, Any]) -> LogMel:
     """The LogMel frontend a run was trained with (global normalisation included).
 
     Runs without a ``features`` entry used the default LogMel without normalisation.
     """
-    from subbit.asr.features import LogMel
-
     feats = config.get("features")
     if not feats:
         return LogMel()
@@ -216,32 +219,6 @@ def frontend_from_config(config: dict[str, Any]) -> Any:
     return fe
 
 
-@dataclass
-class LoadedRun:
-    """A model rebuilt from a run directory, ready for eval, export or benchmarking."""
-
-    model: torch.nn.Module
-    config: dict[str, Any]
-    tokenizer: Any
-    quantized: bool
-    converted: bool
-    run_dir: Path
-    which: str
-    frontend: Any = None
-
-
-def build_from_config(config: dict[str, Any]) -> torch.nn.Module:
-    """Rebuild the (fp32 or quant-prepared) model described by a run config, untrained."""
-    from subbit.asr.models import Transducer
-
-    model = Transducer.from_config(config["model"])
-    if config.get("quant"):
-        import subbit.quant as sq
-
-        model = sq.prepare(model, sq.QuantConfig.from_dict(config["quant"]))
-    return model
-
-
 def sync_quantized_weights(model: torch.nn.Module) -> None:
     """Recompute the plain-tensor weights that quantized modules compute with.
 
@@ -249,45 +226,16 @@ def sync_quantized_weights(model: torch.nn.Module) -> None:
     reads them before the next forward (e.g. a predictor's ``init_state`` taking the embedding's
     device) would otherwise see the old device or pre-``load_state_dict`` values.
     """
-    from subbit.quant.modules import refresh
-
     with torch.no_grad():
         for module in model.modules():
             refresh(module)
 
 
-def load_run(run_dir: str | Path, which: str = "final", map_location: str = "cpu") -> LoadedRun:
-    """Rebuild a run's model from its config and load its weights.
+def __getattr__(name: str) -> Any:
+    """``load_run`` and ``LoadedRun`` moved to :mod:`subbit.runs`; the old path still works."""
+    if name in ("load_run", "LoadedRun"):
+        # lazy: subbit.runs imports this module (an import at the top would be a cycle)
+        import subbit.runs
 
-    ``which``: "final" (RUN/final.pt: the finished, converted model), "last" or "best"
-    (the model in that training checkpoint; for QAT runs still soft, not converted).
-    """
-    from subbit.asr.tokenizer import Tokenizer
-
-    if which not in ("final", "last", "best"):
-        raise ValueError(f"which must be 'final', 'last' or 'best', got {which!r}")
-    paths = RunPaths(Path(run_dir))
-    config = read_run_config(paths.root)
-    weights = {"final": paths.final, "last": paths.last, "best": paths.best}[which]
-    if not weights.is_file():
-        hint = " (training not finished? try which='last')" if which == "final" else ""
-        raise FileNotFoundError(f"{weights} not found{hint}")
-    model = build_from_config(config)
-    state = model_state_from(weights)
-    model.load_state_dict(state, strict=True)
-    model.to(map_location)
-    if config.get("quant"):
-        sync_quantized_weights(model)
-    model.eval()
-    if not paths.tokenizer.is_file():
-        raise FileNotFoundError(f"{paths.tokenizer} not found")
-    tokenizer = Tokenizer.load(paths.tokenizer)
-    quantized = bool(config.get("quant"))
-    converted = False
-    if quantized:
-        from subbit.quant.base import WeightQuantizer
-
-        qs = [m for m in model.modules() if isinstance(m, WeightQuantizer)]
-        converted = bool(qs) and all(bool(q.converted) for q in qs)
-    frontend = frontend_from_config(config)
-    return LoadedRun(model, config, tokenizer, quantized, converted, paths.root, which, frontend)
+        return getattr(subbit.runs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -493,7 +493,7 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
 
     from subbit.asr.data import read_manifest, screen_utterances, write_skipped
     from subbit.asr.dataset import frontend_stats, make_loader
-    from subbit.asr.models import Transducer, build_model
+    from subbit.asr.models import build_from_config, build_model
     from subbit.asr.features import LogMel, frames_needed
     from subbit.asr.tokenizer import Tokenizer, train_tokenizer
 
@@ -532,18 +532,18 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
     init_cfg = None
     if cfg.resume:
         tokenizer = Tokenizer.load(paths.tokenizer)
-        model = Transducer.from_config(stored["model"])
+        model = build_from_config(stored["model"])
     else:
         if cfg.init:
             init_run = run_dir_of(cfg.init)
             tokenizer = Tokenizer.load(RunPaths(init_run).tokenizer)
-            model = Transducer.from_config(read_run_config(init_run)["model"])
+            model = build_from_config(read_run_config(init_run)["model"])
             init_cfg = _load_init(model, cfg.init)
         else:
             tokenizer = train_tokenizer([u.text for u in train_utts], kind=cfg.tokenizer, vocab_size=cfg.vocab_size)
             model = build_model(cfg.model, cfg.preset, vocab_size=tokenizer.vocab_size, **cfg.model_overrides)
             if cfg.ctc_weight > 0:
-                model = Transducer.from_config({**model.config, "ctc_weight": float(cfg.ctc_weight)})
+                model = build_from_config({**model.config, "ctc_weight": float(cfg.ctc_weight)})
     if cfg.resume:
         frontend = frontend_from_config(stored)
     elif init_cfg is not None:  # the warm-started weights expect the features they were trained on

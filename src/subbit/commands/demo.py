@@ -130,9 +130,9 @@ def _trained_minutes(paths: Any) -> float:
 
 def _evaluate_run(ctx: DemoContext, run_dir: Path, tag: str) -> None:
     """Greedy WER of a run's final model on seen voices and on held-out voices/engines."""
-    from subbit.asr.checkpoint import load_run
     from subbit.asr.data import read_manifest
     from subbit.asr.evaluate import evaluate, write_errors
+    from subbit.runs import load_run
 
     loaded = load_run(run_dir, "final")
     if tag == "fp32":
@@ -218,7 +218,7 @@ def stage_eval_qat8(ctx: DemoContext) -> None:
 def stage_export(ctx: DemoContext) -> None:
     """Write the bit-packed .subbit files (GQ, 8-bit QAT, fp32) and read each back through the
     validating loader."""
-    from subbit.commands.export import export_run
+    from subbit.runs import export_run
 
     for tag, run, path in _files(ctx):
         summary = export_run(run, path)

@@ -35,9 +35,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from subbit.asr.checkpoint import RunPaths, load_run
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
+    from subbit.asr.checkpoint import RunPaths
     from subbit.asr.data import read_manifest
     from subbit.asr.evaluate import evaluate, write_errors
+    from subbit.runs import load_run
 
     which = args.which
     if which == "final" and not RunPaths(Path(args.run)).final.is_file() and RunPaths(Path(args.run)).last.is_file():

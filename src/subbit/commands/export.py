@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -27,39 +24,10 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def export_run(run: str | Path, out: str | Path, which: str = "final", fp16: bool = False) -> Any:
-    """Export a run's model to ``out`` and read it back through the validating loader.
-
-    Returns the exporter's summary; shared by ``subbit export`` and ``subbit demo``.
-    """
-    from subbit.asr.checkpoint import load_run
-    from subbit.export import export_model, load_packed
-
-    loaded = load_run(run, which=which)
-    if not loaded.quantized:
-        log.warning("%s is an fp32 run: every tensor is stored in float (nothing to pack)", run)
-    elif not loaded.converted:
-        log.warning("%s (%s) is not converted: exporting the hard assignment of a soft model", run, which)
-    model = loaded.model
-    arch = getattr(model, "config", None)
-    arch = dict(arch) if isinstance(arch, dict) else dict(loaded.config.get("model", {}))
-    extra = {
-        "features": loaded.config.get("features"),
-        "quant": loaded.config.get("quant"),
-        "source": {"run": str(Path(run).resolve()), "which": which},
-    }
-    out = Path(out)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    summary = export_model(
-        model, out, arch=arch, tokenizer_bytes=loaded.tokenizer.to_bytes(), fp16_float_tensors=fp16,
-        extra=extra, tokenizer_kind=str(getattr(loaded.tokenizer, "kind", "bytes")),
-    )  # fmt: skip
-    load_packed(out)  # read it back before saying it is done
-    return summary
-
-
 def run(args: argparse.Namespace) -> int:
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
+    from subbit.runs import export_run
+
     out = Path(args.out)
     summary = export_run(args.run, out, which=args.which, fp16=args.fp16)
     print(summary)

@@ -58,7 +58,8 @@ def report_run(run_dir: str | Path, which: str = "final") -> dict[str, Any]:
     """Per-tensor rows of a run's model (quantized or fp32) and totals."""
     import subbit.quant as sq
     from subbit import sizes
-    from subbit.asr.checkpoint import RunPaths, load_run
+    from subbit.asr.checkpoint import RunPaths
+    from subbit.runs import load_run
 
     paths = RunPaths(Path(run_dir))
     if which == "final" and not paths.final.is_file() and paths.last.is_file():

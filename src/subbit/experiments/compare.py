@@ -253,7 +253,8 @@ def _check_fingerprint(path: Path, fp: dict[str, Any], what: str) -> None:
 def _run_ptq(recipe: Recipe, init: Path, run: Path) -> None:
     """Prepare + convert without training, saved as a run directory (so eval/export/report work)."""
     import subbit.quant as sq
-    from subbit.asr.checkpoint import RunPaths, atomic_torch_save, load_run, write_run_config
+    from subbit.asr.checkpoint import RunPaths, atomic_torch_save, write_run_config
+    from subbit.runs import load_run
 
     loaded = load_run(init, which=_weights_of(init))
     model = loaded.model
@@ -277,7 +278,8 @@ def _run_ptq(recipe: Recipe, init: Path, run: Path) -> None:
 
 def _train_recipe(recipe: Recipe, cfg: CompareConfig, init: Path, run: Path) -> str:
     """Train (or resume) one recipe's run; returns "done" or "diverged"."""
-    from subbit.asr.checkpoint import RunPaths, load_run
+    from subbit.asr.checkpoint import RunPaths
+    from subbit.runs import load_run
     from subbit.asr.train import TrainConfig, TrainingDiverged
 
     paths = RunPaths(run)
@@ -389,7 +391,7 @@ def evaluate_recipe(name: str, method: str, run: Path, cfg: CompareConfig, data:
                     result_path: Path, fp32_bytes: int, fp32_file: int | None, subbit_path: Path | None,
                     status: str = "done") -> dict[str, Any]:
     """Evaluate the missing splits, measure sizes, and write the recipe's result file."""
-    from subbit.asr.checkpoint import load_run
+    from subbit.runs import load_run
 
     stored = _read_json(result_path) or {}
     evals: dict[str, Any] = dict(stored.get("eval") or {})
@@ -464,7 +466,7 @@ def run_compare(cfg: CompareConfig, recipes: Sequence[Recipe], name: str = "resu
     """
     from tqdm import tqdm
 
-    from subbit.asr.checkpoint import load_run
+    from subbit.runs import load_run
 
     if not recipes:
         raise ValueError("--recipes: nothing to run")

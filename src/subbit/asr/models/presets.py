@@ -1,21 +1,24 @@
-"""Named model sizes and the one function that turns a config dict into a ``Transducer``.
+"""Named model sizes and the one function that turns a config dict into a model.
 
 The config stores every hyperparameter (not just the preset name), so a checkpoint rebuilds
-the same model even if a preset is retuned later.
+the same model even if a preset is retuned later. An architecture is registered by three
+entries, one per table below: ``PRESETS[arch]`` (named sizes), ``ARCH_KEYS[arch]`` (its own
+hyperparameters) and ``ENCODERS[arch]`` (builds the encoder from a checked config).
+:func:`build_from_config` is the only builder; ``Transducer`` does not import this module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from .conformer import ConformerEncoder
 from .rnnt import LSTMEncoder
-from .transducer import Joiner, Predictor, Transducer
+from .transducer import Joiner, Predictor, Transducer, check_ctc_weight
 
 CONFIG_VERSION = 1
-ARCHS = ("rnnt", "conformer")
 
 _COMMON: dict[str, dict[str, Any]] = {
     "tiny": {"pred_embed": 16, "pred_hidden": 16, "pred_layers": 1, "joiner_dim": 32, "dropout": 0.0},
@@ -40,18 +43,52 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-_RNNT_KEYS = ("stack", "enc_hidden", "enc_layers", "enc_dim", "stack2", "stack2_after", "chunk_frames")
-_CONF_KEYS = ("stack", "d_model", "n_heads", "ff_mult", "conv_kernel", "n_blocks", "chunk_size",
-              "left_chunks", "rel_pos")
+#: per architecture: the encoder's hyperparameters (config keys besides the shared ones)
+ARCH_KEYS: dict[str, tuple[str, ...]] = {
+    "rnnt": ("stack", "enc_hidden", "enc_layers", "enc_dim", "stack2", "stack2_after", "chunk_frames"),
+    "conformer": ("stack", "d_model", "n_heads", "ff_mult", "conv_kernel", "n_blocks", "chunk_size",
+                  "left_chunks", "rel_pos"),
+}
+
+
+def _rnnt_encoder(c: dict[str, Any]) -> nn.Module:
+    return LSTMEncoder(c["n_mels"], c["stack"], c["enc_hidden"], c["enc_layers"], c["enc_dim"],
+                       c["stack2"], c["stack2_after"], c["dropout"], c.get("chunk_frames"))
+
+
+def _conformer_encoder(c: dict[str, Any]) -> nn.Module:
+    return ConformerEncoder(c["n_mels"], c["stack"], c["d_model"], c["n_heads"], c["ff_mult"],
+                            c["conv_kernel"], c["n_blocks"], c["chunk_size"], c["left_chunks"],
+                            bool(c["rel_pos"]), c["dropout"])
+
+
+#: per architecture: the encoder built from a checked config
+ENCODERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    "rnnt": _rnnt_encoder,
+    "conformer": _conformer_encoder,
+}
+# bifocal RNN-T (docs/models.md, section 3b): registered from its own module
+from .bifocal import BIFOCAL_KEYS, BIFOCAL_PRESETS, build_bifocal_encoder  # noqa: E402
+
+PRESETS["bifocal"], ARCH_KEYS["bifocal"], ENCODERS["bifocal"] = BIFOCAL_PRESETS, BIFOCAL_KEYS, build_bifocal_encoder
+#: config keys that may be absent (their defaults are applied by the builders)
+OPTIONAL_KEYS = ("version", "preset", "chunk_frames", "loss_chunk_frames", "ctc_weight")
 _SHARED_KEYS = ("pred_embed", "pred_hidden", "pred_layers", "joiner_dim", "dropout", "loss_norm", "blank",
                 "loss_chunk_frames")
 _META_KEYS = ("version", "arch", "preset", "vocab_size", "n_mels")
+#: optional in every config: > 0 adds the training-only CTC head
+_TRAIN_KEYS = ("ctc_weight",)
+
+
+def archs() -> tuple[str, ...]:
+    """The registered architectures, in registration order."""
+    return tuple(a for a in PRESETS if a in ARCH_KEYS and a in ENCODERS)
 
 
 def preset_config(arch: str, preset: str, vocab_size: int, n_mels: int = 80, **overrides: Any) -> dict[str, Any]:
     """The full config dict of a preset with ``overrides`` applied (unknown keys are refused)."""
-    if arch not in PRESETS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if arch not in archs():
+        raise ValueError(f"arch must be one of {archs()}, got {arch!r}")
     if preset not in PRESETS[arch]:
         raise ValueError(f"preset must be one of {tuple(PRESETS[arch])}, got {preset!r}")
     cfg: dict[str, Any] = {"version": CONFIG_VERSION, "arch": arch, "preset": preset,
@@ -61,7 +98,7 @@ def preset_config(arch: str, preset: str, vocab_size: int, n_mels: int = 80, **o
     cfg.update(PRESETS[arch][preset])
     if arch == "rnnt":
         cfg.setdefault("chunk_frames", cfg["stack"] * cfg["stack2"])
-    allowed = set(_keys(arch)) - {"version", "arch", "preset", "vocab_size", "n_mels"}
+    allowed = set(_keys(arch)) - set(_META_KEYS) - set(_TRAIN_KEYS)
     for key, value in overrides.items():
         if key not in allowed:
             raise ValueError(f"unknown model override {key!r} for arch {arch!r}; allowed: {sorted(allowed)}")
@@ -70,20 +107,22 @@ def preset_config(arch: str, preset: str, vocab_size: int, n_mels: int = 80, **o
 
 
 def _keys(arch: str) -> tuple[str, ...]:
-    return _META_KEYS + _SHARED_KEYS + (_RNNT_KEYS if arch == "rnnt" else _CONF_KEYS)
+    return _META_KEYS + _SHARED_KEYS + ARCH_KEYS[arch] + _TRAIN_KEYS
 
 
 def build_from_config(config: dict[str, Any]) -> Transducer:
-    """Rebuild a model from ``Transducer.config`` (e.g. read back from a checkpoint's JSON)."""
+    """Rebuild a model from its ``config`` (e.g. read back from a checkpoint's JSON).
+
+    The optional key ``ctc_weight`` (> 0) adds the training-only CTC head.
+    """
     if not isinstance(config, dict):
         raise ValueError(f"model config must be a dict, got {type(config).__name__}")
     arch = config.get("arch")
-    if arch not in ARCHS:
-        raise ValueError(f"model config field 'arch' must be one of {ARCHS}, got {arch!r}")
+    if arch not in archs():
+        raise ValueError(f"model config field 'arch' must be one of {archs()}, got {arch!r}")
     if config.get("version", CONFIG_VERSION) != CONFIG_VERSION:
         raise ValueError(f"model config field 'version' is {config.get('version')!r}; this code reads {CONFIG_VERSION}")
-    optional = ("version", "preset", "chunk_frames", "loss_chunk_frames")
-    missing = [k for k in _keys(arch) if k not in config and k not in optional]
+    missing = [k for k in _keys(arch) if k not in config and k not in OPTIONAL_KEYS]
     if missing:
         raise ValueError(f"model config is missing field(s) {missing}")
     unknown = sorted(set(config) - set(_keys(arch)))
@@ -100,14 +139,9 @@ def build_from_config(config: dict[str, Any]) -> Transducer:
         raise ValueError(f"model config field 'loss_norm' must be 'utterance' or 'token', got {c['loss_norm']!r}")
     if not 0 <= int(c["blank"]) < c["vocab_size"]:
         raise ValueError(f"model config field 'blank'={c['blank']} is outside the vocabulary of {c['vocab_size']}")
-    encoder: nn.Module
-    if arch == "rnnt":
-        encoder = LSTMEncoder(c["n_mels"], c["stack"], c["enc_hidden"], c["enc_layers"], c["enc_dim"],
-                              c["stack2"], c["stack2_after"], c["dropout"], c.get("chunk_frames"))
-    else:
-        encoder = ConformerEncoder(c["n_mels"], c["stack"], c["d_model"], c["n_heads"], c["ff_mult"],
-                                   c["conv_kernel"], c["n_blocks"], c["chunk_size"], c["left_chunks"],
-                                   bool(c["rel_pos"]), c["dropout"])
+    if "ctc_weight" in c:
+        c["ctc_weight"] = check_ctc_weight(c["ctc_weight"])
+    encoder = ENCODERS[arch](c)
     predictor = Predictor(c["vocab_size"], c["pred_embed"], c["pred_hidden"], c["pred_layers"],
                           c["dropout"], int(c["blank"]))
     joiner = Joiner(encoder.output_dim, predictor.output_dim, c["joiner_dim"], c["vocab_size"])
@@ -121,3 +155,7 @@ def build_model(arch: str, preset: str, vocab_size: int, n_mels: int = 80, **ove
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+#: the registered architectures (computed once, after every registration above)
+ARCHS = archs()

@@ -135,7 +135,8 @@ class Joiner(nn.Module):
 
 # -- the whole model ---------------------------------------------------------------------------
 class Transducer(nn.Module):
-    """RNN-T model. ``forward`` returns the training loss; ``config`` rebuilds it exactly."""
+    """RNN-T model. ``forward`` returns the training loss; ``config`` rebuilds it exactly
+    (``subbit.asr.models.build_from_config``)."""
 
     def __init__(self, encoder: nn.Module, predictor: Predictor, joiner: Joiner, config: dict[str, Any]) -> None:
         super().__init__()
@@ -166,18 +167,6 @@ class Transducer(nn.Module):
     def ctc_weight(self) -> float:
         return float(self._config.get("ctc_weight", 0.0))
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Transducer":
-        """Rebuild from ``config``; the optional key ``ctc_weight`` (default 0) adds the CTC head."""
-        from .presets import build_from_config
-
-        if not isinstance(config, dict) or "ctc_weight" not in config:
-            return build_from_config(config)
-        weight = check_ctc_weight(config["ctc_weight"])
-        rest = {k: v for k, v in config.items() if k != "ctc_weight"}
-        base = build_from_config(rest)
-        return cls(base.encoder, base.predictor, base.joiner, {**base.config, "ctc_weight": weight})
-
     def without_ctc(self) -> "Transducer":
         """The deployable model: same modules (shared), no CTC head, no ``ctc_weight`` in the config
         (so exporters and the runtime see exactly the tensors they know)."""
@@ -196,7 +185,8 @@ class Transducer(nn.Module):
     def encode(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         return self.encoder(feats, feat_lens)
 
-    def forward(self, feats: Tensor, feat_lens: Tensor, targets: Tensor, target_lens: Tensor) -> Tensor:
+    def forward(self, feats: Tensor, feat_lens: Tensor, targets: Tensor, target_lens: Tensor,
+                pathway_mask: Tensor | None = None) -> Tensor:
         """Scalar training loss.
 
         Normalisation (config ``loss_norm``): ``"utterance"`` (default) = mean NLL per utterance
@@ -218,7 +208,9 @@ class Transducer(nn.Module):
                              f"got {target_lens.tolist()}")
         u_max = int(target_lens.max()) if target_lens.numel() else 0
         targets = targets[:, :u_max]
-        enc, enc_lens = self.encoder(feats, feat_lens)
+        # pathway_mask [B, T]: per-frame pathway choice, only for encoders that take one (bifocal)
+        enc, enc_lens = (self.encoder(feats, feat_lens) if pathway_mask is None
+                         else self.encoder(feats, feat_lens, pathway_mask=pathway_mask))
         if enc_lens.numel() and int(enc_lens.min()) < 1:
             raise ValueError(
                 "feat_lens: some utterance is shorter than one encoder frame "
