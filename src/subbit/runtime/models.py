@@ -1,4 +1,4 @@
-"""Packed RNN-T and Conformer transducers rebuilt from a ``.subbit`` file's arch config.
+"""Packed RNN-T, Conformer and Bifocal RNN-T transducers rebuilt from a ``.subbit`` file's arch config.
 
 Mirrors :mod:`subbit.asr.models` (docs/models.md) layer for layer, with the same parameter
 names, so a model exported from training runs here without any training code. Streaming
@@ -7,6 +7,7 @@ states are plain dicts of NumPy arrays; one utterance at a time (no batch dimens
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -29,7 +30,7 @@ ARCH_LIMITS: dict[str, tuple[int, int]] = {
     "n_mels": (1, 512), "stack": (1, 64), "stack2": (1, 64), "stack2_after": (0, 63), "enc_layers": (1, 64),
     "pred_layers": (1, 64), "n_blocks": (1, 64), "d_model": (1, 8192), "n_heads": (1, 256),
     "chunk_size": (1, 4096), "left_chunks": (0, 4096), "conv_kernel": (1, 1024), "vocab_size": (2, 1 << 20),
-    "blank": (0, (1 << 20) - 1), "chunk_frames": (0, 1 << 16),
+    "blank": (0, (1 << 20) - 1), "chunk_frames": (0, 1 << 16), "small_hidden": (1, 1 << 16),
 }  # fmt: skip
 
 
@@ -122,6 +123,141 @@ class LSTMEncoder:
     @property
     def nbytes(self) -> int:
         return sum(lstm.nbytes for lstm in self.lstms) + self.proj.nbytes
+
+
+def wake_frames(wake_end: float, sample_rate: int = 16000, n_fft: int = 400, hop: int = 160) -> int:
+    """Feature frames whose whole window ``[t*hop, t*hop + n_fft)`` ends by ``wake_end`` seconds:
+    the frames a keyword spotter's wake word covers (the bifocal encoder runs them small)."""
+    if not isinstance(wake_end, (int, float)) or isinstance(wake_end, bool) or not math.isfinite(wake_end):
+        raise ValueError(f"wake_end must be a finite number of seconds, got {wake_end!r:.40}")
+    end = int(round(float(wake_end) * sample_rate))
+    return 0 if end < n_fft else (end - n_fft) // hop + 1
+
+
+def _stack_mask(m: Array, k: int) -> Array:
+    """``[T] -> [T // k]``: a stacked frame is small only if every frame it joins is."""
+    n = m.shape[0] // k
+    return m[: n * k].reshape(n, k).all(axis=1)
+
+
+class BifocalLayer:
+    """Large and small LSTM pathways with bias-free state projections (docs/models.md, section 3b)."""
+
+    def __init__(self, store: WeightStore, prefix: str) -> None:
+        self.large = PackedLSTM.from_store(store, f"{prefix}.large").layers
+        self.small = PackedLSTM.from_store(store, f"{prefix}.small").layers
+        if len(self.large) != 1 or len(self.small) != 1:
+            raise _bad(f"{prefix}: a bifocal pathway is a one-layer LSTM")
+        self.large, self.small = self.large[0], self.small[0]
+        self.down_h, self.down_c, self.up_h, self.up_c = (
+            store.linear(f"{prefix}.{n}", bias=False) for n in ("down_h", "down_c", "up_h", "up_c"))
+        h, s = self.large.hidden, self.small.hidden
+        _dims(f"{prefix}.small input size", self.small.ih.in_features, self.large.ih.in_features)
+        for lin, name, (i, o) in ((self.down_h, "down_h", (h, s)), (self.down_c, "down_c", (h, s)),
+                                  (self.up_h, "up_h", (s, h)), (self.up_c, "up_c", (s, h))):
+            _dims(f"{prefix}.{name} input size", lin.in_features, i)
+            _dims(f"{prefix}.{name} output size", lin.out_features, o)
+        self.hidden, self.small_hidden, self.in_features = h, s, self.large.ih.in_features
+
+    def init_state(self) -> State:
+        z, zs = np.zeros(self.hidden, np.float32), np.zeros(self.small_hidden, np.float32)
+        return {"h": z, "c": z, "hs": zs, "cs": zs, "small": False}
+
+    def __call__(self, x: Array, small: Array, state: State) -> tuple[Array, State]:
+        """``x [T, I]``, ``small [T]`` bool -> ``(y [T, hidden], state)``; pieces of one pathway at a time."""
+        st = dict(state)
+        ys = []
+        cuts = [0, *(np.flatnonzero(small[1:] != small[:-1]) + 1).tolist(), x.shape[0]]
+        for a, e in zip(cuts[:-1], cuts[1:]):
+            if small[a]:
+                if not st["small"]:  # large -> small
+                    st["hs"], st["cs"] = self.down_h(st["h"][None])[0], self.down_c(st["c"][None])[0]
+                y, st["hs"], st["cs"] = self.small(x[a:e], st["hs"], st["cs"])
+                ys.append(self.up_h(y))
+            else:
+                if st["small"]:  # small -> large
+                    st["h"], st["c"] = self.up_h(st["hs"][None])[0], self.up_c(st["cs"][None])[0]
+                y, st["h"], st["c"] = self.large(x[a:e], st["h"], st["c"])
+                ys.append(y)
+            st["small"] = bool(small[a])
+        return np.concatenate(ys) if ys else np.zeros((0, self.hidden), np.float32), st
+
+    @property
+    def nbytes(self) -> int:
+        return self.large.nbytes + self.small.nbytes + sum(
+            lin.nbytes for lin in (self.down_h, self.down_c, self.up_h, self.up_c))
+
+
+class BifocalEncoder:
+    """stack -> bifocal layers (second stacking before ``stack2_after``) -> Linear projection.
+
+    The pathway of each feature frame comes from ``step``'s ``pathway_mask`` or, without one,
+    from the state's ``small_until`` (frames before it run small; 0 = all large)."""
+
+    def __init__(self, store: WeightStore, cfg: dict[str, Any], prefix: str = "encoder") -> None:
+        self.n_mels = _cfg_int(cfg, "n_mels")
+        self.stack = _cfg_int(cfg, "stack")
+        self.stack2 = _cfg_int(cfg, "stack2", 1)
+        n_layers = _cfg_int(cfg, "enc_layers")
+        self.stack2_after = _cfg_int(cfg, "stack2_after", 0) if self.stack2 > 1 else -1
+        if self.stack2_after >= n_layers:
+            raise _bad(f"manifest arch.stack2_after: {self.stack2_after} outside [0, enc_layers - 1 = {n_layers - 1}]")
+        self.layers = [BifocalLayer(store, f"{prefix}.layers.{i}") for i in range(n_layers)]
+        self.proj = store.linear(f"{prefix}.proj")
+        width = self.n_mels * self.stack
+        for i, layer in enumerate(self.layers):
+            if i == self.stack2_after:
+                width *= self.stack2
+            _dims(f"{prefix}.layers.{i} input size", layer.in_features, width)
+            width = layer.hidden
+        _dims(f"{prefix}.proj input size", self.proj.in_features, width)
+        _dims("manifest arch.small_hidden", self.layers[0].small_hidden, _cfg_int(cfg, "small_hidden"))
+        self.output_dim = self.proj.out_features
+        self.subsampling = self.stack * self.stack2
+        self.chunk_frames = _cfg_int(cfg, "chunk_frames", 0) or self.subsampling
+
+    def init_state(self, small_frames: int = 0) -> State:
+        """``small_frames``: stream frames from the start that run small (see :func:`wake_frames`)."""
+        return {
+            "pending": np.zeros((0, self.n_mels), np.float32), "pending_mask": np.zeros(0, bool),
+            "pending2": np.zeros((0, self.layers[0].hidden), np.float32), "pending2_mask": np.zeros(0, bool),
+            "pos": 0, "small_until": int(small_frames),
+            "layers": [layer.init_state() for layer in self.layers],
+        }
+
+    def step(self, feats: Array, state: State, pathway_mask: Array | None = None) -> tuple[Array, State]:
+        """Consume frames ``[t, n_mels]`` (and their pathway, True = small); return completed encoder frames."""
+        t = feats.shape[0]
+        if pathway_mask is None:
+            pathway_mask = state["pos"] + np.arange(t) < state["small_until"]
+        pathway_mask = np.asarray(pathway_mask, bool)
+        if pathway_mask.shape != (t,):
+            raise ValueError(f"pathway_mask must have one entry per frame ({t}), got shape {pathway_mask.shape}")
+        x = np.concatenate([state["pending"], feats], axis=0)
+        m = np.concatenate([state["pending_mask"], pathway_mask])
+        n = x.shape[0] // self.stack * self.stack
+        new: State = {**state, "pending": x[n:], "pending_mask": m[n:], "pos": state["pos"] + t,
+                      "layers": list(state["layers"])}
+        x, m = _stack(x[:n], self.stack), _stack_mask(m[:n], self.stack)
+        for i, layer in enumerate(self.layers):
+            if i == self.stack2_after:
+                x = np.concatenate([new["pending2"], x], axis=0)
+                m = np.concatenate([new["pending2_mask"], m])
+                n2 = x.shape[0] // self.stack2 * self.stack2
+                new["pending2"], new["pending2_mask"] = x[n2:], m[n2:]
+                x, m = _stack(x[:n2], self.stack2), _stack_mask(m[:n2], self.stack2)
+            if x.shape[0] == 0:
+                return np.zeros((0, self.output_dim), np.float32), new
+            x, new["layers"][i] = layer(x, m, state["layers"][i])
+        return self.proj(x), new
+
+    def flush(self, state: State) -> tuple[Array, State]:
+        """End of stream: frames short of one stack are dropped, as in the offline forward."""
+        return np.zeros((0, self.output_dim), np.float32), state
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers) + self.proj.nbytes
 
 
 class ConformerEncoder:
@@ -249,11 +385,13 @@ class PackedTransducer:
                  manifest: dict[str, Any] | None = None) -> None:
         arch = config.get("arch")
         if arch == "rnnt":
-            self.encoder: LSTMEncoder | ConformerEncoder = LSTMEncoder(store, config)
+            self.encoder: LSTMEncoder | ConformerEncoder | BifocalEncoder = LSTMEncoder(store, config)
         elif arch == "conformer":
             self.encoder = ConformerEncoder(store, config)
+        elif arch == "bifocal":
+            self.encoder = BifocalEncoder(store, config)
         else:
-            raise _bad(f"manifest arch: field 'arch' must be 'rnnt' or 'conformer', got {arch!r:.40}")
+            raise _bad(f"manifest arch: field 'arch' must be 'rnnt', 'conformer' or 'bifocal', got {arch!r:.40}")
         self.predictor = Predictor(store, config)
         self.joiner = Joiner(store)
         self.config = dict(config)
