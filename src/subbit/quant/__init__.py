@@ -11,6 +11,7 @@ Typical use::
     plain = strip(model)        # an ordinary module: original state_dict keys, quantized values
 """
 
+from subbit.quant.allocate import Allocation, Constraints, Sensitivity, allocate, measure_sensitivity
 from subbit.quant.api import (
     PrepareInfo,
     QuantizedTensor,
@@ -29,14 +30,16 @@ from subbit.quant.api import (
     strip,
 )
 from subbit.quant.base import WeightQuantizer
-from subbit.quant.gq import GeneralQuantizer
+from subbit.quant.gq import GeneralQuantizer, GQOptions
 from subbit.quant.mulaw import compand, expand
+from subbit.quant.options import MethodOptions
 from subbit.quant.registry import get_method, known_methods, register_method
 from subbit.quant.rules import LayerSpec, QuantConfig
 from subbit.quant.schedule import GQScheduler
 
 __all__ = [
-    "GQScheduler", "GeneralQuantizer", "LayerSpec", "PrepareInfo", "QuantConfig", "QuantReport",
+    "Allocation", "Constraints", "Sensitivity", "allocate", "measure_sensitivity",
+    "GQOptions", "GQScheduler", "GeneralQuantizer", "LayerSpec", "MethodOptions", "PrepareInfo", "QuantConfig", "QuantReport",
     "QuantizedTensor", "ReportRow", "WeightQuantizer", "compand", "convert", "expand", "get_config",
     "get_method", "is_prepared", "known_methods", "packed_bytes", "prepare", "prepare_info",
     "quantized_tensors", "quantizer_enabled", "register_method", "regularization", "report", "strip",
