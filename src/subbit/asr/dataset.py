@@ -25,6 +25,7 @@ from subbit.asr.augment import SpecAugment, WaveAugment
 from subbit.asr.data import SAMPLE_RATE, Utterance, load_audio
 from subbit.asr.features import LogMel, compute_stats
 from subbit.asr.tokenizer import Tokenizer
+from subbit.runtime.models import wake_frames
 
 Key = tuple[int, int, int]  # (utterance index, epoch, batch number)
 
@@ -67,6 +68,7 @@ class AsrDataset(Dataset):
         utt = self.utts[index]
         audio = load_audio(utt.audio, SAMPLE_RATE)
         rng = _item_rng(self.seed, epoch, index)
+        n_clean = len(audio)
         if self.augment:
             audio = self.wave_augment(audio, rng)
         wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
@@ -76,8 +78,14 @@ class AsrDataset(Dataset):
                 g = torch.Generator().manual_seed(int(rng.integers(2**62)))
                 feats = self.spec_augment(feats, flen, generator=g)
         targets = self.tokenizer.encode(utt.text)
-        return {"feats": feats[0, : int(flen[0])], "targets": torch.tensor(targets, dtype=torch.int64),
+        item = {"feats": feats[0, : int(flen[0])], "targets": torch.tensor(targets, dtype=torch.int64),
                 "text": utt.text, "id": utt.id, "position": (epoch, batch_no + 1)}
+        wake_end = getattr(utt, "wake_end", None)
+        if wake_end is not None:  # bifocal: frames inside the wake word (speed perturbation rescales it)
+            fe = self.frontend
+            item["wake_frames"] = wake_frames(wake_end * len(audio) / max(n_clean, 1), fe.sample_rate,
+                                              fe.n_fft, fe.hop_length)
+        return item
 
 
 def collate(batch: list[dict]) -> dict:
@@ -101,7 +109,19 @@ def collate(batch: list[dict]) -> dict:
         "texts": [x["text"] for x in batch],
         "ids": [x["id"] for x in batch],
         "position": batch[0].get("position", (0, 0)),
+        **_pathway_mask(batch, t_max),
     }
+
+
+def _pathway_mask(batch: list[dict], t_max: int) -> dict:
+    """``{"pathway_mask": bool [B, T]}`` (per feature frame, True = inside the wake word, the
+    bifocal encoder's small pathway) when some item has a wake word; ``{}`` otherwise."""
+    if all(x.get("wake_frames") is None for x in batch):
+        return {}
+    mask = torch.zeros(len(batch), t_max, dtype=torch.bool)
+    for i, x in enumerate(batch):
+        mask[i, : x.get("wake_frames") or 0] = True
+    return {"pathway_mask": mask}
 
 
 class BucketBatchSampler(Sampler[list[Key]]):
