@@ -18,7 +18,7 @@ AUGMENT_FROM_MINUTES = 120.0
 
 _BASE: dict[str, Any] = {"tokenizer": "char", "batch_size": 8, "lr": 3e-3, "warmup_steps": 200,
                          "sortagrad_epochs": 1}
-_BY_ARCH: dict[str, dict[str, Any]] = {"rnnt": {}, "conformer": {}}
+_BY_ARCH: dict[str, dict[str, Any]] = {"rnnt": {}, "conformer": {}, "bifocal": {}}
 
 
 def default_recipe(arch: str, minutes: float | None = None, steps: int | None = None) -> dict[str, Any]:

@@ -65,7 +65,7 @@ from subbit.asr.checkpoint import (
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("rnnt", "conformer")
+ARCHS = ("rnnt", "conformer", "bifocal")
 PRESETS = ("tiny", "small", "paper")
 #: steps whose measured speed sets the time-budget estimate (recent load, not the start's)
 RATE_WINDOW = 50
@@ -737,7 +737,11 @@ def train(cfg: TrainConfig, loss_hook: Callable[[int, torch.Tensor], torch.Tenso
             feat_lens = batch["feat_lens"].to(device)
             targets = batch["targets"].to(device)
             target_lens = batch["target_lens"].to(device)
-            loss = ddp_model(feats, feat_lens, targets, target_lens)
+            # bifocal RNN-T: the batch's per-frame pathway choice (wake word = small pathway), only to
+            # encoders that take one (docs/models.md, section 3b); others get exactly the old call
+            bifocal = "pathway_mask" in batch and getattr(model.encoder, "accepts_pathway_mask", False)
+            loss = ddp_model(feats, feat_lens, targets, target_lens,
+                             **({"pathway_mask": batch["pathway_mask"].to(device)} if bifocal else {}))
             if cfg.quant:
                 import subbit.quant as sq
 
