@@ -259,17 +259,31 @@ def test_tampered_data_and_truncation_are_refused(tmp_path: Path, blob: bytes) -
 
 
 def test_nonzero_padding_and_nan_codebook_are_refused(tmp_path: Path) -> None:
-    pt = PackedTensor.from_indices(np.zeros((2, 5), np.int64), np.zeros((1, 4), np.float32), 2)
-    from subbit.export.container import write_packed
+    """The writer refuses both; a file made without it (a consistent sha256) is refused on load."""
+    import json
 
-    pt.packed[0, -1] = 0x80  # a padding index
-    write_packed(tmp_path / "p.subbit", {"w": pt}, {}, arch={})
-    with pytest.raises(SubbitFormatError, match="padding"):
-        read_container(tmp_path / "p.subbit")
-    pt = PackedTensor.from_indices(np.zeros((2, 8), np.int64), np.full((1, 4), np.nan, np.float32), 2)
-    write_packed(tmp_path / "n.subbit", {"w": pt}, {}, arch={})
-    with pytest.raises(SubbitFormatError, match="non-finite"):
-        read_container(tmp_path / "n.subbit")
+    from subbit.export.container import _safetensors_bytes, parse_container, write_packed
+
+    pt = PackedTensor.from_indices(np.zeros((2, 5), np.int64), np.zeros((1, 4), np.float32), 2)
+    good = tmp_path / "g.subbit"
+    write_packed(good, {"w": pt}, {}, arch={})
+    manifest, arrays = parse_container(good.read_bytes())
+    for target, value, message in (("w.idx", 0x80, "padding"), ("w.codebook", np.nan, "non-finite")):
+        bad = {k: v.copy() for k, v in arrays.items()}
+        bad[target][0, -1] = value
+        if target == "w.idx":
+            pt.packed = bad[target]
+        else:
+            pt.codebook = bad[target]
+        with pytest.raises(ValueError, match=message):
+            write_packed(tmp_path / "w.subbit", {"w": pt}, {}, arch={})
+        assert not (tmp_path / "w.subbit").exists()
+        pt.packed, pt.codebook = arrays["w.idx"], arrays["w.codebook"]
+        blob, _ = _safetensors_bytes({k: ("U8" if k.endswith(".idx") else "F32", v) for k, v in bad.items()},
+                                     lambda sha: {"subbit": json.dumps({**manifest, "data_sha256": sha})})  # fmt: skip
+        (tmp_path / "p.subbit").write_bytes(blob)
+        with pytest.raises(SubbitFormatError, match=message):
+            read_container(tmp_path / "p.subbit")
 
 
 def test_missing_file_is_file_not_found(tmp_path: Path) -> None:

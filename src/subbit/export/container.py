@@ -23,6 +23,7 @@ import mmap
 import os
 import stat
 import struct
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,7 +272,8 @@ def export_model(
 
     ``quantized`` defaults to ``subbit.quant.quantized_tensors(model)``. ``arch`` (the model
     config) and ``extra`` must be JSON-serialisable. The file is written to a temporary name
-    and renamed, so a failed export leaves no half file.
+    and renamed, so a failed export leaves no half file. ``compact_codebooks=False`` writes
+    every codebook as a full table; the file is still of the current format, 1.2.
     """
     if not isinstance(arch, dict):
         raise ValueError(f"arch must be a dict (the model config), got {type(arch).__name__}")
@@ -299,8 +301,10 @@ def write_packed(
     proves bit-exact as one step per group (False: always the full table; the file is still of
     the current format version, 1.2, with ``codebook: "table"`` entries).
 
-    Refused (ValueError): a quantized tensor with shape ``[]`` or a zero dimension (the loader
-    would refuse the file), a ``mu`` list whose length is not the group count.
+    Refused (ValueError), before anything is written: a quantized tensor with shape ``[]`` or a
+    zero dimension, ``channel`` granularity on a 1-D tensor, a ``mu`` list whose length is not
+    the group count, and anything else the loader would refuse (the finished bytes are parsed
+    with the loader's checks before they are written).
     """
     tensors: dict[str, tuple[str, np.ndarray]] = {}
     qmeta: dict[str, dict[str, Any]] = {}
@@ -311,6 +315,9 @@ def write_packed(
         if not pt.shape or 0 in tuple(pt.shape):
             raise ValueError(f"{name}: a quantized tensor needs a non-empty shape without zero dimensions, "
                              f"got {list(pt.shape)}")  # fmt: skip
+        if pt.granularity == "channel" and len(pt.shape) < 2:
+            raise ValueError(f"{name}: 'channel' granularity needs a weight of 2 or more dimensions, got shape "
+                             f"{list(pt.shape)}: use 'tensor'")  # fmt: skip
         if isinstance(pt.mu, list) and len(pt.mu) != pt.groups:
             raise ValueError(f"{name}: mu has {len(pt.mu)} values for {pt.groups} groups")
         n, _ = matrix_rows(pt.shape)
@@ -353,6 +360,12 @@ def write_packed(
             raise ValueError(f"arch/extra must be JSON-serialisable (finite numbers): {exc}") from None
 
     blob, header_bytes = _safetensors_bytes(tensors, metadata_for)
+    try:  # the writer never produces a file its own loader refuses
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _parse(_BytesSource(memoryview(blob)), copy=False)
+    except SubbitFormatError as exc:
+        raise ValueError(f"refusing to write {path}: the loader would refuse it: {exc}") from None
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(blob)
@@ -363,6 +376,16 @@ def write_packed(
 # -- reading -----------------------------------------------------------------------------------
 def _no_constants(name: str) -> Any:
     raise ValueError(f"non-finite number {name} in header")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON objects with a key twice are refused: readers disagree on which one wins."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"key {dup!r:.60} appears twice in one object")
+    return out
 
 
 def _kind_of(mode: int) -> str:
@@ -522,7 +545,7 @@ def _parse(src: Any, *, copy: bool, where: str = "") -> tuple[dict[str, Any], di
     head = bytes(read(0, 8 + hlen))
     digest = _header_digest(head)
     try:
-        header = json.loads(head[8:].decode("utf-8"), parse_constant=_no_constants)
+        header = json.loads(head[8:].decode("utf-8"), parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SubbitFormatError(f"header is not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(header, dict):
@@ -538,7 +561,7 @@ def _parse(src: Any, *, copy: bool, where: str = "") -> tuple[dict[str, Any], di
         raise SubbitFormatError(f"__metadata__: unknown field(s) {sorted(unknown)[:5]}")
     entries = _check_entries(header, data_len)
     try:
-        manifest = json.loads(meta["subbit"], parse_constant=_no_constants)
+        manifest = json.loads(meta["subbit"], parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as exc:
         raise SubbitFormatError(f"manifest is not valid JSON: {str(exc)[:120]}") from None
     manifest = validate_manifest(manifest, {n: (e[0], e[1]) for n, e in entries.items()})
@@ -695,7 +718,7 @@ def load_dequantized(path: str | os.PathLike[str], *, codebook: str = "float") -
             flat = pt.indices().reshape(pt.groups, -1)
             w = (np.take_along_axis(lut.astype(np.float32), flat, axis=1) * scales[:, None]).reshape(pt.shape)
         state[name] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-    for name, arr in pm.floats.items():
-        state[name] = torch.from_numpy(np.ascontiguousarray(arr))
+    for name, arr in pm.floats.items():  # (np.ascontiguousarray would make a 0-d tensor 1-D)
+        state[name] = torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy())
     return pm.manifest, state
 

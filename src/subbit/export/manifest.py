@@ -151,6 +151,8 @@ def validate_manifest(m: Any, tensors: dict[str, tuple[str, tuple[int, ...]]]) -
         raise _fail("manifest.schema_minor", f"file is {SCHEMA_VERSION}.{minor}, this reader knows up to "
                                              f"{SCHEMA_VERSION}.{SCHEMA_MINOR}: upgrade subbit")  # fmt: skip
     _dict(m["arch"], "manifest.arch")
+    if "created_by" in m:
+        _str(m["created_by"], "manifest.created_by")
     if "extra" in m:
         _dict(m["extra"], "manifest.extra")
     _dict(m["runtime"], "manifest.runtime")
@@ -174,6 +176,9 @@ def validate_manifest(m: Any, tensors: dict[str, tuple[str, tuple[int, ...]]]) -
         groups = _int(q["groups"], f"{where}.groups", 1)
         if gran == "tensor" and groups != 1:
             raise _fail(f"{where}.groups", f"granularity 'tensor' needs 1 group, got {groups}")
+        if gran == "channel" and len(shape) < 2:
+            raise _fail(f"{where}.granularity", f"'channel' needs a weight of 2 or more dimensions (one codebook "
+                                                f"per packed row), got shape {list(shape)}: use 'tensor'")  # fmt: skip
         if gran == "channel" and groups != shape[0]:
             raise _fail(f"{where}.groups", f"granularity 'channel' needs shape[0]={shape[0]} groups, got {groups}")
         if gran not in ("tensor", "channel"):
