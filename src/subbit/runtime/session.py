@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from subbit.runtime.frontend import StreamingLogMel, frontend_from_manifest
+from subbit.runtime.models import wake_frames
 
 
 class StreamingSession:
@@ -53,6 +54,15 @@ class StreamingSession:
         self.tokens: list[int] = []
         self.finished = False
 
+    def set_wake_end(self, seconds: float) -> None:
+        """A keyword spotter's wake-word end, in seconds from the start of this utterance: a bifocal
+        model runs the feature frames inside it on its small pathway (docs/models.md, section 3b).
+        Call after ``reset()``; models without a pathway choice refuse it."""
+        if not isinstance(self.enc_state, dict) or "small_until" not in self.enc_state:
+            raise ValueError("this model has no per-frame pathway choice (only arch 'bifocal' takes a wake-word end)")
+        fe = self.frontend
+        self.enc_state = {**self.enc_state, "small_until": wake_frames(seconds, fe.sample_rate, fe.n_fft, fe.hop)}
+
     def accept_audio(self, samples: np.ndarray) -> str:
         """Buffer ``samples`` (float32 mono 16 kHz, any length); return the partial transcript."""
         x = np.asarray(samples)
@@ -62,12 +72,16 @@ class StreamingSession:
             raise ValueError(f"samples must be float (e.g. float32 in [-1, 1]), got dtype {x.dtype}")
         return self.text(self.accept_features(self.frontend.accept(x.astype(np.float32, copy=False))))
 
-    def accept_features(self, feats: np.ndarray) -> list[int]:
-        """Feed log-mel frames ``[t, n_mels]``; returns the tokens decoded so far."""
+    def accept_features(self, feats: np.ndarray, pathway_mask: np.ndarray | None = None) -> list[int]:
+        """Feed log-mel frames ``[t, n_mels]``; returns the tokens decoded so far.
+
+        ``pathway_mask [t]`` (bifocal models only): True runs that frame on the small pathway."""
         if self.finished:
             raise ValueError("accept after finalize(); call reset() to start a new utterance")
         if feats.shape[0]:
-            enc, self.enc_state = self.model.encoder.step(np.asarray(feats, np.float32), self.enc_state)
+            x = np.asarray(feats, np.float32)
+            enc, self.enc_state = (self.model.encoder.step(x, self.enc_state) if pathway_mask is None
+                                   else self.model.encoder.step(x, self.enc_state, pathway_mask))
             self._decode(enc)
         return list(self.tokens)
 
