@@ -103,13 +103,20 @@ def test_bad_option_values_name_the_field(cls, opts, field):
 
 
 @pytest.mark.parametrize(("cls", "opts"), METHODS, ids=IDS)
-def test_check_options_without_a_weight(cls, opts):
-    """Configs validate options before any model exists (rules.LayerSpec calls this)."""
-    full = cls.check_options(dict(opts))
-    assert set(opts) <= set(full)
-    assert cls.check_options(full) == full
+def test_options_without_a_weight(cls, opts):
+    """Configs validate options before any model exists (rules.LayerSpec does this): a partial
+    dict completes to the method's dataclass, which round-trips through its dict and JSON."""
+    full = cls.Options.from_dict(dict(opts))
+    assert isinstance(full, cls.Options)
+    assert {k: full.to_dict()[k] for k in opts} == opts
+    assert cls.Options.from_dict(full.to_dict()) == full
+    assert cls.Options.from_json(full.to_json()) == full
+    assert cls.Options.from_dict(full) is full
     with pytest.raises(ValueError, match="nope"):
-        cls.check_options({**opts, "nope": 0})
+        cls.Options.from_dict({**opts, "nope": 0})
+    # a dataclass passed to the constructor is the same as its keyword arguments
+    w = linear_weight()
+    assert cls(w, 3, "tensor", full).options == cls(w, 3, "tensor", **opts).options == full
 
 
 def test_base_contract_checks_still_apply():
@@ -183,7 +190,7 @@ def test_lsq_init_at_low_bits(bits):
     for init in ("mse", "lsq", "max"):
         q = UniformQuantizer(w, bits, "channel", lsq=True, init=init)
         err[init] = float((q(w).detach() - w).square().mean())
-    assert UniformQuantizer.check_options({})["init"] == "mse"
+    assert UniformQuantizer.Options().init == "mse"
     assert err["mse"] <= err["lsq"] * (1 + 1e-6) and err["mse"] < err["max"]
     q = UniformQuantizer(w, bits, "channel", lsq=True, init="lsq")
     assert torch.allclose(q.step.detach(), 2 * w.abs().mean(dim=1) / math.sqrt(qp))
@@ -289,7 +296,7 @@ def test_s8bqat_per_weight_pull_does_not_depend_on_tensor_size(granularity):
 
 
 def test_s8bqat_lam_is_an_option_for_the_dev_sweep():
-    assert S8BQATQuantizer.check_options({})["lam"] == 1e-4
+    assert S8BQATQuantizer.Options().lam == 1e-4
     for lam in (1e-4, 1e-3, 1e-2, 1e-1):
         LayerSpec("s8bqat", 4, options={"lam": lam})
         assert S8BQATQuantizer(linear_weight(), 4, lam=lam).lam == lam
@@ -357,7 +364,7 @@ def test_dkm_full_window_matches_naive_reference(opts, temp):
 def test_dkm_tau_is_raw_by_default_and_scaling_is_an_option():
     """Default as DKM / coremltools (palett_tau=1e-4 on raw squared distances); ``tau_scale="max"``
     divides distances by max|w| instead, which makes the method scale-equivariant."""
-    assert {k: DKMQuantizer.check_options({})[k] for k in ("tau", "distance", "tau_scale")} == {
+    assert {k: DKMQuantizer.Options().to_dict()[k] for k in ("tau", "distance", "tau_scale")} == {
         "tau": 1e-4, "distance": "squared", "tau_scale": "raw"}
     w = linear_weight(16, 64)
     for scale in (1.0, 10.0):

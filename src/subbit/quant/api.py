@@ -250,7 +250,7 @@ def convert(model: nn.Module) -> nn.Module:
     and the forward equals the hard forward of training. Returns ``model``."""
     get_config(model)
     for qt in quantized_tensors(model):
-        qt.quantizer.converted.fill_(True)
+        qt.quantizer.mark_converted()
     with torch.no_grad():
         for module in _modules_with_quant(model):
             refresh(module)

@@ -7,10 +7,13 @@ only needs :meth:`WeightQuantizer.encode`: integer indices plus a codebook, what
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from subbit.quant.options import MethodOptions
 
 GRANULARITIES = ("tensor", "channel")
 
@@ -37,12 +40,47 @@ class WeightQuantizer(nn.Module):
         self.shape = tuple(weight.shape)
         self.register_buffer("converted", torch.zeros((), dtype=torch.bool))
 
+    # the method's option dataclass (a subclass of MethodOptions); configs validate with it. A
+    # method that keeps the base (no fields) takes ``**options`` and checks them itself
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
     @classmethod
-    def check_options(cls, options: dict) -> dict:
-        """Validate method options before any tensor exists (configs call it); ValueError names the
-        option. The default accepts anything: a subclass that takes options overrides it, and its
-        constructor still rejects what it does not know."""
-        return dict(options)
+    def parse_options(cls, options: MethodOptions | Mapping[str, Any] | None = None, **kw: Any) -> Any:
+        """The method's options from a dataclass, a (partial) dict and/or keyword arguments, the
+        keywords winning; ValueError names a bad or unknown option."""
+        base = cls.Options.from_dict(options)
+        return cls.Options.from_dict({**base.to_dict(), **kw}) if kw else base
+
+    # -- host mirrors: Python copies of small buffers, so a forward syncs nothing -----------
+    def _host_value(self, name: str) -> float:
+        """``float(buffer)``, re-read from the device only when the buffer was written since
+        (its ``_version`` or storage changed: ``fill_``, ``copy_``, ``load_state_dict``, ``.to``)."""
+        t: Tensor = getattr(self, name)
+        cache = self.__dict__.setdefault("_host_cache", {})
+        hit = cache.get(name)
+        if torch.compiler.is_compiling():  # no _version under tracing: trust the last eager read
+            return hit[1] if hit is not None else float(t)
+        key = (t._version, t.data_ptr(), t.device)
+        if hit is None or hit[0] != key:
+            hit = cache[name] = (key, float(t))
+        return hit[1]
+
+    def _remember(self, name: str, value: float) -> None:
+        """Record ``value`` as the mirror of a buffer just written on the host (rounded to the
+        buffer's dtype on the CPU, as the buffer holds it, so the mirror equals ``float(buffer)``)."""
+        t: Tensor = getattr(self, name)
+        value = float(torch.tensor(value, dtype=t.dtype))
+        self.__dict__.setdefault("_host_cache", {})[name] = ((t._version, t.data_ptr(), t.device), value)
+
+    @property
+    def is_converted(self) -> bool:
+        """``bool(self.converted)`` from its host mirror (see :meth:`_host_value`)."""
+        return bool(self._host_value("converted"))
+
+    def mark_converted(self) -> None:
+        """Set ``converted`` (``subbit.quant.convert`` calls this)."""
+        self.converted.fill_(True)
+        self._remember("converted", 1.0)
 
     # -- sizes -------------------------------------------------------------------------
     @property

@@ -101,7 +101,7 @@ class QuantizedWeight(nn.Module):
         latent weight or a quantizer parameter/buffer changes, so a predictor called once per
         emitted token does not re-quantize its weights each call.
         """
-        if not (self.enabled or not self.training or bool(self.quantizer.converted)):
+        if not (self.enabled or not self.training or self.quantizer.is_converted):
             zero = self.off_grads == "zero" or (self.off_grads == "auto" and _distributed())
             params = [p for p in self.quantizer.parameters() if p.requires_grad]
             if zero and params and torch.is_grad_enabled():

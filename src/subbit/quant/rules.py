@@ -29,6 +29,7 @@ from typing import Any
 import torch.nn as nn
 
 from subbit.quant.base import GRANULARITIES
+from subbit.quant.options import MethodOptions
 
 CONFIG_VERSION = 1
 TYPE_KEYS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "Embedding", "LSTM", "GRU",
@@ -53,10 +54,17 @@ class LayerSpec:
             raise ValueError(f"bits: expected an integer in 1..8, got {self.bits!r}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity: expected one of {GRANULARITIES}, got {self.granularity!r}")
+        if isinstance(self.options, MethodOptions):  # a typed value: stored as its (complete) dict
+            self.options = self.options.to_dict()
         if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
             raise ValueError(f"options: expected a dict with string keys, got {self.options!r}")
         try:
-            get_method(self.method).check_options(dict(self.options))
+            # validated as the method's dataclass; kept as given (partial) so configs and
+            # checkpoints serialise exactly what the user wrote. A method that declares no
+            # Options (a third-party one) checks its options in its constructor instead
+            options_type = get_method(self.method).Options
+            if options_type is not MethodOptions:
+                options_type.from_dict(self.options)
         except ValueError as err:
             raise ValueError(f"options: {err}") from None
 

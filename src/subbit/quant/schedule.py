@@ -117,7 +117,7 @@ class GQScheduler:
                 if callable(constrain):
                     constrain()
                 q.set_tau(tau)
-                if project and periodic and self.quant_mode == "project" and not bool(q.converted):
+                if project and periodic and self.quant_mode == "project" and not q.is_converted:
                     qt.latent.copy_(q.hard(qt.latent))
         if self.quant_every > 0 and self.quant_mode == "forward":
             set_enabled(self.model, periodic)

@@ -6,9 +6,10 @@ mu-law centroids + MRACos regularizer), ``"dkm"`` (differentiable soft k-means) 
 (uniform round-to-nearest or 1-D k-means, no training).
 """
 
-from subbit.quant.baselines.dkm import DKMQuantizer
-from subbit.quant.baselines.ptq import PTQQuantizer
-from subbit.quant.baselines.s8bqat import S8BQATQuantizer
-from subbit.quant.baselines.uniform import UniformQuantizer
+from subbit.quant.baselines.dkm import DKMOptions, DKMQuantizer
+from subbit.quant.baselines.ptq import PTQOptions, PTQQuantizer
+from subbit.quant.baselines.s8bqat import S8BQATOptions, S8BQATQuantizer
+from subbit.quant.baselines.uniform import LSQOptions, UniformOptions, UniformQuantizer
 
-__all__ = ["DKMQuantizer", "PTQQuantizer", "S8BQATQuantizer", "UniformQuantizer"]
+__all__ = ["DKMOptions", "DKMQuantizer", "LSQOptions", "PTQOptions", "PTQQuantizer", "S8BQATOptions",
+           "S8BQATQuantizer", "UniformOptions", "UniformQuantizer"]

@@ -1,4 +1,4 @@
-"""Small helpers the baselines share: option checking, integer grids, 1-D nearest and k-means.
+"""Small helpers the baselines share: integer grids, 1-D nearest and k-means, recompute, softmax.
 
 Everything works on grouped views ``[G, N]`` (rows = quantization groups, see
 :meth:`subbit.quant.base.WeightQuantizer.grouped`) and never builds an ``N x K`` matrix, so an
@@ -7,42 +7,13 @@ Everything works on grouped views ``[G, N]`` (rows = quantization groups, see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 TINY = 1e-12
-
-
-def merge_options(method: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``options`` over ``defaults``; an unknown name is a ValueError that names it."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"{method}: unknown option {unknown[0]!r}; known options: {sorted(defaults)}"
-        )
-    merged = dict(defaults)
-    merged.update(options)
-    return merged
-
-
-def positive_float(method: str, name: str, value: Any) -> float:
-    """Validate a strictly positive finite number option."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{method}: option {name!r} must be a number, got {value!r}")
-    value = float(value)
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{method}: option {name!r} must be positive and finite, got {value!r}")
-    return value
-
-
-def positive_int(method: str, name: str, value: Any, minimum: int = 1) -> int:
-    """Validate an integer option ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{method}: option {name!r} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 # -- recompute-in-backward --------------------------------------------------------------

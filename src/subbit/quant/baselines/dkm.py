@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,32 +48,42 @@ from subbit.quant.base import WeightQuantizer
 from subbit.quant.baselines._common import (
     TINY,
     fast_softmax,
-    merge_options,
     nearest_index,
-    positive_float,
-    positive_int,
     quantile_init,
     recompute,
 )
+from subbit.quant.options import MethodOptions
 from subbit.quant.registry import register_method
 
-DEFAULTS: dict[str, Any] = {
-    "tau": 1e-4,
-    "distance": "squared",
-    "tau_scale": "raw",
-    "iters": 3,
-    "window": "auto",
-    "chunk": 2**18,
-}
 DISTANCES = ("squared", "absolute")
 TAU_SCALES = ("raw", "max")
+
+
+@dataclass(frozen=True)
+class DKMOptions(MethodOptions):
+    """DKM's options (module docstring)."""
+
+    method = "dkm"
+    tau: float = 1e-4
+    distance: str = "squared"
+    tau_scale: str = "raw"
+    iters: int = 3
+    window: int | str = "auto"
+    chunk: int = 2**18
+
+    def __post_init__(self) -> None:
+        self._number("tau", positive=True)
+        self._choice("distance", DISTANCES)
+        self._choice("tau_scale", TAU_SCALES)
+        self._int("iters", 0)
+        if self.window != "auto":
+            if isinstance(self.window, str):
+                raise ValueError(f"dkm: option 'window' must be 'auto' or an integer >= 2, got {self.window!r}")
+            self._int("window", 2)
+        self._int("chunk", 1)
+
+
 NEGLIGIBLE_LOGIT = 30.0  # a centroid whose logit trails the nearest by this weighs < 1e-13
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"dkm: option {name!r} must be one of {choices}, got {value!r}")
-    return value
 
 
 @register_method("dkm")
@@ -79,30 +91,19 @@ class DKMQuantizer(WeightQuantizer):
     """Soft k-means attention over all weights; options ``tau``, ``distance``, ``tau_scale``,
     ``iters``, ``window`` and ``chunk`` (see the module docstring)."""
 
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """Validate ``options``; return them completed with defaults (ValueError names the option)."""
-        opts = merge_options("dkm", options, DEFAULTS)
-        opts["tau"] = positive_float("dkm", "tau", opts["tau"])
-        _choice("distance", opts["distance"], DISTANCES)
-        _choice("tau_scale", opts["tau_scale"], TAU_SCALES)
-        positive_int("dkm", "iters", opts["iters"], minimum=0)
-        if opts["window"] != "auto":
-            if isinstance(opts["window"], str):
-                raise ValueError(f"dkm: option 'window' must be 'auto' or an integer >= 2, got {opts['window']!r}")
-            positive_int("dkm", "window", opts["window"], minimum=2)
-        positive_int("dkm", "chunk", opts["chunk"], minimum=1)
-        return opts
+    Options = DKMOptions
 
-    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor", **options: Any) -> None:
+    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor",
+                 options: DKMOptions | Mapping[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(weight, bits, granularity)
-        opts = self.check_options(options)
-        self.tau: float = opts["tau"]
-        self.distance: str = opts["distance"]
-        self.tau_scale: str = opts["tau_scale"]
-        self.iters: int = opts["iters"]
-        self.window: int | str = opts["window"] if opts["window"] == "auto" else min(opts["window"], self.levels)
-        self.chunk: int = opts["chunk"]
+        opts: DKMOptions = self.parse_options(options, **kw)
+        self.options = opts
+        self.tau: float = opts.tau
+        self.distance: str = opts.distance
+        self.tau_scale: str = opts.tau_scale
+        self.iters: int = opts.iters
+        self.window: int | str = opts.window if opts.window == "auto" else min(int(opts.window), self.levels)
+        self.chunk: int = opts.chunk
         self.register_buffer("centroids", quantile_init(self.grouped(weight.detach()), self.levels))
 
     # -- pieces ------------------------------------------------------------------------
@@ -194,7 +195,7 @@ class DKMQuantizer(WeightQuantizer):
 
     # -- contract ----------------------------------------------------------------------
     def forward(self, w: Tensor) -> Tensor:
-        if bool(self.converted):
+        if self.is_converted:
             return self.hard(w)
         wg = self.grouped(w)
         temp = self.temperature(wg)

@@ -11,6 +11,8 @@ that runs through it only updates the unquantized parameters (biases, norms).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,34 +24,41 @@ from subbit.quant.baselines._common import (
     level_index,
     lloyd_1d,
     max_step,
-    merge_options,
     nearest_index,
-    positive_int,
     round_to_grid,
 )
+from subbit.quant.options import MethodOptions
 from subbit.quant.registry import register_method
 
 ALGOS = ("uniform", "kmeans")
+
+
+@dataclass(frozen=True)
+class PTQOptions(MethodOptions):
+    """PTQ's options: ``algo`` ("uniform" | "kmeans") and Lloyd ``iters`` (kmeans)."""
+
+    method = "ptq"
+    algo: str = "uniform"
+    iters: int = 30
+
+    def __post_init__(self) -> None:
+        self._choice("algo", ALGOS)
+        self._int("iters", 0)
 
 
 @register_method("ptq")
 class PTQQuantizer(WeightQuantizer):
     """Round-to-nearest uniform or k-means codebooks; options ``algo`` and ``iters`` (kmeans)."""
 
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """Validate ``options``; return them completed with defaults (ValueError names the option)."""
-        opts = merge_options("ptq", options, {"algo": "uniform", "iters": 30})
-        if opts["algo"] not in ALGOS:
-            raise ValueError(f"ptq: option 'algo' must be one of {ALGOS}, got {opts['algo']!r}")
-        positive_int("ptq", "iters", opts["iters"], minimum=0)
-        return opts
+    Options = PTQOptions
 
-    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor", **options: Any) -> None:
+    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor",
+                 options: PTQOptions | Mapping[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(weight, bits, granularity)
-        opts = self.check_options(options)
-        self.algo: str = opts["algo"]
-        self.iters: int = opts["iters"]
+        opts: PTQOptions = self.parse_options(options, **kw)
+        self.options = opts
+        self.algo: str = opts.algo
+        self.iters: int = opts.iters
         wg = self.grouped(weight.detach().float())
         if self.algo == "uniform":
             step = max_step(wg, bits)

@@ -27,17 +27,32 @@ Defaults: ``mu = 5`` (GQ's default, so both methods start from the same grid) an
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from subbit.quant.base import WeightQuantizer
-from subbit.quant.baselines._common import TINY, merge_options, nearest_index, positive_float
+from subbit.quant.baselines._common import TINY, nearest_index
 from subbit.quant.mulaw import expand
+from subbit.quant.options import MethodOptions
 from subbit.quant.registry import register_method
 
-DEFAULTS = {"mu": 5.0, "lam": 1e-4}
+
+
+@dataclass(frozen=True)
+class S8BQATOptions(MethodOptions):
+    """S8BQAT's options: ``mu`` (>= 0) and the per-weight regularizer strength ``lam`` (> 0)."""
+
+    method = "s8bqat"
+    mu: float = 5.0
+    lam: float = 1e-4
+
+    def __post_init__(self) -> None:
+        self._number("mu")
+        self._number("lam", positive=True)
 
 
 def _region(wg: Tensor, c: Tensor) -> Tensor:
@@ -93,22 +108,15 @@ class S8BQATQuantizer(WeightQuantizer):
     """Fixed mu-law grid, MRACos regularizer; options ``mu`` (>= 0, default 5) and ``lam`` (> 0, per
     weight, default 1e-4)."""
 
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """Validate ``options``; return them completed with defaults (ValueError names the option)."""
-        opts = merge_options("s8bqat", options, DEFAULTS)
-        mu = opts["mu"]
-        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0 <= mu < float("inf"):
-            raise ValueError(f"s8bqat: option 'mu' must be a finite number >= 0, got {mu!r}")
-        opts["mu"] = float(mu)
-        opts["lam"] = positive_float("s8bqat", "lam", opts["lam"])
-        return opts
+    Options = S8BQATOptions
 
-    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor", **options: Any) -> None:
+    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor",
+                 options: S8BQATOptions | Mapping[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(weight, bits, granularity)
-        opts = self.check_options(options)
-        self.mu: float = opts["mu"]
-        self.lam: float = opts["lam"]
+        opts: S8BQATOptions = self.parse_options(options, **kw)
+        self.options = opts
+        self.mu: float = opts.mu
+        self.lam: float = opts.lam
         wg = self.grouped(weight.detach().float())
         s = wg.abs().amax(dim=1).clamp_min(TINY)
         v = torch.linspace(-1.0, 1.0, self.levels)
@@ -116,7 +124,7 @@ class S8BQATQuantizer(WeightQuantizer):
         self.register_buffer("centroids", (s[:, None] * grid[None, :]).to(weight.dtype))
 
     def forward(self, w: Tensor) -> Tensor:
-        if bool(self.converted):
+        if self.is_converted:
             return self.hard(w)
         return w.view_as(w)  # identity, but a new tensor: prepare's hooks never re-register the Parameter
 

@@ -28,6 +28,8 @@ value :meth:`hard` gathers from the codebook.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,15 +41,32 @@ from subbit.quant.baselines._common import (
     int_levels,
     level_index,
     max_step,
-    merge_options,
     qrange,
     round_to_grid,
 )
+from subbit.quant.options import MethodOptions
 from subbit.quant.registry import register_method
 
 
 INITS = ("mse", "lsq", "max")
 MSE_POINTS = 100
+
+
+@dataclass(frozen=True)
+class UniformOptions(MethodOptions):
+    """Options of uniform QAT (``lsq=False``: min/max observer) and LSQ (``lsq=True``): ``init``
+    is the LSQ step initialisation ("mse", "lsq", "max"; module docstring)."""
+
+    method = "uniform"
+    lsq: bool = False
+    init: str = "mse"
+
+    def __post_init__(self) -> None:
+        self._bool("lsq")
+        self._choice("init", INITS)
+
+
+LSQOptions = UniformOptions  # LSQ is uniform QAT with a learned step: the same option type
 
 
 @torch.no_grad()
@@ -87,21 +106,15 @@ class UniformQuantizer(WeightQuantizer):
     """Symmetric uniform fake quantization with STE; options ``lsq`` (bool, default False) and
     ``init`` (LSQ step init: "mse" default, "lsq", "max")."""
 
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """Validate ``options``; return them completed with defaults (ValueError names the option)."""
-        opts = merge_options("uniform", options, {"lsq": False, "init": "mse"})
-        if not isinstance(opts["lsq"], bool):
-            raise ValueError(f"uniform: option 'lsq' must be a bool, got {opts['lsq']!r}")
-        if opts["init"] not in INITS:
-            raise ValueError(f"uniform: option 'init' must be one of {INITS}, got {opts['init']!r}")
-        return opts
+    Options = UniformOptions
 
-    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor", **options: Any) -> None:
+    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor",
+                 options: UniformOptions | Mapping[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(weight, bits, granularity)
-        opts = self.check_options(options)
-        self.lsq: bool = opts["lsq"]
-        self.init: str = opts["init"]
+        opts: UniformOptions = self.parse_options(options, **kw)
+        self.options = opts
+        self.lsq: bool = opts.lsq
+        self.init: str = opts.init
         self.register_buffer("levels_", int_levels(bits).to(weight.dtype))
         if self.lsq:
             init = initial_step(self.grouped(weight.detach()), bits, self.init)
