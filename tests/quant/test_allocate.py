@@ -182,11 +182,25 @@ def test_the_allocation_matches_brute_force_on_the_model(toy) -> None:
     costs = [[k.bytes_at(b) for b in allowed[k.name]] for k in kernels]
     values = [[sens.delta[k.name][b] for b in allowed[k.name]] for k in kernels]
     for budget in (fixed + sum(min(c) for c in costs), fixed + 900, fixed + 1800, fixed + 4000):
-        a = q.allocate(model, sens, budget_bytes=budget, constraints=cons)
+        a = q.allocate(model, sens, budget_bytes=budget, constraints=cons, monotone=False)
         ref = brute_force(costs, values, budget - fixed)
         assert a.predicted_loss_increase == pytest.approx(ref[0], abs=1e-9)
         assert a.bits["up.weight"] == 2 and a.bits["emb.weight"] <= 6
         assert min(a.bits["lstm.weight_ih_l0"], a.bits["lstm.weight_hh_l0"]) >= 2
+
+
+def test_monotone_envelope(toy) -> None:
+    model, _ = toy
+    sens = random_sensitivity(model, 9)
+    sens.delta["up.weight"] = {1: 0.5, 2: 0.9, 3: 0.2, 4: 0.3, 5: 0.1, 6: 0.1, 7: 0.1, 8: 0.1}
+    cons = {"min_bits": {"up": 2}}
+    for avg in (2.0, 3.0, 5.0):
+        a = q.allocate(model, sens, avg_bits=avg, constraints=cons)
+        for c in a.choices:  # the predicted increase is the least measured at or below the depth
+            assert c.predicted == min(sens.delta[c.name][b] for b in c.allowed if b <= c.bits)
+    raw = q.allocate(model, sens, avg_bits=8.0, monotone=False)
+    env = q.allocate(model, sens, avg_bits=8.0, constraints=cons)
+    assert raw.bits["up.weight"] in (5, 6, 7, 8) and env.bits["up.weight"] == 5  # equal values: the cheapest
 
 
 def test_avg_bits_budget(toy) -> None:

@@ -461,8 +461,7 @@ def _fisher_diag(model: nn.Module, loss_fn: Callable[[nn.Module], Any], kernels:
             for p in params.values():
                 p.requires_grad_(True)
             out = loss_fn(model)
-            losses = [out] if isinstance(out, Tensor) else list(out)
-            for loss in losses:
+            for loss in [out] if isinstance(out, Tensor) else out:  # one graph alive at a time
                 if not isinstance(loss, Tensor) or not loss.requires_grad:
                     raise ValueError("method 'fisher': loss_fn must return loss tensors with gradients")
                 grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True, retain_graph=False)
@@ -576,6 +575,7 @@ def allocate(
     overhead_bytes: int = 0,
     codebook: str = "table",
     bits: Iterable[int] = BITS,
+    monotone: bool = True,
 ) -> Allocation:
     """The bit depth per kernel of ``model`` with the least predicted loss increase within a budget.
 
@@ -585,7 +585,10 @@ def allocate(
     weights-weighted mean bit depth of the kernels (codebooks not counted). ``spec`` is the
     :class:`~subbit.quant.rules.LayerSpec` dict every kernel gets, but for its bits (default: GQ
     per tensor). ``constraints``: a :class:`Constraints` or a dict with ``fix`` / ``min_bits`` /
-    ``max_bits``. ValueError: a budget below the smallest reachable size (named), constraints
+    ``max_bits``. ``monotone``: a kernel is never predicted to lose more at more bits (each
+    increase is replaced by the least one measured at its depth or below among the allowed
+    ones: quick fits are noisy, and GQ's 2-bit start grid is coarser than its 1-bit one, but
+    fine-tuning does not make a kernel worse for having more levels). ValueError: a budget below the smallest reachable size (named), constraints
     that cannot hold, kernels missing from ``sensitivity`` or unknown to the model.
     """
     if (budget_bytes is None) == (avg_bits is None):
@@ -621,7 +624,10 @@ def allocate(
         missing = [b for b in allowed[kn.name] if b not in d]
         if missing:
             raise ValueError(f"sensitivity of {kn.name} lacks bit depth(s) {missing}")
-        rows.append((kn, allowed[kn.name], [float(d[b]) for b in allowed[kn.name]]))
+        vals = [float(d[b]) for b in allowed[kn.name]]
+        if monotone:
+            vals = list(np.minimum.accumulate(np.asarray(vals, dtype=np.float64)))
+        rows.append((kn, allowed[kn.name], [float(v) for v in vals]))
     fixed = other_bytes(model, kernels) + overhead_bytes if budget_bytes is not None else 0
     if budget_bytes is not None:
         if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, (int, np.integer)) or budget_bytes <= 0:
