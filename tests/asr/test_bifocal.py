@@ -267,3 +267,22 @@ def test_wake_frames_edges() -> None:
     assert wake_frames(559 / 16000) == 1 and wake_frames(560 / 16000) == 2
     with pytest.raises(ValueError, match="wake_end"):
         wake_frames(float("nan"))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_evaluate_uses_the_wake_word_and_reports_the_pathway_share(tmp_path, streaming: bool) -> None:
+    from subbit.asr.evaluate import evaluate
+
+    utts = [_utt(tmp_path, "a", 1.0, 0.5), _utt(tmp_path, "b", 0.8, None)]
+    tok = train_tokenizer(["ab ba"], kind="char")
+    torch.manual_seed(0)
+    model = build_model("bifocal", "tiny", vocab_size=tok.vocab_size)
+    res = evaluate(model, tok, utts, streaming=streaming)
+    pw = res.extra["pathway"]
+    # utterance a: wake_frames(0.5) = 48 feature frames -> 12 of its 24 encoder frames; b: none
+    assert pw["frames_small"] == wake_frames(0.5) // 4 == 12 and pw["frames_large"] == 12 + 19
+    assert 0 < pw["macs_saved"] < pw["share_small"] and "small pathway" in res.summary()
+    # the same model without the wake words: all large, nothing saved
+    for u in utts:
+        u.wake_end = None
+    assert evaluate(model, tok, utts, streaming=streaming).extra["pathway"]["macs_saved"] == 0

@@ -174,14 +174,16 @@ class StreamingGreedyDecoder:
         self.finished = False
 
     @torch.no_grad()
-    def accept_features(self, chunk_feats: Tensor) -> list[int]:
-        """Feed ``[1, t, F]`` features; returns the tokens decoded so far (partial result)."""
+    def accept_features(self, chunk_feats: Tensor, pathway_mask: Tensor | None = None) -> list[int]:
+        """Feed ``[1, t, F]`` features; returns the tokens decoded so far (partial result).
+        ``pathway_mask [1, t]``: bifocal encoders only (True = small pathway)."""
         if self.finished:
             raise ValueError("accept_features after finalize(); call reset() to start a new utterance")
         if chunk_feats.dim() != 3 or chunk_feats.size(0) != 1:
             raise ValueError(f"chunk_feats must be [1, t, F], got {tuple(chunk_feats.shape)}")
         with _eval_mode(self.model):
-            enc, self.enc_state = self.model.encoder.step(chunk_feats, self.enc_state)
+            enc, self.enc_state = (self.model.encoder.step(chunk_feats, self.enc_state) if pathway_mask is None
+                                   else self.model.encoder.step(chunk_feats, self.enc_state, pathway_mask))
             if enc.size(1):
                 self.greedy.advance(enc)
         return list(self.greedy.hyps[0])
@@ -200,12 +202,15 @@ class StreamingGreedyDecoder:
 
 @torch.no_grad()
 def decode_batch(model: nn.Module, feats: Tensor, feat_lens: Tensor, method: str = "greedy",
-                 beam: int = 4, max_symbols_per_frame: int = 3) -> list[list[int]]:
-    """Encode a padded batch and decode it (``method`` = "greedy" or "beam")."""
+                 beam: int = 4, max_symbols_per_frame: int = 3,
+                 pathway_mask: Tensor | None = None) -> list[list[int]]:
+    """Encode a padded batch and decode it (``method`` = "greedy" or "beam"); ``pathway_mask``
+    ``[B, T]`` only for encoders with a per-frame pathway choice (bifocal)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     with _eval_mode(model):
-        enc, enc_lens = model.encoder(feats, feat_lens)
+        enc, enc_lens = (model.encoder(feats, feat_lens) if pathway_mask is None
+                         else model.encoder(feats, feat_lens, pathway_mask=pathway_mask))
     if method == "greedy":
         return greedy_search(model, enc, enc_lens, max_symbols_per_frame)
     return modified_beam_search(model, enc, enc_lens, beam)

@@ -85,6 +85,8 @@ class EvalResult:
             f"ins {self.insertions}; {self.method}{' streaming' if self.extra.get('streaming') else ''})"
             + (f"; {len(skipped)} utterances skipped (bad or too short audio, listed in the JSON), e.g. "
                f"{skipped[0]['id']}: {skipped[0]['reason']}" if skipped else "")
+            + (f"; bifocal: {100 * pw['share_small']:.1f}% of encoder frames on the small pathway, encoder "
+               f"MACs {100 * pw['macs_saved']:.1f}% below all-large" if (pw := self.extra.get("pathway")) else "")
         )
 
 
@@ -143,11 +145,14 @@ def transcribe(
     device: str | torch.device = "cpu",
     progress: bool = False,
     frontend: Any = None,
+    pathway_stats: dict[str, int] | None = None,
 ) -> tuple[list[str], list[str], list[str]]:
     """Decode ``utts``; returns (ids, refs, hyps) in the manifest's order.
 
     ``frontend``: the run's LogMel (``LoadedRun.frontend``, with its global mean/std); the
-    default is an un-normalised LogMel.
+    default is an un-normalised LogMel. A bifocal model runs the wake word of utterances with a
+    ``wake_end`` on its small pathway (ground-truth keyword spotting) and adds its frame and MAC
+    counts to ``pathway_stats``.
     """
     from tqdm import tqdm
 
@@ -168,16 +173,26 @@ def transcribe(
     for batch in loader:
         feats = batch["feats"].to(device)
         lens = batch["feat_lens"].to(device)
+        # bifocal: the batch's wake-word mask picks the pathway per frame (docs/models.md, 3b)
+        mask = batch.get("pathway_mask") if getattr(model.encoder, "accepts_pathway_mask", False) else None
+        if getattr(model.encoder, "accepts_pathway_mask", False) and pathway_stats is not None:
+            m = mask if mask is not None else torch.zeros(feats.shape[:2], dtype=torch.bool)
+            for k, v in model.encoder.pathway_cost(m.cpu(), lens.cpu()).items():
+                if isinstance(v, int):
+                    pathway_stats[k] = pathway_stats.get(k, 0) + v
+        if mask is not None:
+            mask = mask.to(device)
         if streaming:
             token_lists = []
             for b in range(feats.shape[0]):
                 dec = decode.StreamingGreedyDecoder(model)
                 x = feats[b : b + 1, : int(lens[b])]
                 for t0 in range(0, x.shape[1], chunk):
-                    dec.accept_features(x[:, t0 : t0 + chunk])
+                    dec.accept_features(x[:, t0 : t0 + chunk],
+                                        None if mask is None else mask[b : b + 1, t0 : min(t0 + chunk, x.shape[1])])
                 token_lists.append(list(dec.finalize()))
         else:
-            token_lists = decode.decode_batch(model, feats, lens, method=method, beam=beam)
+            token_lists = decode.decode_batch(model, feats, lens, method=method, beam=beam, pathway_mask=mask)
         for uid, ref, toks in zip(batch["ids"], batch["texts"], token_lists):
             out[uid] = (ref, tokenizer.decode([int(t) for t in toks]))
         bar.update(len(batch["ids"]))
@@ -230,6 +245,7 @@ def evaluate(
     if not utts:
         raise ValueError(f"nothing to evaluate (split {split or '?'}): all {len(skipped)} utterances skipped, e.g. "
                          f"{[s['id'] + ': ' + s['reason'] for s in skipped[:3]]}")  # fmt: skip
+    pathway: dict[str, int] = {}
     ids, refs, hyps = transcribe(
         model,
         tokenizer,
@@ -242,8 +258,13 @@ def evaluate(
         device=device,
         progress=progress,
         frontend=frontend,
+        pathway_stats=pathway,
     )
     extra: dict[str, Any] = {"streaming": bool(streaming), "skipped_count": len(skipped), "skipped": skipped}
+    if pathway:  # bifocal: frames per pathway and encoder MACs vs all-large (docs/models.md, 3b)
+        n = pathway["frames_small"] + pathway["frames_large"]
+        extra["pathway"] = {**pathway, "share_small": pathway["frames_small"] / n if n else 0.0,
+                            "macs_saved": 1 - pathway["macs"] / pathway["macs_all_large"]}
     if method == "beam":
         extra["beam"] = int(beam)
     return EvalResult(score(ids, refs, hyps), method=method, split=split, run=run, extra=extra)
