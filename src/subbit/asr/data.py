@@ -1,6 +1,7 @@
 """Utterance manifests (JSON Lines) and audio loading.
 
-A manifest has one JSON object per line: ``{"id", "audio", "text", "duration", "speaker"}``.
+A manifest has one JSON object per line: ``{"id", "audio", "text", "duration", "speaker"}``,
+plus ``"wake_end"`` (seconds) on utterances that begin with a wake word (see :class:`Utterance`).
 ``audio`` is either absolute or relative to the manifest's own directory, so a corpus folder can
 be moved as a whole; :func:`read_manifest` always returns absolute paths. ``duration`` is in
 seconds. Blank lines are ignored.
@@ -28,13 +29,20 @@ MANIFEST_FIELDS: tuple[str, ...] = ("id", "audio", "text", "duration", "speaker"
 
 @dataclass
 class Utterance:
-    """One transcribed recording."""
+    """One transcribed recording.
+
+    ``wake_end``: for an utterance that starts with a spoken wake word (the synthetic corpus's
+    ``--wake-word-share``), the exact end of the wake word in seconds (a whole number of samples
+    at 16 kHz); ``None`` otherwise. The transcript then starts with the wake word's text. It is
+    written to the manifest only when set, so manifests without wake words are unchanged.
+    """
 
     id: str
     audio: str
     text: str
     duration: float
     speaker: str
+    wake_end: float | None = None
 
 
 def _check_record(obj: object, where: str) -> Utterance:
@@ -49,7 +57,14 @@ def _check_record(obj: object, where: str) -> Utterance:
     dur = obj["duration"]
     if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not dur >= 0:
         raise ValueError(f"{where}: field 'duration' must be a non-negative number")
-    return Utterance(obj["id"], obj["audio"], obj["text"], float(dur), obj["speaker"])
+    wake = obj.get("wake_end")
+    if wake is not None:
+        if isinstance(wake, bool) or not isinstance(wake, (int, float)) or not math.isfinite(wake):
+            raise ValueError(f"{where}: field 'wake_end' must be a finite number")
+        if not 0 < wake < dur:
+            raise ValueError(f"{where}: field 'wake_end' ({wake}) must lie inside the audio (0 < wake_end < {dur})")
+        wake = float(wake)
+    return Utterance(obj["id"], obj["audio"], obj["text"], float(dur), obj["speaker"], wake)
 
 
 class UtteranceList(list):
@@ -122,7 +137,10 @@ def write_manifest(path: str | os.PathLike, utts: Iterable[Utterance], relative_
                 rec["audio"] = str(Path(u.audio).resolve().relative_to(root))
             except ValueError:
                 pass
-        lines.append(json.dumps({k: rec[k] for k in MANIFEST_FIELDS}, ensure_ascii=False))
+        out = {k: rec[k] for k in MANIFEST_FIELDS}
+        if u.wake_end is not None:
+            out["wake_end"] = u.wake_end
+        lines.append(json.dumps(out, ensure_ascii=False))
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 

@@ -9,9 +9,15 @@ import json
 def _build(args: argparse.Namespace) -> int:
     from subbit.asr.corpus.build import BuildOptions, build_corpus
 
-    opts = BuildOptions.create(hours=args.hours, quick=args.quick, seed=args.seed)
-    if args.engines:
-        opts = BuildOptions(**{**opts.__dict__, "engines": tuple(args.engines.split(","))})
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines else None
+    extra: dict = {}
+    if args.wake_word_share:
+        extra["wake_word_share"] = args.wake_word_share
+    if args.open_split:
+        extra["open_split"] = True
+    if args.heldout_engine is not None:
+        extra["heldout_engine"] = "" if args.heldout_engine == "none" else args.heldout_engine
+    opts = BuildOptions.create(hours=args.hours, quick=args.quick, seed=args.seed, engines=engines, **extra)
     summary = build_corpus(args.out, opts, jobs=args.jobs, progress=not args.no_progress)
     if summary.get("cached"):
         print(f"{args.out}: up to date, nothing rebuilt")
@@ -43,13 +49,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="corpus_cmd", metavar="CMD")
     sub.required = True
 
-    b = sub.add_parser("build", help="synthesise the default corpus (espeak-ng, flite, festival)")
+    b = sub.add_parser("build", help="synthesise the default corpus (espeak-ng, flite, festival; Kokoro, Piper when installed)",
+                       description="Synthesise grammar (and fortune) sentences with every installed TTS voice. "
+                                   "Without --quick: 1,000-utterance test splits, a test_open split, Kokoro and "
+                                   "Piper when installed and a whole engine held out; --quick keeps the small "
+                                   "committed plan unless an option below asks for more.")
     b.add_argument("--out", required=True, help="output folder (manifests, wav/, corpus.json)")
     b.add_argument("--hours", type=float, default=3.0, help="train audio to aim for (default 3)")
     b.add_argument("--quick", action="store_true", help="small corpus: 1500 train, 150 per eval split")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--jobs", type=int, default=2, help="synthesis processes (default 2)")
-    b.add_argument("--engines", default="", help="comma list from espeak,flite,festival (default all installed)")
+    b.add_argument("--engines", default="",
+                   help="comma list from espeak,flite,festival,kokoro,piper (default: all installed; with --quick "
+                        "espeak,flite,festival)")
+    b.add_argument("--wake-word-share", type=float, default=0.0, metavar="F",
+                   help="share of utterances (0-1) with the wake word 'hey subbit' spoken first; its end time "
+                        "goes to the manifest as wake_end (default 0)")
+    b.add_argument("--open-split", action="store_true",
+                   help="with --quick: open sentences in their own test_open split (the default without --quick)")
+    b.add_argument("--heldout-engine", choices=("auto", "none", "festival", "flite", "kokoro", "piper"),
+                   help="engine held out of training whole (default: auto without --quick, or with --quick "
+                        "and a neural engine; none otherwise)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_build)
 

