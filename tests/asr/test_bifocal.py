@@ -286,3 +286,63 @@ def test_evaluate_uses_the_wake_word_and_reports_the_pathway_share(tmp_path, str
     for u in utts:
         u.wake_end = None
     assert evaluate(model, tok, utts, streaming=streaming).extra["pathway"]["macs_saved"] == 0
+
+
+@pytest.mark.slow
+def test_tiny_train_export_stream(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """subbit train --model bifocal on wake-word manifests -> export -> packed streaming session."""
+    import json
+
+    from subbit.asr.train import TrainConfig, train
+    from subbit.runs import export_run, load_run
+    from subbit.runtime.models import PackedTransducer
+    from subbit.runtime.session import StreamingSession
+    from subbit.testing.dummies import make_dummy_corpus
+
+    corpus = make_dummy_corpus(tmp_path / "corpus", n_train=8, n_eval=2)
+    lines = [json.loads(x) for x in (corpus / "train.jsonl").read_text().splitlines()]
+    for i, rec in enumerate(lines):
+        if i % 2 == 0:  # "wake word" = the first 40% of the audio
+            rec["wake_end"] = round(0.4 * rec["duration"], 4)
+    (corpus / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    seen: list[int] = []
+    forward = BifocalEncoder.forward
+
+    def spy(self, feats, lens, pathway_mask=None):
+        seen.append(-1 if pathway_mask is None else int(pathway_mask.sum()))
+        return forward(self, feats, lens, pathway_mask)
+
+    monkeypatch.setattr(BifocalEncoder, "forward", spy)
+    cfg = TrainConfig(data=str(corpus), out=str(tmp_path / "run"), model="bifocal", preset="tiny", steps=4,
+                      batch_size=4, tokenizer="char", warmup_steps=1, ckpt_every=4, progress=False, threads=1)
+    assert train(cfg).steps == 4
+    monkeypatch.setattr(BifocalEncoder, "forward", forward)
+    assert seen and max(seen) > 0  # the train step handed the wake-word mask to the encoder
+
+    export_run(tmp_path / "run", tmp_path / "m.subbit")
+    pt = PackedTransducer.from_file(tmp_path / "m.subbit")
+    model = load_run(tmp_path / "run").model
+    assert pt.config["arch"] == "bifocal"
+    import soundfile as sf
+
+    from subbit.asr.data import read_manifest
+
+    u = read_manifest(corpus / "test_seen.jsonl")[0]
+    wave, _ = sf.read(u.audio, dtype="float32")
+    wake_end = 0.4 * u.duration
+    session = StreamingSession(pt)
+    session.set_wake_end(wake_end)
+    for a in range(0, len(wave), 800):
+        session.accept_audio(wave[a : a + 800])
+    tokens = session.finalize_tokens()
+    # the fp32 export streams what the PyTorch model decodes offline with the same mask
+    x = StreamingSession(pt).frontend.accept(wave)
+    mask = torch.from_numpy(np.arange(x.shape[0]) < wake_frames(wake_end))[None]
+    from subbit.asr.decode import decode_batch
+
+    ref = decode_batch(model, torch.from_numpy(x)[None], torch.tensor([x.shape[0]]), pathway_mask=mask)[0]
+    assert tokens == ref
+    with torch.no_grad():
+        y_ref, _ = model.encoder(torch.from_numpy(x)[None], torch.tensor([x.shape[0]]), mask)
+    y, _ = pt.encoder.step(x, pt.encoder.init_state(wake_frames(wake_end)))
+    np.testing.assert_allclose(y, y_ref[0].numpy(), atol=1e-4, rtol=0)
