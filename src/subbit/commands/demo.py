@@ -139,7 +139,9 @@ def _evaluate_run(ctx: DemoContext, run_dir: Path, tag: str) -> None:
         n_params = sum(p.numel() for p in loaded.model.parameters())
         ctx.summary["params"] = n_params
         ctx.summary["fp32_mb"] = round(n_params * 4 / 2**20, 3)
-    for split in ("test_seen", "test_heldout"):
+    for split in ("test_seen", "test_heldout", "test_open"):
+        if split == "test_open" and not (ctx.data / f"{split}.jsonl").is_file():
+            continue  # only the full corpus has open sentences in their own split
         _say(f"eval ({tag}): greedy on {split}")
         res = evaluate(
             loaded.model, loaded.tokenizer, read_manifest(ctx.data / f"{split}.jsonl"),
@@ -342,6 +344,8 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"WER seen voices  {s['wer_test_seen']:.2f}%")
     if "wer_test_heldout" in s:
         lines.append(f"WER held-out     {s['wer_test_heldout']:.2f}% (voices and engines never trained on)")
+    if "wer_test_open" in s:
+        lines.append(f"WER open text    {s['wer_test_open']:.2f}% (fortune sentences, open vocabulary)")
     if "gq4_wer_test_seen" in s:
         lines.append(
             f"GQ 4-bit         WER seen {s['gq4_wer_test_seen']:.2f}%, held-out {s['gq4_wer_test_heldout']:.2f}%"

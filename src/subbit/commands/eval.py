@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-SPLITS = ("train", "dev", "test_seen", "test_heldout")
+SPLITS = ("train", "dev", "test_seen", "test_heldout", "test_open")  # test_open: full corpus only
 
 
 def register(subparsers: Any) -> None:
