@@ -64,6 +64,14 @@ def test_quick_study_writes_the_contract_and_resumes_from_cells(tmp_path, monkey
     assert (out / "pareto-rnnt.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "wrote results" in printed
+    # the dev search ran first (two lrs for GQ in --quick) and its winner is the gq4 cells' lr
+    tune = sorted((out / "cells" / "rnnt" / "tune").glob("*.json"))
+    assert len(tune) == 2
+    dev = {json.loads(f.read_text())["fingerprint"]["finetune"]["lr"]: json.loads(f.read_text())["eval"]["dev"]["wer"]
+           for f in tune}
+    assert gq4["lr"] == min(dev, key=lambda lr: (dev[lr], abs(lr - 5e-4)))
+    assert "tuning on dev" in (out / "report.md").read_text()
+    assert len(gq4["fp32_base"]) == 16 and gq4["cells_on_other_bases"] == 0
 
     # a fresh machine with only the committed cell files: nothing is trained again
     import shutil
@@ -80,4 +88,5 @@ def test_quick_study_writes_the_contract_and_resumes_from_cells(tmp_path, monkey
 
 
 def test_sections_are_the_contract() -> None:
-    assert SECTIONS == ("baselines", "bit-allocation", "quant-frequency", "centroids", "bifocal", "serve")
+    # the issue's sections, plus the dev search that every family's lr comes from
+    assert SECTIONS == ("baselines", "bit-allocation", "quant-frequency", "centroids", "bifocal", "serve", "tuning")

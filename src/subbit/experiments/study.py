@@ -25,19 +25,19 @@ import platform
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from subbit.experiments import stats
+from subbit.experiments import stats, study_tuning
 from subbit.experiments.ablations import ablation_recipes
-from subbit.experiments.compare import REFERENCE, CompareConfig, _read_json, _write_json, run_compare
+from subbit.experiments.compare import REFERENCE, CompareConfig, _read_json, _write_json, init_identity, run_compare
 from subbit.experiments.recipes import ENC_RECURRENT, RECIPES, TOKEN_EDGES, Recipe
 
 log = logging.getLogger(__name__)
 
 ARCHS = ("rnnt", "conformer")
-SECTIONS = ("baselines", "bit-allocation", "quant-frequency", "centroids", "bifocal", "serve")
+SECTIONS = ("baselines", "bit-allocation", "quant-frequency", "centroids", "bifocal", "serve", "tuning")
 SPLITS = ("test_seen", "test_heldout")
 CELL_SCHEMA = 1
 
@@ -87,6 +87,7 @@ class Cell:
     recipe: Recipe
     seeds: tuple[int, ...]
     sections: tuple[str, ...]
+    lr: float | None = None  # fine-tuning lr (None = the study's --lr); set by the dev search
 
 
 def _lookup(name: str, extra: dict[str, Recipe]) -> Recipe | None:
@@ -240,14 +241,15 @@ def corpus_identity(data: Path) -> str:
 METHOD_VERSIONS = {"dkm": 2, "s8bqat": 2}
 
 
-def cell_fingerprint(cfg: StudyConfig, arch: str, recipe: Recipe, seed: int, corpus: str) -> dict[str, Any]:
+def cell_fingerprint(cfg: StudyConfig, arch: str, recipe: Recipe, seed: int, corpus: str,
+                     lr: float | None = None) -> dict[str, Any]:
     r = recipe.to_dict()
     r.pop("description")
     extra = {"method_version": METHOD_VERSIONS[recipe.method]} if recipe.method in METHOD_VERSIONS else {}
     return {**extra,
         "schema": CELL_SCHEMA, "arch": arch, "preset": cfg.preset, "recipe": r, "seed": seed, "corpus": corpus,
         "fp32": {"steps": cfg.fp32_steps, "seed": 0, **FP32_RECIPE},
-        "finetune": {"steps": cfg.steps, "lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "batch_size": cfg.batch_size},
+        "finetune": {"steps": cfg.steps, "lr": cfg.lr if lr is None else lr, "warmup_steps": cfg.warmup_steps, "batch_size": cfg.batch_size},
         "eval_limit": cfg.eval_limit,
     }
 
@@ -363,67 +365,148 @@ def runtime_wer(subbit_file: Path, data: Path, split: str, limit: int | None) ->
             "utt_ids": [r.id for r in rows], "utt_errors": [r.errors for r in rows]}
 
 
-def _schedule(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str) -> list[tuple[int, list[tuple[Recipe, dict]]]]:
+Todo = tuple[Recipe, dict[str, Any], Path]  # recipe, fingerprint, cell file
+
+
+def _schedule(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str) -> list[tuple[int, float, list[Todo]]]:
     """Cells still to run, in the order that makes a stopped study most useful: first every seed
     of the cells a claim rests on (multi-seed cells), then the one-seed cells; consecutive cells
-    of one seed are grouped so they share a compare run."""
-    todo: list[tuple[int, int, Recipe, dict]] = []
+    of one (seed, lr) are grouped so they share a compare run."""
+    todo: list[tuple[int, int, int, float, Todo]] = []
     for order, cell in enumerate(cells):
         for seed in cell.seeds:
-            fp = cell_fingerprint(cfg, arch, cell.recipe, seed, corpus)
-            stored = _read(_cell_path(cfg, arch, cell.recipe.name, seed))
+            fp = cell_fingerprint(cfg, arch, cell.recipe, seed, corpus, cell.lr)
+            path = _cell_path(cfg, arch, cell.recipe.name, seed)
+            stored = _read(path)
             if stored is not None and stored.get("fingerprint") == fp:
                 continue
             priority = 0 if len(cell.seeds) > 1 else 1
-            todo.append((priority, seed, order, cell.recipe, fp))
-    todo.sort(key=lambda t: (t[0], t[1], t[2]))
-    groups: list[tuple[int, list[tuple[Recipe, dict]]]] = []
-    for _, seed, _, recipe, fp in todo:
-        if groups and groups[-1][0] == seed:
-            groups[-1][1].append((recipe, fp))
+            todo.append((priority, seed, order, fp["finetune"]["lr"], (cell.recipe, fp, path)))
+    todo.sort(key=lambda t: (t[0], t[1], t[3], t[2]))
+    groups: list[tuple[int, float, list[Todo]]] = []
+    for _, seed, _, lr, item in todo:
+        if groups and groups[-1][:2] == (seed, lr):
+            groups[-1][2].append(item)
         else:
-            groups.append((seed, [(recipe, fp)]))
+            groups.append((seed, lr, [item]))
     return groups
+
+
+def _compare_config(cfg: StudyConfig, arch: str, data: Path, fp32: Path, seed: int, lr: float,
+                    splits: tuple[str, ...]) -> CompareConfig:
+    """One compare workspace per (seed, lr, splits): compare refuses to mix settings in one folder."""
+    name = f"seed-{seed}" + ("" if lr == cfg.lr else f"-lr{lr:g}") + ("" if splits == SPLITS else "-" + "-".join(splits))
+    return CompareConfig(out=str(cfg.work_dir / arch / name), data=str(data), model=arch,
+                         preset=cfg.preset, fp32_run=str(fp32), steps=cfg.steps, splits=splits, lr=lr,
+                         warmup_steps=cfg.warmup_steps, batch_size=cfg.batch_size, seed=seed, augment=False,
+                         eval_limit=cfg.eval_limit, threads=cfg.threads, progress=cfg.progress, export=True,
+                         ckpt_every=max(10, cfg.steps // 4))
+
+
+def base_identity(fp32: Path) -> dict[str, str]:
+    """Which fp32 base a cell was fine-tuned from. A base retrained on another CPU is not bit-identical
+    (floating point differs), so rows and claims only pair cells made from one base."""
+    return {"sha256": init_identity(fp32)["sha256"][:16], "machine": machine()}
 
 
 def run_cells(cfg: StudyConfig, arch: str, cells: list[Cell], data: Path, corpus: str) -> None:
     """Train and evaluate every cell of ``arch`` that has no valid cell file yet."""
-    fp32 = None
-    for seed, todo in _schedule(cfg, arch, cells, corpus):
+    fp32 = base = None
+    for seed, lr, todo in _schedule(cfg, arch, cells, corpus):
         if fp32 is None:
             fp32 = ensure_fp32_base(cfg, arch, data)
-        cc = CompareConfig(out=str(cfg.work_dir / arch / f"seed-{seed}"), data=str(data), model=arch,
-                           preset=cfg.preset, fp32_run=str(fp32), steps=cfg.steps, splits=SPLITS, lr=cfg.lr,
-                           warmup_steps=cfg.warmup_steps, batch_size=cfg.batch_size, seed=seed, augment=False,
-                           eval_limit=cfg.eval_limit, threads=cfg.threads, progress=cfg.progress, export=True,
-                           ckpt_every=max(10, cfg.steps // 4))
-        log.info("study: %s seed %d: %d cell(s) to run: %s", arch, seed, len(todo), ", ".join(r.name for r, _ in todo))
-        for recipe, fp in todo:  # one compare call per cell: its file is written as soon as it is done
+            base = base_identity(fp32)
+        cc = _compare_config(cfg, arch, data, fp32, seed, lr, SPLITS)
+        log.info("study: %s seed %d lr %g: %d cell(s) to run: %s", arch, seed, lr, len(todo),
+                 ", ".join(r.name for r, _, _ in todo))
+        for recipe, fp, path in todo:  # one compare call per cell: its file is written as soon as it is done
             result = run_compare(cc, [recipe], name="results")
             rows = {row["recipe"]: row for row in result.rows}
-            _write_cell(cfg, arch, seed, recipe, fp, rows, data)
+            _write_cell(cfg, cc, recipe, fp, rows, data, path, base or {})
 
 
-def _write_cell(cfg: StudyConfig, arch: str, seed: int, recipe: Recipe, fp: dict[str, Any],
-                rows: dict[str, dict[str, Any]], data: Path) -> None:
+def _tune_path(cfg: StudyConfig, arch: str, key: str) -> Path:
+    return cfg.root / "cells" / arch / "tune" / f"{key}-s0.json"
+
+
+def _tune_fingerprint(cfg: StudyConfig, arch: str, tc: study_tuning.TuneCell, corpus: str) -> dict[str, Any]:
+    return {**cell_fingerprint(cfg, arch, tc.recipe, 0, corpus, tc.lr), "tune": {"knob": tc.knob, "split": study_tuning.TUNE_SPLIT}}
+
+
+def run_tuning(cfg: StudyConfig, arch: str, data: Path, corpus: str) -> None:
+    """The dev search (lr per family, S8BQAT lam), seed 0, before any test cell uses its result."""
+    fp32 = base = None
+    splits = (study_tuning.TUNE_SPLIT,)
+    for tc in study_tuning.tune_cells(cfg.quick, cfg.lr):
+        path = _tune_path(cfg, arch, tc.key)
+        fp = _tune_fingerprint(cfg, arch, tc, corpus)
+        stored = _read(path)
+        if stored is not None and stored.get("fingerprint") == fp:
+            continue
+        if fp32 is None:
+            fp32 = ensure_fp32_base(cfg, arch, data)
+            base = base_identity(fp32)
+        cc = _compare_config(cfg, arch, data, fp32, 0, tc.lr, splits)
+        if tc.knob == "lam":  # another lam is another experiment: its own workspace
+            cc.out = f"{cc.out}-lam{tc.value:g}"
+        log.info("study: %s tuning %s (%s %g) on %s", arch, tc.recipe.name, tc.knob, tc.value, splits[0])
+        result = run_compare(cc, [tc.recipe], name="results")
+        _write_cell(cfg, cc, tc.recipe, fp, {row["recipe"]: row for row in result.rows}, data, path, base or {},
+                    splits=splits)
+
+
+def tuning_decisions(cfg: StudyConfig, arch: str, corpus: str) -> tuple[dict[str, Any], list[str]]:
+    """What the dev search chose for ``arch`` (defaults where it has not finished), and its table."""
+    cells = study_tuning.tune_cells(cfg.quick, cfg.lr)
+    dev: dict[str, float | None] = {}
+    for tc in cells:
+        c = _read(_tune_path(cfg, arch, tc.key))
+        ok = c is not None and c.get("fingerprint") == _tune_fingerprint(cfg, arch, tc, corpus)
+        ev = ((c or {}).get("eval") or {}).get(study_tuning.TUNE_SPLIT) if ok else None
+        dev[tc.key] = None if ev is None else ev.get("wer")
+    decided = study_tuning.decisions(cells, dev, cfg.lr)
+    return decided, study_tuning.markdown(cells, dev, decided)
+
+
+def apply_tuning(cells: list[Cell], decided: dict[str, Any]) -> list[Cell]:
+    """Cells with the lr of their family and S8BQAT's lam as chosen on dev."""
+    out = []
+    for cell in cells:
+        fam = study_tuning.family(cell.recipe)
+        choice = decided["lr"].get(fam) if fam else None
+        recipe = cell.recipe
+        if recipe.method == "s8bqat":
+            recipe = study_tuning.with_lam(recipe, decided["lam"].value)
+        out.append(replace(cell, recipe=recipe, lr=None if choice is None else choice.value))
+    return out
+
+
+def _write_cell(cfg: StudyConfig, cc: CompareConfig, recipe: Recipe, fp: dict[str, Any],
+                rows: dict[str, dict[str, Any]], data: Path, path: Path, base: dict[str, str],
+                splits: tuple[str, ...] = SPLITS) -> None:
     row = rows.get(recipe.name)
     if row is None:
         return
-    stored = _read(cfg.work_dir / arch / f"seed-{seed}" / "results" / f"{recipe.name}.json") or {}
+    stored = _read(cfg_root_results(cc) / f"{recipe.name}.json") or {}
     evals = stored.get("eval") or {}
     serve = None
     subbit_file = Path(row["run"]) / "model.subbit"
-    if "serve" in cfg.sections and row.get("status") == "done" and subbit_file.is_file():
+    if splits == SPLITS and "serve" in cfg.sections and row.get("status") == "done" and subbit_file.is_file():
         limit = cfg.runtime_limit if cfg.eval_limit is None else min(cfg.eval_limit, cfg.runtime_limit or cfg.eval_limit)
         serve = runtime_wer(subbit_file, data, "test_heldout", limit)
     keep = {k: row.get(k) for k in ("method", "bits", "size_bytes", "fp32_bytes", "size_vs_fp32",
                                     "size_deploy_bytes", "size_file_bytes", "size_theory_bytes",
                                     "train_minutes", "steps", "status")}
     ref_row = rows.get(REFERENCE, {})
-    _write(_cell_path(cfg, arch, recipe.name, seed), {
-        "fingerprint": fp, "row": keep, "eval": {s: evals.get(s) for s in SPLITS},
-        "serve": serve, "fp32_init_wer": ref_row.get("wer"),
+    _write(path, {
+        "fingerprint": fp, "row": keep, "eval": {s: evals.get(s) for s in splits},
+        "serve": serve, "fp32_init_wer": ref_row.get("wer"), "base": base,
     })
+
+
+def cfg_root_results(cc: CompareConfig) -> Path:
+    """Where compare keeps its per-recipe result files (with the per-utterance scores)."""
+    return Path(cc.out) / "results"
 
 
 # -- from cells to rows ---------------------------------------------------------------------------
@@ -453,9 +536,12 @@ def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str,
         got = []
         for s in cell.seeds:
             c = _read(_cell_path(cfg, arch, cell.recipe.name, s))
-            if c is not None and c.get("fingerprint") == cell_fingerprint(cfg, arch, cell.recipe, s, corpus):
+            if c is not None and c.get("fingerprint") == cell_fingerprint(cfg, arch, cell.recipe, s, corpus, cell.lr):
                 got.append(c)
         loaded[cell.recipe.name] = got
+    active = active_base(loaded)
+    other_base = {name: sum(_base_key(c) != active for c in cs) for name, cs in loaded.items()}
+    loaded = {name: [c for c in cs if _base_key(c) == active] for name, cs in loaded.items()}
     ctrl = {s: _scored(loaded.get("fp32", []), s) for s in SPLITS}
     rows = []
     for cell in cells:
@@ -463,7 +549,9 @@ def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str,
         name = cell.recipe.name
         row: dict[str, Any] = {"name": name, "arch": arch, "method": cell.recipe.method, "sections": list(cell.sections),
                                "description": cell.recipe.description, "seeds": [c["fingerprint"]["seed"] for c in cs],
-                               "seeds_planned": list(cell.seeds)}
+                               "seeds_planned": list(cell.seeds),
+                               "lr": cfg.lr if cell.lr is None else cell.lr, "fp32_base": active,
+                               "cells_on_other_bases": other_base.get(name, 0)}
         if not cs:
             row.update({"status": "not run", "bits_avg": None, "size_bytes": None, "wer_seen": None, "wer_heldout": None,
                         "wer_heldout_ci": None, "delta_vs_fp32_ci": None, "lossless": None})
@@ -504,6 +592,23 @@ def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str,
             row["torch_wer_heldout_same_utts"] = (sum(torch_errors) / len(torch_errors) / words) if words else None
         rows.append(row)
     return rows
+
+
+def _base_key(cell: dict[str, Any]) -> str:
+    """Cells written before bases were recorded came from one base (the one study run that made them)."""
+    return (cell.get("base") or {}).get("sha256") or "unrecorded"
+
+
+def active_base(loaded: dict[str, list[dict[str, Any]]]) -> str | None:
+    """The fp32 base the rows are built on: the one with the most fp32-control cells (then the most
+    cells of any recipe); cells from other bases are counted in the row, never pooled."""
+    from collections import Counter
+
+    ctrl = Counter(_base_key(c) for c in loaded.get("fp32", []))
+    every = Counter(_base_key(c) for cs in loaded.values() for c in cs)
+    if not every:
+        return None
+    return max(every, key=lambda b: (ctrl.get(b, 0), every[b], b))
 
 
 # -- claims -----------------------------------------------------------------------------------------
@@ -640,6 +745,8 @@ def report_markdown(rows: list[dict[str, Any]], claims: list[dict[str, str]], me
                 lines.append(f"| {r['name']} | {bits} | {kib} | {smaller} | {len(r.get('seeds', []))} | "
                              f"{_pct(r.get('wer_seen'))} | {held} | {_fmt_ci(r.get('delta_vs_fp32_ci'))} | "
                              f"{lossless} | {_pct(r.get('runtime_wer_heldout'))} |")
+    for arch, table in (meta.get("tuning") or {}).items():
+        lines += ["", f"## {arch}: tuning on dev (seed 0; the choice applies to the family's test cells)", "", *table]
     if meta.get("missing"):
         lines += ["", "Recipes planned but not defined yet (skipped): " + ", ".join(meta["missing"])]
     return "\n".join(lines) + "\n"
@@ -704,9 +811,15 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     all_rows: list[dict[str, Any]] = []
     heldout: dict[tuple[str, str], stats.Scored] = {}
     missing: list[str] = []
+    tuning: dict[str, list[str]] = {}
     for arch in cfg.archs:
         cells, miss = plan(arch, cfg.quick, cfg.seeds, cfg.sections)
         missing += [f"{arch}:{m}" for m in miss]
+        if "tuning" in cfg.sections:
+            if not cfg.report_only and not cfg.only:
+                run_tuning(cfg, arch, data, corpus)
+            decided, tuning[arch] = tuning_decisions(cfg, arch, corpus)
+            cells = apply_tuning(cells, decided)
         if not cfg.report_only:
             chosen = [c for c in cells if not cfg.only or c.recipe.name in cfg.only]
             run_cells(cfg, arch, chosen, data, corpus)
@@ -718,7 +831,7 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     meta = {"command": cfg.command or "subbit study", "commit": _git_commit(), "machine": machine(),
             "corpus": str(data), "corpus_id": corpus, "wall_minutes": (time.perf_counter() - t0) / 60,
             "fp32_steps": cfg.fp32_steps, "steps": cfg.steps, "lr": cfg.lr, "archs": list(cfg.archs),
-            "missing": missing, "quick": cfg.quick, "report_only": cfg.report_only,
+            "missing": missing, "quick": cfg.quick, "report_only": cfg.report_only, "tuning": tuning,
             "cells": sum(len(r.get("seeds", [])) for r in all_rows),
             "cells_planned": sum(len(r.get("seeds_planned", [])) for r in all_rows)}
     results = {"meta": meta, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},

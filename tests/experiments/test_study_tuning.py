@@ -1,0 +1,58 @@
+"""The dev search of the study: choices, defaults while unfinished, and one fp32 base per row."""
+
+from __future__ import annotations
+
+import pytest
+
+from subbit.experiments import study_tuning as st
+from subbit.experiments.recipes import RECIPES
+from subbit.experiments.study import active_base
+
+
+def _cells() -> list[st.TuneCell]:
+    return st.tune_cells(quick=False, default_lr=5e-4)
+
+
+def test_every_training_family_is_searched_on_its_representative() -> None:
+    cells = _cells()
+    fams = {c.family for c in cells if c.knob == "lr"}
+    assert fams == set(st.REPRESENTATIVES)
+    for c in cells:
+        assert st.family(c.recipe) == c.family
+    assert len({c.key for c in cells}) == len(cells)  # one cell file per point
+    assert {c.value for c in cells if c.knob == "lam"} == set(st.S8BQAT_LAMS)
+    assert st.family(RECIPES["ptq4-uniform"]) is None and st.family(RECIPES["lsq2"]) == "lsq"
+    assert st.family(RECIPES["qat8"]) == "qat" and st.family(RECIPES["gq3-channel"]) == "gq"
+
+
+def test_choice_waits_for_the_whole_grid_and_takes_the_lowest_dev_wer() -> None:
+    cells = _cells()
+    gq = [c for c in cells if c.family == "gq" and c.knob == "lr"]
+    dev = {gq[0].key: 0.30, gq[1].key: 0.20}
+    partial = st.choose(cells, dev, "lr", "gq", 5e-4)
+    assert not partial.tuned and partial.value == 5e-4
+    dev[gq[2].key] = 0.25
+    full = st.choose(cells, dev, "lr", "gq", 5e-4)
+    assert full.tuned and full.value == gq[1].value
+    # a tie goes to the default, so an unchanged winner keeps older cells valid
+    tie = {c.key: 0.2 for c in gq}
+    assert st.choose(cells, tie, "lr", "gq", 5e-4).value == 5e-4
+
+
+def test_lam_changes_the_recipe_only_away_from_the_default() -> None:
+    base = RECIPES["s8bqat4"]
+    assert st.with_lam(base, st.S8BQAT_DEFAULT_LAM) is base
+    other = st.with_lam(base, 1e-3)
+    assert other.name == base.name and other.quant["default"]["options"]["lam"] == pytest.approx(1e-3)
+    assert other.to_dict() != base.to_dict()
+    other.quant_config([])  # still a valid QuantConfig
+
+
+def test_rows_use_the_base_of_the_fp32_control() -> None:
+    old = {"base": {"sha256": "a" * 16}}
+    new = {"base": {"sha256": "b" * 16}}
+    legacy: dict = {}
+    loaded = {"fp32": [old, old, new], "gq4": [new, new, new, old]}
+    assert active_base(loaded) == "a" * 16
+    assert active_base({"fp32": [legacy, legacy], "gq4": [new]}) == "unrecorded"
+    assert active_base({}) is None
