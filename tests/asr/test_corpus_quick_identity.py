@@ -44,9 +44,13 @@ def _patched(setup: str):
     stack.enter_context(mock.patch.object(tts, "flite_voices", lambda: list(flite)))
     stack.enter_context(mock.patch.object(tts, "festival_voices", lambda: list(festival)))
     stack.enter_context(mock.patch.object(grammar, "fortune_sentences", lambda *a, **k: list(fortunes)))
-    for name in ("kokoro_voices", "piper_voices"):  # engines added later: absent in this setup
-        if hasattr(tts, name):
-            stack.enter_context(mock.patch.object(tts, name, lambda: []))
+    try:  # engines added later are absent in these setups
+        from subbit.asr.corpus import neural
+    except ImportError:  # the commit the golden file was made on
+        neural = None
+    for name in ("kokoro_voices", "piper_voices"):
+        if neural is not None:
+            stack.enter_context(mock.patch.object(neural, name, lambda: []))
     return stack
 
 
