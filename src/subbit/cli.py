@@ -17,6 +17,7 @@ VERB_MODULES: tuple[str, ...] = (
     "corpus",
     "train",
     "quantize",
+    "allocate",
     "eval",
     "export",
     "bench",
