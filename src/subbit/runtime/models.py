@@ -427,8 +427,16 @@ class PackedTransducer:
 
     @classmethod
     def from_packed(cls, pm: Any, threads: int = 1) -> "PackedTransducer":
+        from subbit.export.manifest import SubbitFormatError
+
         packed, floats, manifest, arch, tok = _unpack_model(pm)
-        return cls(WeightStore(packed, floats, threads), arch, tok, manifest)
+        store = WeightStore(packed, floats, threads)
+        try:
+            return cls(store, arch, tok, manifest)
+        except SubbitFormatError:
+            raise
+        except ValueError as exc:  # a layer's own shape check: the file's arch and tensors disagree
+            raise _bad(f"manifest arch / tensors disagree: {exc}") from None
 
     @property
     def weight_bytes(self) -> int:
