@@ -77,6 +77,11 @@ SUBBIT_API int subbit_model_load_memory(const void *data, size_t size, subbit_mo
 /* Free a model; every session created from it must be freed first. NULL is ignored. */
 SUBBIT_API void subbit_model_free(subbit_model *model);
 SUBBIT_API int subbit_model_get_info(const subbit_model *model, subbit_model_info *info);
+/* The tokenizer's id-to-text step on its own (what subbit_session_text does with the session's
+ * ids): writes at most outlen bytes including the NUL; *needed (when not NULL) gets the full
+ * length + 1. SUBBIT_ERR_ARGUMENT when out is too small (out then holds a truncated prefix). */
+SUBBIT_API int subbit_model_detokenize(const subbit_model *model, const int32_t *ids, size_t n, char *out,
+                                       size_t outlen, size_t *needed);
 
 SUBBIT_API int subbit_session_create(const subbit_model *model, subbit_session **out, char *err, size_t errlen);
 SUBBIT_API void subbit_session_free(subbit_session *session);

@@ -110,3 +110,19 @@ int subbit_model_get_info(const subbit_model *m, subbit_model_info *info) {
     info->weight_bytes = m->weight_bytes + fe;
     return 0;
 }
+
+int subbit_model_detokenize(const subbit_model *m, const int32_t *ids, size_t n, char *out, size_t outlen, size_t *needed) {
+    if (!m || (!ids && n) || (!out && outlen)) return SUBBIT_ERR_ARGUMENT;
+    char *t = sbl_tokenizer_decode(&m->tok, ids, n);
+    if (!t) return SUBBIT_ERR_NOMEM;
+    size_t len = strlen(t) + 1;
+    if (needed) *needed = len;
+    int rc = len <= outlen ? 0 : SUBBIT_ERR_ARGUMENT;
+    if (outlen) {
+        size_t k = len <= outlen ? len : outlen;
+        memcpy(out, t, k);
+        out[k - 1] = 0;
+    }
+    free(t);
+    return rc;
+}
