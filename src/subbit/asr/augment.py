@@ -1,4 +1,11 @@
-"""Training-time augmentation: speed perturbation, additive noise, SpecAugment.
+"""Training-time augmentation: speaker perturbation (speed, pitch, vocal-tract-length warping),
+acoustics (simulated room reverberation, additive noise at a random SNR, telephone band),
+SpecAugment.
+
+Why each: the corpus is synthetic, from a few dozen voices. Speed, pitch and VTLP move a voice's
+tempo, fundamental and formants (new "speakers"); reverberation, noise and the telephone band
+move the channel, which a synthesiser never varies. All waveform functions keep float32 mono at
+the input's rate, and all but speed keep the length.
 
 Everything takes an explicit random generator (numpy ``Generator`` for waveforms, ``torch.Generator``
 for SpecAugment), so a run is reproducible from its seed and independent of worker scheduling.
@@ -12,7 +19,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 from scipy.fft import next_fast_len
-from scipy.signal import resample_poly
+from scipy.signal import butter, fftconvolve, istft, resample_poly, sosfilt, stft
 from torch import nn
 
 SPEEDS = (0.9, 1.0, 1.1)
@@ -76,18 +83,169 @@ def add_noise(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray
     return (audio + gain * noise).astype(np.float32)
 
 
+def _fit_length(audio: np.ndarray, n: int) -> np.ndarray:
+    out = audio[:n] if audio.size >= n else np.pad(audio, (0, n - audio.size))
+    return out.astype(np.float32, copy=False)
+
+
+_N_FFT, _HOP = 512, 128  # 32 ms windows, 8 ms hop at 16 kHz
+
+
+def _stft(audio: np.ndarray) -> np.ndarray:
+    return stft(audio, nperseg=_N_FFT, noverlap=_N_FFT - _HOP, window="hann", boundary="zeros", padded=True)[2]
+
+
+def _istft(spec: np.ndarray, n: int) -> np.ndarray:
+    return _fit_length(istft(spec, nperseg=_N_FFT, noverlap=_N_FFT - _HOP, window="hann")[1], n)
+
+
+def time_stretch(audio: np.ndarray, rate: float) -> np.ndarray:
+    """Phase-vocoder time stretch: ``rate`` > 1 is faster (shorter), pitch unchanged."""
+    if not 0.25 <= rate <= 4.0:
+        raise ValueError(f"time-stretch rate must be in [0.25, 4], got {rate}")
+    if audio.size == 0 or rate == 1.0:
+        return audio.astype(np.float32, copy=False)
+    spec = _stft(audio.astype(np.float64))
+    steps = np.arange(0.0, spec.shape[1] - 1, rate)
+    omega = 2 * np.pi * _HOP * np.arange(spec.shape[0]) / _N_FFT  # expected phase advance per hop
+    phase = np.angle(spec[:, 0])
+    out = np.empty((spec.shape[0], steps.size), np.complex128)
+    for i, t in enumerate(steps):
+        k = int(t)
+        frac = t - k
+        mag = (1 - frac) * np.abs(spec[:, k]) + frac * np.abs(spec[:, k + 1])
+        out[:, i] = mag * np.exp(1j * phase)
+        dphi = np.angle(spec[:, k + 1]) - np.angle(spec[:, k]) - omega
+        phase = phase + omega + (dphi - 2 * np.pi * np.round(dphi / (2 * np.pi)))
+    return _istft(out, int(round(audio.size / rate)))
+
+
+def pitch_shift(audio: np.ndarray, semitones: float) -> np.ndarray:
+    """Shift the pitch (and formants) by ``semitones`` at the same duration: stretch, then resample."""
+    if not -12.0 <= semitones <= 12.0:
+        raise ValueError(f"pitch shift must be within +-12 semitones, got {semitones}")
+    if semitones == 0 or audio.size == 0:
+        return audio.astype(np.float32, copy=False)
+    ratio = 2.0 ** (semitones / 12.0)
+    frac = Fraction(ratio).limit_denominator(64)  # resample by frac: pitch x frac, length / frac
+    longer = time_stretch(audio, float(frac.denominator / frac.numerator))
+    return _fit_length(resample_poly(longer, frac.denominator, frac.numerator), audio.size)
+
+
+def vtlp_warp(freqs: np.ndarray, alpha: float, nyquist: float, f_hi: float = 4800.0) -> np.ndarray:
+    """Piecewise-linear VTLP frequency map (Jaitly & Hinton 2013): ``f * alpha`` up to a knee,
+    then a straight line to the Nyquist frequency, so the map is monotone onto [0, nyquist]."""
+    knee = f_hi * min(alpha, 1.0) / alpha
+    hi = nyquist - (nyquist - f_hi * min(alpha, 1.0)) / (nyquist - knee) * (nyquist - freqs)
+    return np.where(freqs <= knee, freqs * alpha, hi)
+
+
+def vtlp(audio: np.ndarray, alpha: float, sample_rate: int = 16000) -> np.ndarray:
+    """Vocal-tract-length perturbation: move the spectral envelope by ``alpha`` (0.8-1.2), same length.
+
+    The magnitude at output frequency ``g`` is the input's at ``warp^-1(g)`` (interpolated
+    between bins); the phase advances at the warped instantaneous frequency of the nearest
+    source bin (as in a phase vocoder), so a partial really moves to its warped frequency.
+    """
+    if not 0.8 <= alpha <= 1.2:
+        raise ValueError(f"VTLP alpha must be in [0.8, 1.2], got {alpha}")
+    if alpha == 1.0 or audio.size == 0:
+        return audio.astype(np.float32, copy=False)
+    spec = _stft(audio.astype(np.float64))
+    freqs = np.linspace(0, sample_rate / 2, spec.shape[0])
+    src = np.interp(freqs, vtlp_warp(freqs, alpha, sample_rate / 2), freqs)  # inverse map
+    pos = src / freqs[1]
+    lo = np.clip(np.floor(pos).astype(int), 0, spec.shape[0] - 1)
+    hi = np.clip(lo + 1, 0, spec.shape[0] - 1)
+    w = (pos - lo)[:, None]
+    mag = (1 - w) * np.abs(spec[lo]) + w * np.abs(spec[hi])
+    near = np.clip(np.round(pos).astype(int), 0, spec.shape[0] - 1)
+    ang = np.angle(spec)
+    omega = 2 * np.pi * _HOP * np.arange(spec.shape[0]) / _N_FFT  # bin-centre phase advance per hop
+    dphi = np.diff(ang, axis=1) - omega[:, None]
+    inst = omega[:, None] + (dphi - 2 * np.pi * np.round(dphi / (2 * np.pi)))  # rad per hop
+    hz_per = sample_rate / (2 * np.pi * _HOP)
+    warped = vtlp_warp(np.clip(inst[near] * hz_per, 0, sample_rate / 2), alpha, sample_rate / 2) / hz_per
+    phase = np.concatenate([ang[near, :1], ang[near, :1] + np.cumsum(warped, axis=1)], axis=1)
+    return _istft(mag * np.exp(1j * phase), audio.size)
+
+
+def simulated_rir(rng: np.random.Generator, sample_rate: int = 16000, rt60: tuple[float, float] = (0.2, 0.8),
+                  drr_db: tuple[float, float] = (0.0, 12.0)) -> np.ndarray:
+    """A room impulse response: a direct-path impulse plus an exponentially decaying Gaussian
+    tail (Polack's statistical model) with a random RT60 and direct-to-reverberant ratio."""
+    rt = float(rng.uniform(*rt60))
+    if not 0.05 <= rt <= 2.0:
+        raise ValueError(f"RT60 must be in [0.05, 2] s, got {rt}")
+    n = int(rt * sample_rate)
+    t = np.arange(n) / sample_rate
+    tail = rng.standard_normal(n) * np.exp(-3 * np.log(10) * t / rt)  # -60 dB at t = rt
+    tail[0] = 0.0
+    pre = int(rng.integers(int(0.002 * sample_rate), int(0.01 * sample_rate)))  # first reflections' delay
+    tail = np.concatenate([np.zeros(pre), tail])[:n]
+    drr = 10 ** (float(rng.uniform(*drr_db)) / 10)
+    tail *= np.sqrt(1.0 / (drr * max(float(np.sum(tail**2)), 1e-12)))
+    tail[0] = 1.0  # direct path (energy 1; tail energy 1 / DRR)
+    return tail.astype(np.float32)
+
+
+def reverberate(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """Convolve with ``rir`` (aligned on its direct path at sample 0), same length and RMS."""
+    if audio.size == 0:
+        return audio.astype(np.float32, copy=False)
+    wet = fftconvolve(audio.astype(np.float64), rir.astype(np.float64))[: audio.size]
+    rms_in, rms_out = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))), float(np.sqrt(np.mean(wet**2)))
+    if rms_out > 0:
+        wet *= rms_in / rms_out
+    return wet.astype(np.float32)
+
+
+def telephone(audio: np.ndarray, sample_rate: int = 16000, band: tuple[float, float] = (300.0, 3400.0),
+              mu_law: bool = True) -> np.ndarray:
+    """Narrowband telephone channel: 8 kHz, a 300-3400 Hz band-pass and (optionally) 8-bit
+    G.711 mu-law coding, back at ``sample_rate`` with the same length."""
+    if audio.size == 0:
+        return audio.astype(np.float32, copy=False)
+    g = np.gcd(int(sample_rate), 8000)
+    narrow = resample_poly(audio.astype(np.float64), 8000 // g, int(sample_rate) // g)
+    sos = butter(4, band, btype="bandpass", fs=8000, output="sos")
+    narrow = sosfilt(sos, narrow)
+    if mu_law:
+        peak = float(np.max(np.abs(narrow))) or 1.0
+        x = np.clip(narrow / peak, -1.0, 1.0)
+        code = np.round(np.sign(x) * np.log1p(255 * np.abs(x)) / np.log(256) * 127)  # 8 bits
+        y = code / 127
+        narrow = np.sign(y) * np.expm1(np.abs(y) * np.log(256)) / 255 * peak
+    return _fit_length(resample_poly(narrow, int(sample_rate) // g, 8000 // g), audio.size)
+
+
 class WaveAugment:
-    """Speed perturbation then additive noise at a random SNR, per utterance."""
+    """Per utterance: speed, then (each with its own probability, off by default) pitch shift,
+    VTLP, room reverberation, additive noise at a random SNR, and the telephone band last (a
+    channel after the room and the noise). With the new probabilities at 0 the random draws,
+    and so the output, are those of the speed + noise augmenter this class used to be."""
 
     def __init__(self, speeds: Sequence[float] = SPEEDS, snr_db: tuple[float, float] = (5.0, 40.0),
                  noise_prob: float = 0.7, kinds: Sequence[str] = NOISE_KINDS,
-                 babble_sources: Sequence[np.ndarray] = ()) -> None:
+                 babble_sources: Sequence[np.ndarray] = (), pitch_prob: float = 0.0,
+                 pitch_semitones: tuple[float, float] = (-2.0, 2.0), vtlp_prob: float = 0.0,
+                 vtlp_alpha: tuple[float, float] = (0.9, 1.1), reverb_prob: float = 0.0,
+                 rt60: tuple[float, float] = (0.2, 0.8), telephone_prob: float = 0.0,
+                 sample_rate: int = 16000) -> None:
         bad = [k for k in kinds if k not in NOISE_KINDS]
         if bad:
             raise ValueError(f"unknown noise kind(s) {bad} (choose from {NOISE_KINDS})")
+        for name, p in (("noise_prob", noise_prob), ("pitch_prob", pitch_prob), ("vtlp_prob", vtlp_prob),
+                        ("reverb_prob", reverb_prob), ("telephone_prob", telephone_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
         self.speeds, self.snr_db, self.noise_prob = tuple(speeds), snr_db, noise_prob
         self.babble_sources = list(babble_sources)
         self.kinds = [k for k in kinds if k != "babble" or self.babble_sources]
+        self.pitch_prob, self.pitch_semitones = pitch_prob, pitch_semitones
+        self.vtlp_prob, self.vtlp_alpha = vtlp_prob, vtlp_alpha
+        self.reverb_prob, self.rt60 = reverb_prob, rt60
+        self.telephone_prob, self.sample_rate = telephone_prob, sample_rate
         self._banks: dict[str, np.ndarray] = {}
 
     def _segment(self, kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -103,6 +261,13 @@ class WaveAugment:
 
     def __call__(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         audio = speed_perturb(audio, float(rng.choice(self.speeds)))
+        # each optional step draws only when switched on, so old configurations replay exactly
+        if self.pitch_prob and rng.random() < self.pitch_prob:
+            audio = pitch_shift(audio, float(rng.uniform(*self.pitch_semitones)))
+        if self.vtlp_prob and rng.random() < self.vtlp_prob:
+            audio = vtlp(audio, float(rng.uniform(*self.vtlp_alpha)), self.sample_rate)
+        if self.reverb_prob and rng.random() < self.reverb_prob:
+            audio = reverberate(audio, simulated_rir(rng, self.sample_rate, self.rt60))
         if self.kinds and rng.random() < self.noise_prob:
             kind = self.kinds[int(rng.integers(len(self.kinds)))]
             n = audio.size
@@ -111,6 +276,8 @@ class WaveAugment:
             else:
                 noise = make_babble(self.babble_sources, n, rng)
             audio = add_noise(audio, noise, float(rng.uniform(*self.snr_db)))
+        if self.telephone_prob and rng.random() < self.telephone_prob:
+            audio = telephone(audio, self.sample_rate)
         return audio
 
 
