@@ -227,3 +227,35 @@ def test_piper_speaks_16k_deterministically():
     assert a.dtype == np.float32 and 0.3 * 16000 < a.size < 5 * 16000 and np.abs(a).max() > 0.05
     np.testing.assert_array_equal(a, b)
     assert slow.size > a.size
+
+
+# ----------------------------------------------------------------------------- baked-in effects
+def test_augment_touches_only_training_audio_and_moves_nothing_else(tmp_path):
+    opts = BuildOptions(**{**TINY.__dict__, "n_train": 60, "augment": ("pitch", "telephone"), "augment_share": 0.5})
+    base = BuildOptions(**{**TINY.__dict__, "n_train": 60})
+    plain, aug = (build.plan_jobs(o, tmp_path, build.plan_voices(o)) for o in (base, opts))
+    for split in plain:
+        for a, b in zip(plain[split], aug[split], strict=True):
+            assert (a.uid, a.text, a.voice) == (b.uid, b.text, b.voice)
+            assert (a.path == b.path) == (not b.effect)
+            assert not b.effect or (split == "train" and b.effect in opts.augment)
+    n = sum(bool(j.effect) for j in aug["train"])
+    assert 10 < n < 50  # about half of 60
+    assert build._options_record(opts)["augment"] == ["pitch", "telephone"]
+    with pytest.raises(ValueError, match="augment"):
+        BuildOptions.create(quick=True, augment=("chorus",), augment_share=0.5)
+
+
+def test_augmented_build_keeps_lengths_and_wake_boundaries(tmp_path):
+    clean = BuildOptions(**{**TINY.__dict__, "wake_word_share": 1.0})
+    opts = BuildOptions(**{**clean.__dict__, "augment": ("reverb", "telephone"), "augment_share": 1.0})
+    build.build_corpus(tmp_path / "a", clean, jobs=1, progress=False)
+    summary = build.build_corpus(tmp_path / "b", opts, jobs=1, progress=False)
+    assert sum(summary["augmented_train"].values()) == TINY.n_train
+    for split in build.SPLITS:
+        ua, ub = (read_manifest(tmp_path / d / f"{split}.jsonl") for d in ("a", "b"))
+        for x, y in zip(ua, ub, strict=True):
+            assert (x.text, x.duration, x.wake_end) == (y.text, y.duration, y.wake_end)
+            wa, wb = (sf.read(u.audio, dtype="int16")[0] for u in (x, y))
+            assert wa.size == wb.size
+            assert np.array_equal(wa, wb) == (split != "train")

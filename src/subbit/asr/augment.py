@@ -320,3 +320,25 @@ class SpecAugment(nn.Module):
                     t0 = int(torch.randint(0, ti - w + 1, (1,), generator=g))
                     out[i, t0 : t0 + w, :] = self.fill
         return out
+
+
+#: effects the corpus builder can bake into a share of the training audio (``--augment``); all
+#: keep the length, so a wake word's end time stays exact
+CORPUS_EFFECTS = ("pitch", "vtlp", "reverb", "noise", "telephone")
+
+
+def apply_effect(name: str, audio: np.ndarray, rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
+    """One named effect with the same random ranges as :class:`WaveAugment`'s defaults
+    (pitch +-2 semitones, VTLP 0.9-1.1, RT60 0.2-0.8 s, white or pink noise at 5-40 dB SNR)."""
+    if name == "pitch":
+        return pitch_shift(audio, float(rng.uniform(-2.0, 2.0)))
+    if name == "vtlp":
+        return vtlp(audio, float(rng.uniform(0.9, 1.1)), sample_rate)
+    if name == "reverb":
+        return reverberate(audio, simulated_rir(rng, sample_rate))
+    if name == "noise":
+        gen = white_noise if rng.random() < 0.5 else pink_noise
+        return add_noise(audio, gen(audio.size, rng), float(rng.uniform(5.0, 40.0)))
+    if name == "telephone":
+        return telephone(audio, sample_rate)
+    raise ValueError(f"unknown effect {name!r} (choose from {', '.join(CORPUS_EFFECTS)})")

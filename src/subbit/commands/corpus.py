@@ -15,6 +15,9 @@ def _build(args: argparse.Namespace) -> int:
         extra["wake_word_share"] = args.wake_word_share
     if args.open_split:
         extra["open_split"] = True
+    if args.augment:
+        extra["augment"] = tuple(e.strip() for e in args.augment.split(",") if e.strip())
+        extra["augment_share"] = args.augment_share
     if args.heldout_engine is not None:
         extra["heldout_engine"] = "" if args.heldout_engine == "none" else args.heldout_engine
     opts = BuildOptions.create(hours=args.hours, quick=args.quick, seed=args.seed, engines=engines, **extra)
@@ -67,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "goes to the manifest as wake_end (default 0)")
     b.add_argument("--open-split", action="store_true",
                    help="with --quick: open sentences in their own test_open split (the default without --quick)")
+    b.add_argument("--augment", default="", metavar="EFFECTS",
+                   help="comma list from pitch,vtlp,reverb,noise,telephone: one of them is baked into "
+                        "--augment-share of the training audio (evaluation splits stay clean)")
+    b.add_argument("--augment-share", type=float, default=0.3, metavar="F",
+                   help="share of training utterances given one --augment effect (default 0.3)")
     b.add_argument("--heldout-engine", choices=("auto", "none", "festival", "flite", "kokoro", "piper"),
                    help="engine held out of training whole (default: auto without --quick, or with --quick "
                         "and a neural engine; none otherwise)")

@@ -90,6 +90,8 @@ class BuildOptions:
     wake_word_share: float = 0.0  # share of utterances with WAKE_WORD spoken before the command
     open_split: bool = False  # open sentences in their own test_open split (see module doc)
     heldout_engine: str = ""  # "" (none), "auto", or an engine held out of training whole
+    augment: tuple[str, ...] = ()  # effects (augment.CORPUS_EFFECTS) baked into training audio
+    augment_share: float = 0.0  # share of training utterances that get one of them
 
     @classmethod
     def create(cls, hours: float = 3.0, quick: bool = False, seed: int = 0,
@@ -127,6 +129,15 @@ class BuildOptions:
             raise ValueError(f"heldout_engine must be '', 'auto' or an engine, got {self.heldout_engine!r}")
         if self.heldout_engine in ("espeak",):
             raise ValueError("espeak cannot be held out whole (it is the engine that always exists)")
+        from subbit.asr.augment import CORPUS_EFFECTS
+
+        bad = [a for a in self.augment if a not in CORPUS_EFFECTS]
+        if bad:
+            raise ValueError(f"unknown --augment effect {bad[0]!r} (choose from {', '.join(CORPUS_EFFECTS)})")
+        if not 0.0 <= self.augment_share <= 1.0:
+            raise ValueError(f"--augment-share must be in [0, 1], got {self.augment_share}")
+        if self.augment_share > 0 and not self.augment:
+            raise ValueError("--augment-share needs --augment (which effects)")
 
 
 def _espeak_voices(rng: random.Random, accents: tuple[str, ...], variants: tuple[str, ...], n: int) -> list[Voice]:
@@ -222,6 +233,8 @@ class _Job:
     path: str  # absolute wav path
     wake: str = ""  # wake word spoken first ("" = none)
     gap: int = 0  # samples of silence between wake word and command
+    effect: str = ""  # augment effect applied to the whole utterance ("" = none)
+    effect_seed: int = 0
 
     @property
     def transcript(self) -> str:
@@ -284,7 +297,21 @@ def plan_jobs(opts: BuildOptions, out: Path, voices: dict[str, list[tuple[Voice,
         ]
     if opts.wake_word_share > 0:
         _add_wake_words(opts, jobs)
+    if opts.augment_share > 0:
+        _add_effects(opts, jobs["train"])
     return jobs
+
+
+def _add_effects(opts: BuildOptions, train: list[_Job]) -> None:
+    """One effect of ``opts.augment`` on ``augment_share`` of the training utterances (evaluation
+    splits stay clean); own random stream, and a seed per utterance for the effect itself."""
+    rng = random.Random(f"augment-{opts.seed}")
+    for j in train:
+        if rng.random() >= opts.augment_share:
+            continue
+        j.effect = rng.choice(opts.augment)
+        j.effect_seed = rng.randrange(2**32)
+        j.path = os.path.join(os.path.dirname(j.path), f"{j.uid}-{_job_hash(j)}.wav")
 
 
 def _add_wake_words(opts: BuildOptions, jobs: dict[str, list[_Job]]) -> None:
@@ -300,14 +327,20 @@ def _add_wake_words(opts: BuildOptions, jobs: dict[str, list[_Job]]) -> None:
             j.gap = rng.randint(*WAKE_GAP_SAMPLES)
             if j.text.startswith("hey computer "):
                 j.text = j.text[len("hey computer "):]
-            j.path = os.path.join(os.path.dirname(j.path), f"{j.uid}-{_content_hash(j.text, j.voice, j.wake, j.gap)}.wav")
+            j.path = os.path.join(os.path.dirname(j.path), f"{j.uid}-{_job_hash(j)}.wav")
 
 
-def _content_hash(text: str, voice: Voice, wake: str = "", gap: int = 0) -> str:
+def _job_hash(j: _Job) -> str:
+    return _content_hash(j.text, j.voice, j.wake, j.gap, j.effect, j.effect_seed)
+
+
+def _content_hash(text: str, voice: Voice, wake: str = "", gap: int = 0, effect: str = "", effect_seed: int = 0) -> str:
     """Short hash of what a wav contains, so a resumed build never reuses a stale file."""
     parts: list = [FORMAT_VERSION, text, voice.to_dict()]
-    if wake:  # utterances without a wake word keep their old names
+    if wake:  # utterances without a wake word (or an effect) keep their old names
         parts += [wake, gap]
+    if effect:
+        parts += [effect, effect_seed]
     key = json.dumps(parts, sort_keys=True)
     return hashlib.sha1(key.encode()).hexdigest()[:10]
 
@@ -367,6 +400,10 @@ def _run_task(task: list[_Job]) -> list[tuple[str, float, float | None]]:
         if job.wake:
             assert wake is not None
             audio = np.concatenate([wake, np.zeros(job.gap, np.float32), audio])
+        if job.effect:  # every effect keeps the length: wake_end stays exact
+            from subbit.asr.augment import apply_effect
+
+            audio = apply_effect(job.effect, audio, np.random.default_rng(job.effect_seed), tts.TARGET_RATE)
         done.append((job.uid, _write_wav(job.path, audio), wake_end if job.wake else None))
     return done
 
@@ -397,12 +434,15 @@ def _remove_stale(out: Path, keep: set[str]) -> int:
 
 
 #: options added after the committed quick corpus: recorded only when not at these defaults
-_LATER_DEFAULTS = {"wake_word_share": 0.0, "open_split": False, "heldout_engine": ""}
+_LATER_DEFAULTS = {"wake_word_share": 0.0, "open_split": False, "heldout_engine": "", "augment": (),
+                   "augment_share": 0.0}
 
 
 def _options_record(opts: BuildOptions) -> dict:
     d = {k: v for k, v in opts.__dict__.items() if k not in _LATER_DEFAULTS or v != _LATER_DEFAULTS[k]}
     d["engines"] = list(opts.engines)
+    if "augment" in d:
+        d["augment"] = list(opts.augment)
     # what is installed decides the voices, so it is part of the cache key too
     d["voices"] = {k: sorted(v.speaker for v, _ in vs) for k, vs in plan_voices(opts).items()}
     # and so is whether Debian's fortunes are there (the open sentences come from them)
@@ -503,6 +543,12 @@ def build_corpus(out: str | os.PathLike, opts: BuildOptions, jobs: int = 2, prog
         summary["heldout_rule"]["whole_engine"] = heldout_engine(opts)
     if opts.wake_word_share > 0:
         summary["wake_word"] = {"text": WAKE_WORD, "gap_samples": list(WAKE_GAP_SAMPLES)}
+    if opts.augment_share > 0:
+        counts: dict[str, int] = defaultdict(int)
+        for j in plan["train"]:
+            if j.effect:
+                counts[j.effect] += 1
+        summary["augmented_train"] = dict(sorted(counts.items()))
     summary["removed_stale_wavs"] = _remove_stale(out, {j.path for j in all_jobs})
     summary["build_seconds"] = round(time.time() - t0, 1)
     atomic_write_text(out / "corpus.json", json.dumps(summary, indent=2) + "\n")
