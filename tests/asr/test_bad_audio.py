@@ -136,7 +136,7 @@ def test_eval_skips_five_bad_files_and_lists_them(corpus: Path, tmp_path: Path) 
 def test_nan_guard_prints_a_command_that_recovers(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """Diverge at step 5; last.pt (step 4) is kept, a resume does not overwrite it, and the
-    printed command (a warm start at a tenth of the lr) runs to the end."""
+    printed command (a resume at a tenth of the lr) runs to the end."""
     from subbit import cli
 
     out = tmp_path / "run"
@@ -154,9 +154,8 @@ def test_nan_guard_prints_a_command_that_recovers(corpus: Path, tmp_path: Path, 
         train(TrainConfig(**{**cfg, "resume": True}), loss_hook=lambda s, l: l * float("nan"))
     assert load_checkpoint(paths.last)["step"] == 4  # ... and leaves the good checkpoint alone
     msg = str(err.value)
-    assert "--resume keeps the stored lr" in msg
-    cmd = shlex.split(msg.split("lr): ", 1)[1].split(" (if it diverges", 1)[0])
-    assert cmd[:4] == ["subbit", "train", "--init", str(paths.last)] and "--lr" in cmd
+    cmd = shlex.split(msg.split("lower lr: ", 1)[1].split(" (if it diverges", 1)[0])
+    assert cmd[:5] == ["subbit", "train", "--out", str(out), "--resume"] and "--lr" in cmd
     assert cmd[cmd.index("--lr") + 1] == "0.0002"
     code = cli.main(cmd[1:] + ["--model", "rnnt", "--preset", "tiny", "--batch-size", "4", "--threads", "1",
                                "--no-progress", "--no-augment"])  # fmt: skip

@@ -66,6 +66,11 @@ class RunPaths:
         return self.checkpoints / "best.pt"
 
     @property
+    def good(self) -> Path:
+        """The last checkpoint written while the loss was healthy (kept by the divergence guard)."""
+        return self.checkpoints / "good.pt"
+
+    @property
     def final(self) -> Path:
         return self.root / "final.pt"
 
@@ -79,6 +84,15 @@ class RunPaths:
 
     def periodic(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:08d}.pt"
+
+    def clean_partial_writes(self) -> list[Path]:
+        """Remove the temporary files of writes a kill interrupted (``.NAME.*.tmp``); the removed paths."""
+        if not self.checkpoints.is_dir():
+            return []
+        gone = [p for p in self.checkpoints.glob(".*.tmp") if p.is_file()]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         which = "last"
     loaded = load_run(args.run, which=which, map_location=args.device)
     data = Path(args.data or loaded.config["data"])
+    if not args.data and not data.is_dir():
+        raise FileNotFoundError(f"the data directory stored in {Path(args.run) / 'config.json'} ({data}) is not "
+                                "there (moved? relative to another directory?); pass --data")
     manifest = data / f"{args.split}.jsonl"
     if not manifest.is_file():
         raise FileNotFoundError(f"no manifest {manifest} (--split {args.split})")

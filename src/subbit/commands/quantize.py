@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from subbit.commands.train import add_schedule_options, config_from_args, run_config
+from subbit.commands.train import add_schedule_options, config_from_args, resume_overrides, run_config
 
 
 def register(subparsers: Any) -> None:
@@ -22,13 +23,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--data", help="corpus directory (default: the one RUN was trained on)")
     add_schedule_options(p)
-    # fine-tuning: a lower lr, a short warmup, no curriculum (the model already reads the audio)
-    p.set_defaults(func=run, lr=5e-4, warmup_steps=50, sortagrad_epochs=0)
+    p.set_defaults(func=run, warmup_steps=50, sortagrad_epochs=0)
+
+
+#: fine-tuning: a lower lr than from scratch (the default of --lr here; a resume keeps the stored one)
+FINETUNE_LR = 5e-4
 
 
 def run(args: argparse.Namespace) -> int:
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
     from subbit.asr.checkpoint import read_run_config, run_dir_of
 
+    if Path(args.rules).is_dir():
+        raise ValueError(f"--rules: {args.rules} is a directory; give a rules file (.json or .yaml)")
     init_cfg = read_run_config(run_dir_of(args.run))
     if init_cfg.get("quant"):
         raise ValueError(f"RUN: {args.run} is already quantized; give an fp32 run")
@@ -42,5 +49,6 @@ def run(args: argparse.Namespace) -> int:
         preset=stored.get("preset", "small"),
         tokenizer=init_cfg["tokenizer"]["kind"],
         vocab_size=int(init_cfg["tokenizer"]["vocab_size"]),
+        **({} if args.resume or args.lr is not None else {"lr": FINETUNE_LR}),
     )
-    return run_config(cfg)
+    return run_config(cfg, resume_overrides(args))

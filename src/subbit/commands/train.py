@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from subbit.asr.recipes import AUGMENT_FROM_MINUTES, default_recipe, describe
-from subbit.asr.train import ARCHS, PRESETS, TrainConfig, TrainingDiverged
+from subbit.asr.train import ARCHS, PRESETS, RESUME_OVERRIDES, TrainConfig, TrainingDiverged
 
 #: exit code of a run stopped by a NaN/inf loss
 EXIT_DIVERGED = 3
@@ -19,7 +19,9 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="time budget; sets the number of steps from measured speed")
     budget.add_argument("--steps", type=int, help="number of optimizer steps")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from checkpoints/last.pt (with --lr: at another peak lr; with "
+                        "--steps: extend a finished run)")
     p.add_argument("--batch-size", type=int, help="default: the recipe's (8)")
     p.add_argument("--max-frames", type=int, help="cap on feature frames per batch (bucketing)")
     p.add_argument("--lr", type=float, help="peak learning rate (AdamW, warmup + cosine); default: the recipe's (3e-3)")
@@ -122,15 +124,27 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def run_config(cfg: TrainConfig) -> int:
+def resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """With --resume: the stored options this command changes on purpose (--lr, --steps given here)."""
+    if not getattr(args, "resume", False):
+        return {}
+    return {k: getattr(args, k) for k in RESUME_OVERRIDES if getattr(args, k, None) is not None}
+
+
+def run_config(cfg: TrainConfig, overrides: dict[str, Any] | None = None) -> int:
     """Run training and turn a divergence into a clear message and a non-zero exit code."""
+    # local: looked up at call time (tests patch subbit.asr.train.train)
     from subbit.asr.train import train
 
     try:
-        result = train(cfg)
+        result = train(cfg, overrides=overrides) if overrides else train(cfg)
     except TrainingDiverged as exc:
         print(f"subbit train: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
+    if result.stopped == "finished":
+        print(f"run {result.run_dir}: already finished at step {result.steps}/{result.total_steps}; nothing to do "
+              f"(resume with --steps N > {result.steps} to train further)")
+        return 0
     print(
         f"run {result.run_dir}: {result.steps}/{result.total_steps} steps ({result.stopped}) in "
         f"{result.elapsed / 60:.1f} min, last loss {result.last_loss:.4f}, "
@@ -140,4 +154,4 @@ def run_config(cfg: TrainConfig) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_config(config_from_args(args))
+    return run_config(config_from_args(args), resume_overrides(args))

@@ -102,8 +102,26 @@ def preset_config(arch: str, preset: str, vocab_size: int, n_mels: int = 80, **o
     for key, value in overrides.items():
         if key not in allowed:
             raise ValueError(f"unknown model override {key!r} for arch {arch!r}; allowed: {sorted(allowed)}")
+        if key in cfg:
+            _check_type(key, value, cfg[key])
         cfg[key] = value
     return cfg
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    """An override has the preset value's type (an int where a float is expected is fine)."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"model override (--model-arg) {key}={value!r}: expected {kind}, like the preset's {default!r}")
 
 
 def _keys(arch: str) -> tuple[str, ...]:
