@@ -1,10 +1,10 @@
 /* subbit-stream: transcribe a 16-bit PCM WAV file with libsubbit, streaming it in chunks.
  *
- *   subbit-stream [--chunk SAMPLES] [--repeats N] [--timings] [--json] MODEL.subbit AUDIO.wav
+ *   subbit-stream [--chunk SAMPLES] [--repeats N] [--warmup N] [--timings] [--json] MODEL.subbit AUDIO.wav
  *
  * Prints the partial transcript after every chunk with --timings (with the chunk's time), and
  * the final transcript as the last line. --json prints one JSON object instead (per-chunk
- * milliseconds, p50/p90, peak RSS) for benchmarks/libsubbit_latency.py.
+ * milliseconds, p50/p90, peak RSS) for benchmarks/libsubbit_latency.py; --warmup passes are not timed.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
@@ -68,6 +68,23 @@ static double now_ms(void) {
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
+/* peak resident memory of this process image: VmHWM (Linux), else ru_maxrss. ru_maxrss alone
+ * would report a parent's peak, since Linux keeps it across fork + exec. */
+static long long peak_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = atoll(line + 6);
+    if (f) fclose(f);
+    if (kb < 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        kb = ru.ru_maxrss;
+    }
+    return kb * 1024;
+}
+
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -94,20 +111,21 @@ static void json_str(const char *s) {
 }
 
 int main(int argc, char **argv) {
-    long chunk = 0, repeats = 1;
+    long chunk = 0, repeats = 1, warmup = 0;
     int timings = 0, json = 0;
     const char *model_path = NULL, *wav_path = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--chunk") && i + 1 < argc) chunk = strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--timings")) timings = 1;
         else if (!strcmp(argv[i], "--json")) json = 1;
         else if (!model_path) model_path = argv[i];
         else if (!wav_path) wav_path = argv[i];
         else model_path = NULL, i = argc;
     }
-    if (!model_path || !wav_path || repeats < 1 || chunk < 0) {
-        fprintf(stderr, "usage: subbit-stream [--chunk SAMPLES] [--repeats N] [--timings] [--json] MODEL.subbit AUDIO.wav\n");
+    if (!model_path || !wav_path || repeats < 1 || chunk < 0 || warmup < 0) {
+        fprintf(stderr, "usage: subbit-stream [--chunk SAMPLES] [--repeats N] [--warmup N] [--timings] [--json] MODEL.subbit AUDIO.wav\n");
         return 2;
     }
     char err[512];
@@ -139,6 +157,14 @@ int main(int argc, char **argv) {
     double *ms = (double *)malloc(sizeof(double) * (n_chunks * (size_t)repeats + 1));
     double *upl = (double *)malloc(sizeof(double) * (size_t)repeats);
     if (!ms || !upl) return 1;
+    for (long r = 0; r < warmup; r++) {
+        subbit_session_reset(s);
+        for (size_t off = 0; off < n; off += (size_t)chunk)
+            if ((rc = subbit_session_accept_int16(s, pcm + off, n - off < (size_t)chunk ? n - off : (size_t)chunk))) {
+                fprintf(stderr, "subbit-stream: %s: %s\n", subbit_status_name(rc), subbit_session_error(s));
+                return 1;
+            }
+    }
     size_t k = 0;
     for (long r = 0; r < repeats; r++) {
         subbit_session_reset(s);
@@ -161,21 +187,20 @@ int main(int argc, char **argv) {
     const char *text = subbit_session_text(s);
     const int32_t *ids;
     size_t n_tok = subbit_session_tokens(s, &ids);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
+    long long peak = peak_rss_bytes();
     qsort(ms, k, sizeof(double), cmp_d);
     qsort(upl, (size_t)repeats, sizeof(double), cmp_d);
     if (json) {
         printf("{\"p50_ms\": %.6f, \"p90_ms\": %.6f, \"upl_ms\": %.6f, \"n_chunks\": %zu, \"chunk_samples\": %ld, "
                "\"tokens\": %zu, \"peak_rss_bytes\": %lld, \"weight_bytes\": %llu, \"kernel_path\": %d, \"load_ms\": %.3f, \"text\": ",
                pct(ms, k, 50), pct(ms, k, 90), pct(upl, (size_t)repeats, 50), n_chunks, chunk, n_tok,
-               (long long)ru.ru_maxrss * 1024, (unsigned long long)info.weight_bytes, info.kernel_path, load_ms);
+               peak, (unsigned long long)info.weight_bytes, info.kernel_path, load_ms);
         json_str(text ? text : "");
         printf("}\n");
     } else {
         if (timings)
             printf("chunks %zu x %ld samples: p50 %.3f ms, p90 %.3f ms, peak RSS %.1f MB\n", k, chunk, pct(ms, k, 50), pct(ms, k, 90),
-                   (double)ru.ru_maxrss / 1024.0);
+                   (double)peak / 1048576.0);
         printf("%s\n", text ? text : "");
     }
     subbit_session_free(s);

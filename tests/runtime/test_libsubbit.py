@@ -115,8 +115,11 @@ class CSession:
         err = ctypes.create_string_buffer(512)
         rc = self.lib.subbit_session_create(model.ptr, ctypes.byref(self.ptr), err, 512)
         assert rc == OK, err.value
-        self.logits: list[np.ndarray] = []
-        self._cb = LOGITS_FN(lambda p, n, _u: self.logits.append(np.ctypeslib.as_array(p, (n,)).copy()))
+        # no reference cycle through self: refcounting then frees a session before its model,
+        # as the API requires (a cycle would leave the order to the garbage collector)
+        logits: list[np.ndarray] = []
+        self.logits = logits
+        self._cb = LOGITS_FN(lambda p, n, _u: logits.append(np.ctypeslib.as_array(p, (n,)).copy()))
         self.lib.subbit_session_set_logits_callback(self.ptr, ctypes.cast(self._cb, ctypes.c_void_p), None)
 
     def __del__(self) -> None:
@@ -138,7 +141,7 @@ class CSession:
 
     def stream(self, x: np.ndarray, chunk: int) -> str:
         self.lib.subbit_session_reset(self.ptr)
-        self.logits.clear()
+        del self.logits[:]
         for i in range(0, len(x), chunk):
             assert self.accept(x[i : i + chunk]) == OK, self.lib.subbit_session_error(self.ptr)
         assert self.lib.subbit_session_finalize(self.ptr) == OK
