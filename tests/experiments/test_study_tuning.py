@@ -56,3 +56,22 @@ def test_rows_use_the_base_of_the_fp32_control() -> None:
     assert active_base(loaded) == "a" * 16
     assert active_base({"fp32": [legacy, legacy], "gq4": [new]}) == "unrecorded"
     assert active_base({}) is None
+
+
+def _row(name: str, **kw) -> dict:
+    return {"arch": "bifocal", "name": name, "status": "done", "wer_heldout": 0.1, **kw}
+
+
+def test_bifocal_claim_needs_memory_latency_and_the_interval() -> None:
+    from subbit.experiments.study import bifocal_claim, plan
+
+    assert bifocal_claim([])["verdict"] == "not run"
+    q = _row("qat8", runtime_weight_bytes=1000, runtime_p90_ms=10.0)
+    good = _row("gq5", runtime_weight_bytes=650, runtime_p90_ms=6.5, lossless=True, delta_vs_fp32_ci=[-0.01, 0.001])
+    assert bifocal_claim([q, good])["verdict"] == "reproduced"
+    slow = {**good, "runtime_p90_ms": 9.0}
+    assert bifocal_claim([q, slow])["verdict"] == "not reproduced"
+    lossy = {**good, "lossless": False}
+    assert bifocal_claim([q, lossy])["verdict"] == "not reproduced"
+    cells, _ = plan("bifocal", quick=False, seeds=3)
+    assert {c.recipe.name: c.seeds for c in cells} == {n: (0, 1, 2) for n in ("fp32", "qat8", "gq5", "gq4")}
