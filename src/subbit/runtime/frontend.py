@@ -115,6 +115,8 @@ class StreamingLogMel:
 FEATURE_LIMITS: dict[str, tuple[int, int]] = {
     "sample_rate": (1000, 192000), "n_fft": (16, 8192), "hop_length": (1, 8192), "n_mels": (1, 512),
 }  # fmt: skip
+#: most frames one sample may fall in (n_fft / hop_length); real front ends use 2-4
+MAX_OVERLAP = 16
 
 
 def _features_error(msg: str) -> ValueError:
@@ -170,6 +172,9 @@ def frontend_from_manifest(manifest: dict | None, n_mels: int) -> StreamingLogMe
     hop, mels = _feature_int(feats, "hop_length"), _feature_int(feats, "n_mels")
     if hop > n_fft:
         raise _features_error(f"manifest extra.features.hop_length: {hop} > n_fft={n_fft}")
+    if n_fft > MAX_OVERLAP * hop:  # memory and time per audio second grow with n_fft / hop
+        raise _features_error(f"manifest extra.features.hop_length: {hop} < n_fft / {MAX_OVERLAP} = "
+                              f"{n_fft / MAX_OVERLAP:g} (frames would overlap more than {MAX_OVERLAP}-fold)")
     if mels != n_mels:
         raise _features_error(f"manifest extra.features.n_mels={mels} but the model expects {n_mels}")
     mean = _feature_vector(feats, "mean", mels, positive=False)
