@@ -123,11 +123,17 @@ def resume_command(paths: RunPaths, lr: float) -> list[str]:
 def restart_command(paths: RunPaths, cfg: TrainConfig, lr: float) -> list[str]:
     """The command that starts the run again from scratch (or from its ``--init``) at ``lr``."""
     budget = ["--steps", str(cfg.steps)] if cfg.steps else ["--minutes", f"{cfg.minutes:g}"]
-    cmd = ["subbit", "train", "--data", str(cfg.data), "--out", str(paths.root), "--lr", f"{lr:g}", *budget]
+    cmd = ["subbit", "train", "--data", str(Path(cfg.data).resolve()), "--out", str(paths.root.resolve()),
+           "--lr", f"{lr:g}", *budget, "--batch-size", str(cfg.batch_size), "--warmup-steps", str(cfg.warmup_steps),
+           "--augment" if cfg.augment else "--no-augment", "--sortagrad", str(cfg.sortagrad_epochs),
+           "--seed", str(cfg.seed), "--ctc-weight", f"{cfg.ctc_weight:g}"]  # fmt: skip
+    if cfg.max_frames:
+        cmd += ["--max-frames", str(cfg.max_frames)]
     if cfg.init:
         cmd += ["--init", str(cfg.init)]
     else:
         cmd += ["--model", cfg.model, "--preset", cfg.preset, "--tokenizer", cfg.tokenizer]
+        cmd += ["--vocab-size", str(cfg.vocab_size)] if cfg.tokenizer == "bpe" else []
     if cfg.quant:
         cmd += ["--quant", str(cfg.quant)]
     return cmd
