@@ -19,17 +19,29 @@ from torch import Tensor
 _SMALL_MU = 1e-4  # below this the series is exact to float32 precision
 
 
+def _host_checks(t: Tensor) -> bool:
+    """Whether reading ``t``'s values on the host is free: a CPU tensor outside ``torch.compile``
+    (elsewhere it is a device sync, or a graph break)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _as_tensor(mu: float | Tensor, like: Tensor) -> Tensor:
+    if not isinstance(mu, Tensor) and mu < 0:
+        raise ValueError(f"mu must be >= 0, got {mu!r}")
     mu_t = torch.as_tensor(mu, dtype=like.dtype, device=like.device)
-    if torch.any(mu_t < 0):
+    # a tensor mu is checked where that costs nothing (GQ keeps its mu >= 0 itself)
+    if isinstance(mu, Tensor) and _host_checks(mu_t) and torch.any(mu_t < 0):
         raise ValueError(f"mu must be >= 0, got {mu!r}")
     return mu_t
 
 
 def _branch(mu: Tensor, exact, series) -> Tensor:
-    """``exact()`` where ``mu >= _SMALL_MU``, ``series()`` elsewhere; skips the branch nobody needs
-    (the common case: one mu for the whole tensor), which halves the elementwise work."""
+    """``exact()`` where ``mu >= _SMALL_MU``, ``series()`` elsewhere; on the CPU skips the branch
+    nobody needs (the common case: one mu for the whole tensor), which halves the elementwise
+    work. Off the CPU and under ``torch.compile`` both are computed (no host read of ``mu``)."""
     small = mu < _SMALL_MU
+    if not _host_checks(mu):
+        return torch.where(small, series(), exact(torch.where(small, torch.ones_like(mu), mu)))
     if not bool(small.any()):
         return exact(mu)
     if bool(small.all()):
