@@ -24,6 +24,16 @@ import numpy as np
 
 from subbit.runtime.frontend import StreamingLogMel, frontend_from_manifest
 from subbit.runtime.models import wake_frames
+from subbit.runtime.tokenizer import (  # noqa: F401 (check_tokenizer_blob and the limits: re-exported)
+    TOKENIZER_MAX_DEPTH,
+    TOKENIZER_MAX_HEADER,
+    TOKENIZER_MAX_VOCAB,
+    check_tokenizer_blob,
+    load_tokenizer,
+)
+
+#: the old private name (tests use it)
+_load_tokenizer = load_tokenizer
 
 
 class StreamingSession:
@@ -40,7 +50,7 @@ class StreamingSession:
             frontend = frontend_from_manifest(getattr(model, "manifest", None), int(model.n_mels))
         self.frontend = frontend
         if tokenizer is None and getattr(model, "tokenizer_bytes", None):
-            tokenizer = _load_tokenizer(model.tokenizer_bytes)
+            tokenizer = load_tokenizer(model.tokenizer_bytes)
         self.tokenizer = tokenizer
         self.reset()
 
@@ -117,81 +127,3 @@ class StreamingSession:
         if self.tokenizer is not None:
             return str(self.tokenizer.decode(list(tokens)))
         return " ".join(str(t) for t in tokens)
-
-
-_TOK_MAGIC = b"SBTOK1\n"
-#: limits of the tokenizer blob embedded in a .subbit file (docs/format.md, "Runtime limits")
-TOKENIZER_MAX_HEADER = 1 << 20
-TOKENIZER_MAX_VOCAB = 1 << 20
-TOKENIZER_MAX_DEPTH = 4
-
-
-def _tok_error(msg: str) -> ValueError:
-    from subbit.export.manifest import SubbitFormatError
-
-    return SubbitFormatError(f"tokenizer blob: {msg}")
-
-
-def _depth(obj: Any) -> int:
-    """Nesting depth of parsed JSON, iteratively (deep input must not recurse)."""
-    best, stack = 0, [(obj, 1)]
-    while stack:
-        node, d = stack.pop()
-        best = max(best, d)
-        if isinstance(node, dict):
-            stack += [(v, d + 1) for v in node.values()]
-        elif isinstance(node, list):
-            stack += [(v, d + 1) for v in node]
-    return best
-
-
-def check_tokenizer_blob(raw: bytes) -> dict[str, Any]:
-    """Validate a tokenizer blob's header (magic, length, JSON object of bounded depth, kind,
-    vocab_size, chars) before the tokenizer is built; returns the header."""
-    import json
-
-    if not raw.startswith(_TOK_MAGIC) or len(raw) < len(_TOK_MAGIC) + 4:
-        raise _tok_error("bad magic (not a subbit tokenizer)")
-    pos = len(_TOK_MAGIC)
-    n = int.from_bytes(raw[pos : pos + 4], "little")
-    if n > TOKENIZER_MAX_HEADER or pos + 4 + n > len(raw):
-        raise _tok_error(f"header length {n} exceeds the blob ({len(raw)} bytes) or {TOKENIZER_MAX_HEADER}")
-    text = raw[pos + 4 : pos + 4 + n]
-    if text.count(b"[") + text.count(b"{") > 4 * TOKENIZER_MAX_VOCAB:
-        raise _tok_error("header too deeply nested")
-    try:
-        header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _tok_error(f"header is not valid JSON: {str(exc)[:80]}") from None
-    if not isinstance(header, dict):
-        raise _tok_error(f"header must be a JSON object, got {type(header).__name__}")
-    if _depth(header) > TOKENIZER_MAX_DEPTH:
-        raise _tok_error(f"header nested deeper than {TOKENIZER_MAX_DEPTH}")
-    kind = header.get("kind")
-    if kind not in ("char", "bpe"):
-        raise _tok_error(f"kind: expected 'char' or 'bpe', got {kind!r:.40}")
-    vocab = header.get("vocab_size")
-    if isinstance(vocab, bool) or not isinstance(vocab, int) or not 2 <= vocab <= TOKENIZER_MAX_VOCAB:
-        raise _tok_error(f"vocab_size: expected an integer in [2, {TOKENIZER_MAX_VOCAB}], got {vocab!r:.40}")
-    if kind == "char":
-        chars = header.get("chars")
-        if not isinstance(chars, list) or not chars or not all(isinstance(c, str) and c for c in chars):
-            raise _tok_error("chars: expected a non-empty list of non-empty strings")
-        if len(chars) + 1 != vocab:
-            raise _tok_error(f"vocab_size: {vocab} but chars holds {len(chars)} symbols (+ blank)")
-        if pos + 4 + n != len(raw):
-            raise _tok_error(f"{len(raw) - pos - 4 - n} stray bytes after a char table")
-    elif pos + 4 + n == len(raw):
-        raise _tok_error("bpe: no SentencePiece model after the header")
-    return header
-
-
-def _load_tokenizer(data: Any) -> Any:
-    from subbit.asr.tokenizer import Tokenizer
-
-    raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
-    check_tokenizer_blob(raw)
-    try:
-        return Tokenizer.from_bytes(raw)
-    except Exception as exc:  # sentencepiece raises RuntimeError (or worse) on a garbage model proto
-        raise _tok_error(f"cannot be loaded: {type(exc).__name__}: {str(exc)[:120]}") from None
