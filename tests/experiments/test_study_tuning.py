@@ -66,8 +66,8 @@ def test_bifocal_claim_needs_memory_latency_and_the_interval() -> None:
     from subbit.experiments.study import bifocal_claim, plan
 
     assert bifocal_claim([])["verdict"] == "not run"
-    q = _row("qat8", runtime_weight_bytes=1000, runtime_p90_ms=10.0)
-    good = _row("gq5", runtime_weight_bytes=650, runtime_p90_ms=6.5, lossless=True, delta_vs_fp32_ci=[-0.01, 0.001])
+    q = _row("qat8", size_bytes=1000, runtime_p90_ms=10.0)
+    good = _row("gq5", size_bytes=650, runtime_p90_ms=6.5, lossless=True, delta_vs_fp32_ci=[-0.01, 0.001])
     assert bifocal_claim([q, good])["verdict"] == "reproduced"
     slow = {**good, "runtime_p90_ms": 9.0}
     assert bifocal_claim([q, slow])["verdict"] == "not reproduced"
