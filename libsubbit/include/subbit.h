@@ -53,7 +53,7 @@ typedef struct subbit_session subbit_session;
 
 /* Facts about a loaded model (filled by subbit_model_get_info). */
 typedef struct {
-    const char *arch;      /* "rnnt" */
+    const char *arch;      /* "rnnt" or "conformer" */
     int sample_rate;       /* Hz the frontend expects */
     int n_mels;
     int vocab_size;        /* joiner outputs, blank included */

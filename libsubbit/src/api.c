@@ -99,12 +99,12 @@ void subbit_model_free(subbit_model *m) {
 
 int subbit_model_get_info(const subbit_model *m, subbit_model_info *info) {
     if (!m || !info) return SUBBIT_ERR_ARGUMENT;
-    info->arch = "rnnt";
+    info->arch = m->conformer ? "conformer" : "rnnt";
     info->sample_rate = m->fe.sample_rate;
     info->n_mels = m->n_mels;
     info->vocab_size = m->vocab_size;
     info->blank = m->blank;
-    info->chunk_samples = m->enc.chunk_frames * m->fe.hop;
+    info->chunk_samples = (m->conformer ? m->conf.chunk_frames : m->enc.chunk_frames) * m->fe.hop;
     info->kernel_path = m->path;
     uint64_t fe = (uint64_t)m->fe.n_fft * 4;
     info->weight_bytes = m->weight_bytes + fe;

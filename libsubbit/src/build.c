@@ -1,4 +1,4 @@
-/* The RNN-T transducer from a validated container: the checks of subbit.runtime.models
+/* The transducer (LSTM RNN-T or streaming Conformer) from a validated container: the checks of subbit.runtime.models
  * (ARCH_LIMITS, layer widths against the config, unused tensors refused) before any weight
  * table is allocated, then int8 codebooks (s = max|c| / 127, lut = rint(c / s)) and row sums. */
 #include <math.h>
@@ -220,8 +220,8 @@ static int linear_named(ctx *x, const char *wname, const char *bname, sbl_linear
 
 static int linear(ctx *x, const char *prefix, sbl_linear *l) {
     char w[1024], b[1024];
-    snprintf(w, sizeof w, "%s.weight", prefix);
-    snprintf(b, sizeof b, "%s.bias", prefix);
+    snprintf(w, sizeof w, "%.900s.weight", prefix);
+    snprintf(b, sizeof b, "%.900s.bias", prefix);
     return linear_named(x, w, b, l);
 }
 
@@ -322,6 +322,105 @@ static int build_encoder(ctx *x) {
     return 0;
 }
 
+
+/* -- the streaming Conformer --------------------------------------------------------------- */
+static int layer_norm_params(ctx *x, const char *prefix, int64_t d, sbl_ln *ln) {
+    char n[1024];
+    snprintf(n, sizeof n, "%.900s.weight", prefix);
+    if (has(x, n) && !(ln->w = vector(x, n, d))) return x->e->code;
+    snprintf(n, sizeof n, "%.900s.bias", prefix);
+    if (has(x, n) && !(ln->b = vector(x, n, d))) return x->e->code;
+    return 0;
+}
+
+/* a Linear with fixed in/out widths (0: any) */
+static int linear_dims(ctx *x, const char *prefix, int64_t in, int64_t out, sbl_linear *l) {
+    if (linear(x, prefix, l)) return x->e->code;
+    char w[1100];
+    snprintf(w, sizeof w, "%.900s input size", prefix);
+    if (in && dims(x, w, l->in, in)) return x->e->code;
+    snprintf(w, sizeof w, "%.900s output size", prefix);
+    if (out && dims(x, w, l->out, out)) return x->e->code;
+    return 0;
+}
+
+static int ff_block(ctx *x, const char *prefix, int64_t d, sbl_ff *f, int64_t *ffw) {
+    char n[1024];
+    snprintf(n, sizeof n, "%.900s.norm", prefix);
+    if (layer_norm_params(x, n, d, &f->norm)) return x->e->code;
+    snprintf(n, sizeof n, "%.900s.lin1", prefix);
+    if (linear_dims(x, n, d, 0, &f->lin1)) return x->e->code;
+    snprintf(n, sizeof n, "%.900s.lin2", prefix);
+    if (linear_dims(x, n, f->lin1.out, d, &f->lin2)) return x->e->code;
+    *ffw = f->lin1.out > *ffw ? f->lin1.out : *ffw;
+    return 0;
+}
+
+static int build_conformer(ctx *x) {
+    sbl_conformer *C = &x->m->conf;
+    if (arch_int(x, "n_mels", 0, 0, 1, 512, &C->n_mels) || arch_int(x, "stack", 0, 0, 1, 64, &C->stack) ||
+        arch_int(x, "d_model", 0, 0, 1, 8192, &C->d) || arch_int(x, "n_heads", 0, 0, 1, 256, &C->heads) ||
+        arch_int(x, "chunk_size", 0, 0, 1, 4096, &C->chunk) || arch_int(x, "left_chunks", 0, 0, 0, 4096, &C->left) ||
+        arch_int(x, "conv_kernel", 0, 0, 1, 1024, &C->kernel) || arch_int(x, "n_blocks", 0, 0, 1, 64, &C->n_blocks))
+        return x->e->code;
+    if (C->d % C->heads)
+        return sbl_fail(x->e, SUBBIT_ERR_LIMIT, "manifest arch.n_heads: d_model=%d is not divisible by n_heads=%d", C->d, C->heads);
+    C->dh = C->d / C->heads;
+    /* bool(cfg.get("rel_pos", True)): absent -> on; null, false, 0, "" -> off */
+    const sj_node *rp = sj_get(sj_get(x->m->file.manifest, "arch"), "rel_pos");
+    C->rel_pos = !rp || (rp->type == SJ_BOOL ? rp->i != 0 : rp->type == SJ_INT ? (rp->i != 0 || rp->big)
+                 : rp->type == SJ_FLOAT ? rp->d != 0 : rp->type == SJ_NULL ? 0 : rp->len != 0);
+    C->num_rel = (C->left + 2) * C->chunk - 1;
+    C->chunk_frames = C->chunk * C->stack;
+    const int64_t d = C->d;
+    if (linear_dims(x, "encoder.inp", (int64_t)C->n_mels * C->stack, d, &C->inp)) return x->e->code;
+    C->blocks = (sbl_cblock *)calloc((size_t)C->n_blocks, sizeof(sbl_cblock));
+    if (!C->blocks) return sbl_fail(x->e, SUBBIT_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < C->n_blocks; i++) {
+        sbl_cblock *B = &C->blocks[i];
+        char p[128], n[256];
+        snprintf(p, sizeof p, "encoder.blocks.%d", i);
+#define SUB(fmt) (snprintf(n, sizeof n, "%s." fmt, p), n)
+        if (ff_block(x, SUB("ff1"), d, &B->ff1, &C->ff_width) || layer_norm_params(x, SUB("attn_norm"), d, &B->attn_norm) ||
+            linear_dims(x, SUB("attn.q"), d, d, &B->q) || linear_dims(x, SUB("attn.k"), d, d, &B->k) ||
+            linear_dims(x, SUB("attn.v"), d, d, &B->v) || linear_dims(x, SUB("attn.out"), d, d, &B->out))
+            return x->e->code;
+        if (C->rel_pos) {
+            int64_t count, shape[8];
+            int ndim;
+            if (!has(x, SUB("attn.rel_bias.weight")))
+                return sbl_fail(x->e, SUBBIT_ERR_FORMAT, "model file has no tensor %s (needed by the runtime)", n);
+            if (!(B->rel_bias = as_float(x, n, &count, shape, &ndim))) return x->e->code;
+            if (ndim != 2 || shape[0] != C->num_rel || shape[1] != C->heads)
+                return sbl_fail(x->e, SUBBIT_ERR_FORMAT, "%s has the wrong shape, expected [%d, %d]", n, C->num_rel, C->heads);
+        }
+        if (layer_norm_params(x, SUB("conv.norm"), d, &B->conv_norm) || linear_dims(x, SUB("conv.pw1"), d, 2 * d, &B->pw1))
+            return x->e->code;
+        {
+            int64_t count, shape[8];
+            int ndim;
+            if (!has(x, SUB("conv.dw.weight"))) return sbl_fail(x->e, SUBBIT_ERR_FORMAT, "model file has no tensor %s (needed by the runtime)", n);
+            float *w = as_float(x, n, &count, shape, &ndim);
+            if (!w) return x->e->code;
+            if (ndim != 3 || shape[0] != d || shape[1] != 1 || shape[2] != C->kernel) {
+                free(w);
+                return sbl_fail(x->e, SUBBIT_ERR_FORMAT, "%s has the wrong shape, expected [%lld, 1, %d]", n, (long long)d, C->kernel);
+            }
+            B->dw = (float *)malloc(sizeof(float) * (size_t)count);
+            if (!B->dw) { free(w); return sbl_fail(x->e, SUBBIT_ERR_NOMEM, "out of memory"); }
+            for (int64_t c = 0; c < d; c++) /* [d, 1, k] -> [k, d] */
+                for (int64_t k = 0; k < C->kernel; k++) B->dw[k * d + c] = w[c * C->kernel + k];
+            free(w);
+        }
+        if (has(x, SUB("conv.dw.bias")) && !(B->dw_bias = vector(x, n, d))) return x->e->code;
+        if (layer_norm_params(x, SUB("conv.norm2"), d, &B->conv_norm2) || linear_dims(x, SUB("conv.pw2"), d, d, &B->pw2) ||
+            ff_block(x, SUB("ff2"), d, &B->ff2, &C->ff_width) || layer_norm_params(x, SUB("out_norm"), d, &B->out_norm))
+            return x->e->code;
+#undef SUB
+    }
+    return 0;
+}
+
 static int build_predictor(ctx *x) {
     sbl_predictor *P = &x->m->pred;
     int layers;
@@ -367,13 +466,13 @@ int sbl_build_model(subbit_model *m, sbl_err *e) {
     const sj_node *kind = sj_get(arch, "arch");
     int is_rnnt = kind && kind->type == SJ_STRING && kind->len == 4 && !memcmp(kind->s, "rnnt", 4);
     int is_conf = kind && kind->type == SJ_STRING && kind->len == 9 && !memcmp(kind->s, "conformer", 9);
-    if (is_conf) return sbl_fail(e, SUBBIT_ERR_UNSUPPORTED, "manifest arch: 'conformer' is not supported by this libsubbit (only 'rnnt')");
-    if (!is_rnnt) return sbl_fail(e, SUBBIT_ERR_UNSUPPORTED, "manifest arch: field 'arch' must be 'rnnt' (or 'conformer', not yet in C)");
+    if (!is_rnnt && !is_conf) return sbl_fail(e, SUBBIT_ERR_UNSUPPORTED, "manifest arch: field 'arch' must be 'rnnt' or 'conformer'");
+    m->conformer = is_conf;
     m->cap_packed = (int)sj_get(m->file.manifest, "quantized")->len * 2 + 1; /* a tensor may be read twice */
     m->packed_all = (sbl_packed *)calloc((size_t)m->cap_packed, sizeof(sbl_packed));
     x.used = (char *)calloc(m->file.n_entries + 1, 1);
     if (!m->packed_all || !x.used) { free(x.used); return sbl_fail(e, SUBBIT_ERR_NOMEM, "out of memory"); }
-    int rc = build_encoder(&x);
+    int rc = is_conf ? build_conformer(&x) : build_encoder(&x);
     if (!rc) rc = build_predictor(&x);
     if (!rc) rc = linear(&x, "joiner.enc_proj", &m->join.enc_proj);
     if (!rc) rc = linear(&x, "joiner.pred_proj", &m->join.pred_proj);
@@ -382,7 +481,7 @@ int sbl_build_model(subbit_model *m, sbl_err *e) {
     if (!rc) rc = arch_int(&x, "vocab_size", 0, 0, 2, 1 << 20, &vocab);
     if (!rc) rc = arch_int(&x, "n_mels", 0, 0, 1, 512, &m->n_mels);
     const sbl_joiner *j = &m->join;
-    if (!rc) rc = dims(&x, "joiner.enc_proj input size", j->enc_proj.in, m->enc.output_dim);
+    if (!rc) rc = dims(&x, "joiner.enc_proj input size", j->enc_proj.in, is_conf ? m->conf.d : m->enc.output_dim);
     if (!rc) rc = dims(&x, "joiner.pred_proj input size", j->pred_proj.in, m->pred.output_dim);
     if (!rc) rc = dims(&x, "joiner.pred_proj output size", j->pred_proj.out, j->enc_proj.out);
     if (!rc) rc = dims(&x, "joiner.out input size", j->out.in, j->enc_proj.out);
@@ -395,7 +494,7 @@ int sbl_build_model(subbit_model *m, sbl_err *e) {
     if (!rc) {
         for (size_t i = 0; i < m->file.n_entries; i++) {
             if (x.used[i] || !strcmp(m->file.entries[i].name, "__tokenizer__")) continue;
-            rc = sbl_fail(e, SUBBIT_ERR_FORMAT, "model file has tensors the rnnt runtime does not use: %.80s", m->file.entries[i].name);
+            rc = sbl_fail(e, SUBBIT_ERR_FORMAT, "model file has tensors the %s runtime does not use: %.80s", is_conf ? "conformer" : "rnnt", m->file.entries[i].name);
             break;
         }
     }
@@ -422,6 +521,7 @@ static void free_lstms(sbl_lstm *s, int n) {
 }
 
 void sbl_free_model_parts(subbit_model *m) {
+    sbl_conformer_free(&m->conf);
     free_lstms(m->enc.lstm, m->enc.n_lstm);
     free_linear(&m->enc.proj);
     free_lstms(m->pred.lstm, m->pred.n_lstm);

@@ -92,6 +92,32 @@ typedef struct {
     int64_t max_width; /* widest activation row anywhere in the encoder */
 } sbl_encoder;
 
+/* streaming Conformer (subbit.runtime.models.ConformerEncoder / layers.ConformerBlock) */
+typedef struct {
+    float *w, *b; /* [n] or NULL */
+} sbl_ln;
+
+typedef struct {
+    sbl_ln norm;
+    sbl_linear lin1, lin2;
+} sbl_ff;
+
+typedef struct {
+    sbl_ff ff1, ff2;
+    sbl_ln attn_norm, out_norm, conv_norm, conv_norm2;
+    sbl_linear q, k, v, out, pw1, pw2;
+    float *rel_bias; /* [num_rel][heads] or NULL */
+    float *dw;       /* [kernel][d] */
+    float *dw_bias;  /* [d] or NULL */
+} sbl_cblock;
+
+typedef struct {
+    int n_mels, stack, d, heads, dh, chunk, left, kernel, n_blocks, rel_pos, num_rel, chunk_frames;
+    int64_t ff_width; /* widest lin1 output */
+    sbl_linear inp;
+    sbl_cblock *blocks;
+} sbl_conformer;
+
 typedef struct {
     int blank;
     int64_t num, dim;
@@ -129,7 +155,9 @@ struct subbit_model {
     sbl_container file;
     int path;          /* kernel path */
     int vocab_size, blank, n_mels;
+    int conformer;     /* 0: LSTM encoder (enc), 1: Conformer (conf) */
     sbl_encoder enc;
+    sbl_conformer conf;
     sbl_predictor pred;
     sbl_joiner join;
     sbl_frontend fe;
@@ -149,6 +177,15 @@ int sbl_tokenizer_init(sbl_tokenizer *t, const uint8_t *blob, size_t n, sbl_err 
 void sbl_tokenizer_free(sbl_tokenizer *t);
 /* Decode ids to a malloc'd string (as subbit Tokenizer.decode) */
 char *sbl_tokenizer_decode(const sbl_tokenizer *t, const int32_t *ids, size_t n);
+
+/* Conformer streaming state of one session, and one encoder advance over whole chunks */
+typedef struct sbl_conf_state sbl_conf_state;
+sbl_conf_state *sbl_conf_state_new(const sbl_conformer *c);
+void sbl_conf_state_reset(sbl_conf_state *st, const sbl_conformer *c);
+void sbl_conf_state_free(sbl_conf_state *st, const sbl_conformer *c);
+/* frames [n][n_mels] (n a multiple of stack) -> enc [n / stack][d]; returns a status */
+int sbl_conf_advance(const sbl_conformer *c, sbl_conf_state *st, int path, const float *frames, int64_t n, float *enc);
+void sbl_conformer_free(sbl_conformer *c);
 
 /* y[m][out] = x[m][in] W^T + b */
 int sbl_linear_apply(const sbl_linear *l, int path, const float *x, int64_t m, float *y);

@@ -1,4 +1,4 @@
-/* One utterance stream: samples -> log-mel frames -> LSTM encoder -> greedy RNN-T decoding,
+/* One utterance stream: samples -> log-mel frames -> LSTM or Conformer encoder -> greedy decoding,
  * the same float32 operations in the same order as subbit.runtime (models.py, layers.py,
  * session.py); quantized matmuls go through the shared packed kernels (bit-identical on every
  * ISA path). Elementwise tanh/log come from libm, so results match NumPy to an ulp, not a bit. */
@@ -29,6 +29,7 @@ struct subbit_session {
     int n_pending2;
     int64_t width2;
     lstm_state *enc_state, *pred_state;
+    sbl_conf_state *conf;  /* Conformer encoder caches (NULL for the LSTM encoder) */
     float *pred_p;       /* [J] */
     float *pred_tmp_a, *pred_tmp_b, *pred_gates, *pred_hh, *pred_out; /* predictor scratch */
     float *logits, *join_h;
@@ -73,7 +74,7 @@ static inline float sigm(float x) { return 0.5f * (1.0f + tanhf(0.5f * x)); }
 
 /* -- LSTM ---------------------------------------------------------------------------------- */
 static lstm_state *lstm_states(const sbl_lstm *s, int n) {
-    lstm_state *st = (lstm_state *)calloc((size_t)n, sizeof(lstm_state));
+    lstm_state *st = (lstm_state *)calloc((size_t)n + 1, sizeof(lstm_state));
     if (!st) return NULL;
     for (int i = 0; i < n; i++) {
         st[i].h = (float **)calloc((size_t)s[i].n_layers, sizeof(float *));
@@ -310,6 +311,38 @@ out:
     return rc;
 }
 
+/* Conformer: encode every complete chunk (models.ConformerEncoder.step), or with flush the
+ * partial last chunk, frames short of one stack dropped (ConformerEncoder.flush) */
+static int conformer_step(subbit_session *s, const float *feats, int64_t F, int flush) {
+    const subbit_model *m = s->m;
+    const sbl_conformer *C = &m->conf;
+    const int64_t nm = C->n_mels, total = s->n_pending + F;
+    int64_t n = flush ? total / C->stack * C->stack : total / C->chunk_frames * C->chunk_frames;
+    if (n == 0) {
+        if (!flush && F) memcpy(s->pending + s->n_pending * nm, feats, sizeof(float) * (size_t)(F * nm));
+        s->n_pending = flush ? 0 : (int)total;
+        return 0;
+    }
+    float *x = (float *)malloc(sizeof(float) * (size_t)(n * nm));
+    float *enc = (float *)malloc(sizeof(float) * (size_t)((n / C->stack) * C->d + 1));
+    int rc = 0;
+    if (!x || !enc) rc = serr(s, SUBBIT_ERR_NOMEM, "out of memory in the encoder");
+    if (!rc) {
+        const int64_t from_pending = n < s->n_pending ? n : s->n_pending, used = n - from_pending;
+        const int64_t left = flush ? 0 : F - used;
+        memcpy(x, s->pending, sizeof(float) * (size_t)(from_pending * nm));
+        if (used) memcpy(x + from_pending * nm, feats, sizeof(float) * (size_t)(used * nm));
+        if (left) memcpy(s->pending, feats + used * nm, sizeof(float) * (size_t)(left * nm));
+        s->n_pending = (int)left;
+        rc = sbl_conf_advance(C, s->conf, m->path, x, n, enc);
+        if (rc) serr(s, rc, "encoder: kernel error");
+        else rc = decode(s, enc, n / C->stack);
+    }
+    free(x);
+    free(enc);
+    return rc;
+}
+
 /* -- the session API ---------------------------------------------------------------------- */
 int subbit_session_reset(subbit_session *s) {
     if (!s) return SUBBIT_ERR_ARGUMENT;
@@ -321,6 +354,7 @@ int subbit_session_reset(subbit_session *s) {
     s->finished = 0;
     s->err[0] = 0;
     states_zero(s->enc_state, m->enc.lstm, m->enc.n_lstm);
+    if (s->conf) sbl_conf_state_reset(s->conf, &m->conf);
     states_zero(s->pred_state, m->pred.lstm, m->pred.n_lstm);
     int rc = predictor_step(s, m->blank);
     return rc;
@@ -334,6 +368,7 @@ void subbit_session_free(subbit_session *s) {
     free(s->pending);
     free(s->pending2);
     states_free(s->enc_state, m->enc.lstm, m->enc.n_lstm);
+    sbl_conf_state_free(s->conf, &m->conf);
     states_free(s->pred_state, m->pred.lstm, m->pred.n_lstm);
     free(s->pred_p);
     free(s->pred_tmp_a);
@@ -370,8 +405,14 @@ int subbit_session_create(const subbit_model *m, subbit_session **out, char *err
     const int64_t J = m->join.enc_proj.out;
     s->audio = (float *)malloc(sizeof(float) * (size_t)(m->fe.n_fft + AUDIO_SLACK));
     s->fe_work = (float *)malloc(sizeof(double) * 3 * (size_t)m->fe.n_fft + sizeof(float) * (size_t)(m->fe.n_bins + 4));
-    s->pending = (float *)malloc(sizeof(float) * (size_t)(E->stack * E->n_mels));
-    s->pending2 = (float *)malloc(sizeof(float) * (size_t)(E->stack2 * w2));
+    s->pending = (float *)malloc(sizeof(float) * (size_t)(m->conformer ? (int64_t)m->conf.chunk_frames * m->conf.n_mels
+                                                                         : (int64_t)E->stack * E->n_mels));
+    s->pending2 = (float *)malloc(sizeof(float) * (size_t)(E->stack2 * w2 + 1));
+    if (m->conformer && !(s->conf = sbl_conf_state_new(&m->conf))) {
+        subbit_session_free(s);
+        copy_err(err, errlen, "out of memory for a session");
+        return SUBBIT_ERR_NOMEM;
+    }
     s->enc_state = lstm_states(E->lstm, E->n_lstm);
     s->pred_state = lstm_states(P->lstm, P->n_lstm);
     s->pred_p = (float *)malloc(sizeof(float) * (size_t)J);
@@ -410,7 +451,7 @@ static int run_frames(subbit_session *s) {
     int used = n * fe->hop;
     memmove(s->audio, s->audio + used, sizeof(float) * (size_t)(s->audio_len - used));
     s->audio_len -= used;
-    int rc = encoder_step(s, feats, n);
+    int rc = s->m->conformer ? conformer_step(s, feats, n, 0) : encoder_step(s, feats, n);
     free(feats);
     return rc;
 }
@@ -447,8 +488,10 @@ int subbit_session_accept_int16(subbit_session *s, const int16_t *samples, size_
 
 int subbit_session_finalize(subbit_session *s) {
     if (!s) return SUBBIT_ERR_ARGUMENT;
+    if (s->finished) return 0;
+    s->err[0] = 0;
     s->finished = 1; /* the LSTM encoder's flush emits nothing: frames short of one stack are dropped */
-    return 0;
+    return s->m->conformer ? conformer_step(s, NULL, 0, 1) : 0;
 }
 
 const char *subbit_session_text(subbit_session *s) {

@@ -2,12 +2,14 @@
 
 Parity tolerance: both runtimes run the same float32 operations in the same order, and every
 quantized matmul goes through the same C kernels (integer sums exact, so bit-identical on every
-ISA path). What differs is the elementwise math library: NumPy's SIMD tanh/log and pocketfft
-against libm tanhf/logf and libsubbit's own FFT (in double, rounded to float32), each within an
-ulp or so. The int8 activation quantization can turn such a one-ulp difference into one
+ISA path). What differs is the elementwise math library: NumPy's SIMD tanh/log/exp and
+pocketfft against libm and libsubbit's own FFT (in double, rounded to float32), and for the
+Conformer the LayerNorm / attention / softmax reductions (double here, float32 pairwise sums and
+BLAS there), each within an ulp or so. The int8 activation quantization can turn such a one-ulp difference into one
 rounding step of a single activation, which moves a logit by about max|x|/127 * |w| (a small
 fraction of the logit range). So logits must agree to LOGIT_TOL of the logits' range (measured
-about 2e-7 absolute on a range of ~0.7, i.e. ulp level), and greedy tokens exactly.
+1.2e-7 absolute on a range of 0.74 for the RNN-T, 4.8e-7 on 4.4 for the Conformer: ulp level),
+and greedy tokens exactly.
 """
 
 from __future__ import annotations
@@ -180,6 +182,17 @@ def char_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_tiny(tmp_path_factory.mktemp("char"), "rnnt", tokenizer_bytes=tok.to_bytes())
 
 
+@pytest.fixture(scope="module")
+def conformer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tok = train_tokenizer(TEXTS, kind="char")
+    return export_tiny(tmp_path_factory.mktemp("conf"), "conformer", tokenizer_bytes=tok.to_bytes())
+
+
+@pytest.fixture(params=["rnnt", "conformer"])
+def any_model(request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue("char_model" if request.param == "rnnt" else "conformer_model")
+
+
 def reseal(blob: bytes, mutate: Callable[[dict[str, Any], dict[str, Any]], None]) -> bytes:
     """The file with its manifest / tensor table changed by ``mutate(header, manifest)`` and the
     header digest recomputed: only the field checks can refuse it, not the checksums."""
@@ -193,21 +206,21 @@ def reseal(blob: bytes, mutate: Callable[[dict[str, Any], dict[str, Any]], None]
 
 # -- parity ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("chunk", CHUNKS)
-def test_transcript_and_logits_equal_the_python_runtime(lib: ctypes.CDLL, char_model: Path, chunk: int) -> None:
+def test_transcript_and_logits_equal_the_python_runtime(lib: ctypes.CDLL, any_model: Path, chunk: int) -> None:
     x = audio(2.0)
-    text, tokens, plogits = python_stream(char_model, x, chunk)
-    s = CModel(lib, char_model).session()
+    text, tokens, plogits = python_stream(any_model, x, chunk)
+    s = CModel(lib, any_model).session()
     assert s.stream(x, chunk) == text
     assert s.tokens() == tokens and len(tokens) > 3  # the sharpened tiny joiner emits tokens
     assert_logits_close(s.logits, plogits)
 
 
-def test_every_kernel_path_gives_the_same_logits(lib: ctypes.CDLL, char_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_kernel_path_gives_the_same_logits(lib: ctypes.CDLL, any_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x = audio(1.0)
     runs = {}
     for path in [p for p in kernels.available_paths() if p != "ref"]:
         monkeypatch.setenv("SUBBIT_KERNEL", "portable" if path == "c" else path)
-        s = CModel(lib, char_model).session()
+        s = CModel(lib, any_model).session()
         s.stream(x, 401)
         runs[path] = (s.tokens(), np.stack(s.logits))
     first = next(iter(runs.values()))
@@ -260,17 +273,19 @@ def test_bpe_detokenize_equals_the_python_tokenizer(lib: ctypes.CDLL, tmp_path: 
 
 
 # -- sessions and bad audio ------------------------------------------------------------------------
-def test_two_sessions_sharing_a_model_match_one_each(lib: ctypes.CDLL, char_model: Path) -> None:
+def test_two_sessions_sharing_a_model_match_one_each(lib: ctypes.CDLL, any_model: Path) -> None:
     xa, xb = audio(1.5), audio(1.0)[::-1].copy()
     alone = []
     for x in (xa, xb):
-        s = CModel(lib, char_model).session()
+        s = CModel(lib, any_model).session()
         s.stream(x, 333)
         alone.append((s.tokens(), np.stack(s.logits)))
-    shared = CModel(lib, char_model)
+    shared = CModel(lib, any_model)
     sa, sb = shared.session(), shared.session()
     for i in range(0, max(len(xa), len(xb)), 333):  # interleaved on one thread
         assert sa.accept(xa[i : i + 333]) == OK and sb.accept(xb[i : i + 333]) == OK
+    for s in (sa, sb):
+        assert lib.subbit_session_finalize(s.ptr) == OK
     for s, (toks, lg) in zip((sa, sb), alone):
         assert s.tokens() == toks and np.array_equal(np.stack(s.logits), lg)
     # and concurrently from two threads (ctypes drops the GIL during the calls)
@@ -336,7 +351,7 @@ def test_tampered_files_are_refused_with_the_right_code(lib: ctypes.CDLL, char_m
         "bit width 9": (bits(9), LIMIT),
         "bit width 3 for 4-bit data": (bits(3), FORMAT),
         "newer minor": (reseal(blob, lambda h, m: m.update(schema_minor=3)), VERSION),
-        "conformer": (reseal(blob, lambda h, m: m["arch"].update(arch="conformer")), UNSUPPORTED),
+        "unknown arch": (reseal(blob, lambda h, m: m["arch"].update(arch="transformer")), UNSUPPORTED),
         "arch stack 0": (reseal(blob, lambda h, m: m["arch"].update(stack=0)), LIMIT),
         "empty": (b"", FORMAT),
     }
@@ -349,6 +364,21 @@ def test_tampered_files_are_refused_with_the_right_code(lib: ctypes.CDLL, char_m
     missing = CModel(lib, tmp_path / "nope.subbit")
     assert missing.rc == 2 and "nope.subbit" in missing.err
     assert CModel(lib, tmp_path).rc == 2  # a directory
+
+
+CONFORMER_KEYS = ["d_model", "n_heads", "chunk_size", "left_chunks", "conv_kernel", "n_blocks", "rel_pos", "stack", "n_mels"]
+
+
+def test_fuzz_corpus_conformer_config(lib: ctypes.CDLL, conformer_model: Path, tmp_path: Path) -> None:
+    """Re-sealed Conformer config edits: C loads exactly when Python does."""
+    blob = conformer_model.read_bytes()
+    disagree = []
+    for key in CONFORMER_KEYS:
+        for v in [0, 1, 2, 3, 4, 5, -1, 8192, 1 << 40, None, True, False, 2.0, "2"]:
+            bad = reseal(blob, lambda h, m, k=key, v=v: m["arch"].update({k: v}))
+            if (CModel(lib, blob=bad).rc == OK) == _python_refuses(bad, tmp_path):
+                disagree.append((key, v))
+    assert not disagree, f"C and Python disagree on {disagree}"
 
 
 def test_fuzz_corpus_refused_by_both_loaders(lib: ctypes.CDLL, char_model: Path, tmp_path: Path) -> None:
