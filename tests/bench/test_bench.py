@@ -218,3 +218,13 @@ def test_merge_rounds_takes_medians_and_max_rss() -> None:
     m = merge_rounds(rows)
     assert m["p50_ms"] == 2.0 and m["p90_ms"] == 4.0 and m["p50_ms_rounds"] == [3.0, 1.0, 2.0]
     assert m["peak_rss_bytes"] == 300.0 and m["stream_peak_rss_bytes"] is None and m["rounds"] == 3
+
+
+def test_the_onnxruntime_adapter_imports_no_torch() -> None:
+    """The ORT variant's memory figure must be onnxruntime's alone: its adapter and the latency
+    harness load without torch (the exporter, which needs torch, is a separate module)."""
+    import subprocess
+    import sys
+
+    code = "import sys, subbit.bench.onnx_int8, subbit.bench.latency; sys.exit(int('torch' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

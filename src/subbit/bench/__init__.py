@@ -123,7 +123,8 @@ def _specs(opts: BenchOptions, workdir: Path, progress: bool) -> list[Any]:
     """Write every artifact to ``workdir``; return the variant specs (one per variant x threads)."""
     from tqdm import tqdm
 
-    from subbit.bench.int8_baselines import export_onnx_int8, ort_available
+    from subbit.bench.onnx_export import export_onnx_int8
+    from subbit.bench.onnx_int8 import ort_available
     from subbit.bench.latency import VariantSpec
 
     model = build_float_model(opts)

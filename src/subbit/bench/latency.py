@@ -202,7 +202,7 @@ def _build_model(spec: VariantSpec) -> tuple[Any, int, int]:
         m = PackedTransducer.from_file(spec.path, threads=spec.threads)
         return m, m.weight_bytes, m.vocab_size
     if spec.method == "ort-int8":
-        from subbit.bench.int8_baselines import OrtStreamingModel, ort_weight_bytes
+        from subbit.bench.onnx_int8 import OrtStreamingModel, ort_weight_bytes
 
         o = OrtStreamingModel(spec.path, threads=spec.threads)
         return o, ort_weight_bytes(spec.path), int(o.meta["vocab_size"])
@@ -210,7 +210,7 @@ def _build_model(spec: VariantSpec) -> tuple[Any, int, int]:
         import torch
 
         from subbit.asr.models import build_from_config
-        from subbit.bench.int8_baselines import TorchStreamingModel, torch_int8_streaming_model, torch_weight_bytes
+        from subbit.bench.torch_int8 import TorchStreamingModel, torch_int8_streaming_model, torch_weight_bytes
 
         torch.set_num_threads(spec.threads)
         # oneDNN re-lays out the LSTM weights on every call: ~10x slower for one-frame steps
