@@ -124,7 +124,8 @@ def test_wake_word_boundary_in_the_manifest_matches_the_audio(tmp_path):
             # the wake word ends on a sound, then the gap is digital silence
             assert audio[n - 1] != 0
             assert not np.any(audio[n : n + build.WAKE_GAP_SAMPLES[0]])
-            # and its length is the wake word synthesised alone (in a fresh process, as the builder does)
+            # and its length is the wake word synthesised alone, in a process forked like the
+            # builder's workers (so from the same espeak-ng state)
             voice = next(j.voice for j in build.plan_jobs(opts, tmp_path, build.plan_voices(opts))[split] if j.uid == u.id)
             with mp.get_context("fork").Pool(1, maxtasksperchild=1) as pool:
                 assert pool.apply(_wake_len, (voice,)) == n

@@ -95,7 +95,8 @@ def first_espeak_jobs(out: Path) -> list:
 
 def audio_frames(out: Path) -> list[int]:
     """Sample counts of the first quick-plan utterances, each task in a fresh process like the
-    builder (espeak-ng keeps state between utterances)."""
+    builder (espeak-ng keeps state between utterances). Spawned, not forked: a fork would inherit
+    the espeak-ng state of whatever this test process synthesised before (other tests do)."""
     import multiprocessing as mp
 
     import soundfile as sf
@@ -104,7 +105,7 @@ def audio_frames(out: Path) -> list[int]:
 
     jobs = first_espeak_jobs(out)
     (out / "wav" / "train").mkdir(parents=True, exist_ok=True)
-    with mp.get_context("fork").Pool(1, maxtasksperchild=1) as pool:
+    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
         list(pool.imap(build._run_task, [[j] for j in jobs]))
     return [sf.info(j.path).frames for j in jobs]
 
