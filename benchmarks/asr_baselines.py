@@ -55,8 +55,8 @@ def bench_arch(arch: str, data: Path, out: Path, minutes: float, threads: int) -
             _run(["subbit", "eval", str(run), "--data", str(data), "--split", split, "--json", str(js), "--no-progress"])
         ev = json.loads(js.read_text())
         result["wer"][split] = ev["wer"]
-        if ev.get("extra", {}).get("pathway"):
-            result["pathway"][split] = ev["extra"]["pathway"]
+        if ev.get("pathway"):  # eval's extra fields sit at the top level of its JSON
+            result["pathway"][split] = ev["pathway"]
     targets = TARGETS.get(arch, {})
     result["targets"] = {s: {"target": t, "met": result["wer"].get(s) is not None and result["wer"][s] <= t}
                          for s, t in targets.items()}
