@@ -240,7 +240,7 @@ static int encoder_step(subbit_session *s, const float *feats, int64_t F) {
     const int64_t nm = E->n_mels;
     int64_t total = s->n_pending + F, T = total / E->stack;
     int rc = 0;
-    int64_t W = E->max_width > 4 * 1 ? E->max_width : 4;
+    int64_t W = E->max_width > 4 ? E->max_width : 4;
     int64_t gate_w = 0;
     for (int i = 0; i < E->n_lstm; i++)
         for (int k = 0; k < E->lstm[i].n_layers; k++) gate_w = gate_w > E->lstm[i].layers[k].ih.out ? gate_w : E->lstm[i].layers[k].ih.out;
@@ -257,14 +257,14 @@ static int encoder_step(subbit_session *s, const float *feats, int64_t F) {
         memcpy(a + i * nm, src, sizeof(float) * (size_t)nm);
     }
     {
+        /* frames short of one stack wait: with T > 0 every pending frame was used, so they all
+         * come from feats; with T == 0 the new frames are appended to the pending ones */
         int64_t left = total - T * E->stack;
-        float keep[64 * 512];
-        for (int64_t i = 0; i < left; i++) {
-            int64_t gi_ = T * E->stack + i;
-            const float *src = gi_ < s->n_pending ? s->pending + gi_ * nm : feats + (gi_ - s->n_pending) * nm;
-            memcpy(keep + i * nm, src, sizeof(float) * (size_t)nm);
+        if (T > 0) {
+            if (left) memcpy(s->pending, feats + (F - left) * nm, sizeof(float) * (size_t)(left * nm));
+        } else if (F) {
+            memcpy(s->pending + s->n_pending * nm, feats, sizeof(float) * (size_t)(F * nm));
         }
-        memcpy(s->pending, keep, sizeof(float) * (size_t)(left * nm));
         s->n_pending = (int)left;
     }
     int64_t width = nm * E->stack;
