@@ -21,7 +21,8 @@ recorded) and ``subbit report`` (``report_subbit`` + ``format_report``). Outcome
 * ``different``: it loads and something differs. For ``corrupt`` mutants this is a failure
   (a damaged file must not load as another model); for ``resealed`` ones it is a well-formed
   file of another model (the digests are checksums, not a signature) and is counted apart;
-* ``crashed``: any other exception, or more than ``--timeout`` seconds.
+* ``crashed``: any other exception, more than ``--timeout`` seconds, more than 50x the
+  original's CPU time (and over 2 s), or a peak-RSS growth over 256 MiB in one mutant.
 
     python benchmarks/fuzz_container.py [--n 2000] [--seed 0] [--arch rnnt] [--out PATH]
 
@@ -337,7 +338,24 @@ def _mutate_array(arr: np.ndarray, rng: np.random.Generator) -> tuple[str, np.nd
 def resealed_mutant(blob: bytes, parts: Parts, rng: np.random.Generator) -> tuple[str, bytes]:
     from subbit.export.container import seal_header
 
-    kind = int(rng.integers(0, 6))
+    kind = int(rng.integers(0, 8))
+    if kind == 6:  # two or three manifest edits at once
+        m, whats = parts.manifest, []
+        for _ in range(int(rng.integers(2, 4))):
+            m2, what = mutate_json(m, rng, PREFER[int(rng.integers(len(PREFER)))])
+            if isinstance(m2, dict):
+                m, whats = m2, whats + [what]
+        return "manifest " + " + ".join(whats), seal_header(_header_with(parts, m)) + parts.data
+    if kind == 7:  # runtime fields at and just past their documented limits (one or two at once)
+        m = copy.deepcopy(parts.manifest)
+        whats = []
+        for _ in range(int(rng.integers(1, 3))):
+            where, key, (lo, hi) = _limit_field(rng)
+            value = int(rng.choice([lo, hi, lo - 1, hi + 1, lo + 1, hi - 1]))
+            target = m["arch"] if where == "arch" else m["extra"]["features"]
+            target[key] = value
+            whats.append(f"{where}.{key}={value}")
+        return "limits " + " + ".join(whats), seal_header(_header_with(parts, m)) + parts.data
     if kind <= 1:  # manifest values, re-sealed header, data untouched
         prefer = PREFER[int(rng.integers(len(PREFER)))]
         m, what = mutate_json(parts.manifest, rng, prefer)
@@ -371,6 +389,14 @@ def resealed_mutant(blob: bytes, parts: Parts, rng: np.random.Generator) -> tupl
         return f"manifest {what} + tensor {name} {what2}", _rebuilt(parts, m, {**parts.arrays, name: arr})
     except (TypeError, ValueError, RecursionError):
         return f"manifest {what} (unserialisable)", seal_header(_header_with(parts, m)) + parts.data
+
+
+def _limit_field(rng: np.random.Generator) -> tuple[str, str, tuple[int, int]]:
+    from subbit.runtime.frontend import FEATURE_LIMITS
+    from subbit.runtime.models import ARCH_LIMITS
+
+    fields = [("arch", k, v) for k, v in ARCH_LIMITS.items()] + [("features", k, v) for k, v in FEATURE_LIMITS.items()]
+    return fields[int(rng.integers(len(fields)))]
 
 
 # -- evaluation ------------------------------------------------------------------------------
@@ -435,8 +461,26 @@ def _alarm(signum: int, frame: Any) -> None:
     raise _Timeout()
 
 
-def classify(blob: bytes, path: Path, reference: dict[str, str], audio: np.ndarray, timeout: float) -> tuple[str, str]:
-    """(outcome, detail) of one mutant written to ``path``."""
+#: a mutant that costs this much more CPU time than the original (and over MIN_SLOW_S), or grows
+#: the peak RSS by more than MAX_RSS_STEP, counts as a crash: a few bytes must not buy a denial of service
+SLOW_FACTOR, MIN_SLOW_S, MAX_RSS_STEP = 50.0, 2.0, 256 << 20
+
+
+def classify(blob: bytes, path: Path, reference: dict[str, str], audio: np.ndarray, timeout: float,
+             cpu_budget: float | None = None) -> tuple[str, str]:  # fmt: skip
+    """(outcome, detail) of one mutant written to ``path``; ``cpu_budget``: CPU seconds above
+    which a mutant that loads or is refused still counts as a crash."""
+    cpu0, rss0 = time.process_time(), _rss_kb()
+    outcome, detail = _classify(blob, path, reference, audio, timeout)
+    cpu, rss = time.process_time() - cpu0, (_rss_kb() - rss0) * 1024
+    if outcome != "crashed" and cpu_budget is not None and cpu > cpu_budget:
+        return "crashed", f"resources: {cpu:.1f} s of CPU (budget {cpu_budget:.1f} s); was {outcome}"
+    if outcome != "crashed" and rss > MAX_RSS_STEP:
+        return "crashed", f"resources: peak RSS grew by {rss / 2**20:.0f} MiB; was {outcome}"
+    return outcome, detail
+
+
+def _classify(blob: bytes, path: Path, reference: dict[str, str], audio: np.ndarray, timeout: float) -> tuple[str, str]:
     from subbit.export.manifest import SubbitFormatError
 
     path.write_bytes(blob)
@@ -483,7 +527,10 @@ def run(n: int, seed: int = 0, arch: str = "rnnt", timeout: float = 20.0, workdi
         audio = _audio()
         path = Path(d) / "mutant.subbit"  # every mutant and the reference at one path (the report names it)
         path.write_bytes(blob)
+        cpu0 = time.process_time()
         reference = outputs(path, audio)
+        ref_cpu = time.process_time() - cpu0
+        cpu_budget = max(MIN_SLOW_S, SLOW_FACTOR * ref_cpu)
         if outputs(path, audio) != reference:
             raise RuntimeError("the original file gives different outputs on two loads: fuzzing would be meaningless")
         rng = np.random.default_rng(seed)
@@ -502,7 +549,7 @@ def run(n: int, seed: int = 0, arch: str = "rnnt", timeout: float = 20.0, workdi
                 what, mutant = f"unwritable mutation ({type(exc).__name__})", blob[:-1]
             biggest = max(biggest, len(mutant))
             before = _rss_kb()
-            outcome, detail = classify(mutant, path, reference, audio, timeout)
+            outcome, detail = classify(mutant, path, reference, audio, timeout, cpu_budget)
             step = _rss_kb() - before
             if step > worst_step[0]:
                 worst_step = (step, what)
@@ -530,6 +577,7 @@ def run(n: int, seed: int = 0, arch: str = "rnnt", timeout: float = 20.0, workdi
             "rss_growth_during_mutants_bytes": (rss_peak - rss0) * 1024,
             "largest_rss_step_bytes": worst_step[0] * 1024, "largest_rss_step_mutation": worst_step[1],
             "seconds": round(time.monotonic() - start, 1),
+            "reference_cpu_seconds": round(ref_cpu, 3), "cpu_budget_seconds": round(cpu_budget, 2),
         }  # fmt: skip
 
 

@@ -4,8 +4,9 @@ with an uninterrupted run bit for bit (issue 13).
 One uninterrupted ``subbit train`` (tiny RNN-T, a dummy corpus, a checkpoint every step) gives
 the reference ``final.pt``. Then the same command runs again in a new directory and is killed
 with SIGKILL at a random moment: with probability ``--p-startup`` while it starts (imports,
-data, model), otherwise a random time after its first log line (during steps and checkpoint
-writes); each restart passes ``--resume`` when ``checkpoints/last.pt`` exists. When the run
+data, model), otherwise after a random step (up to a fifth of the run past the checkpoint it
+started from) plus a random fraction of one step's time (during steps and checkpoint writes);
+each restart passes ``--resume`` when ``checkpoints/last.pt`` exists. When the run
 finishes before ``--kills`` kills, another interrupted run starts, until the kills are done.
 Each interrupted run's ``final.pt`` is compared tensor for tensor (``torch.equal``) with the
 reference; its ``log.csv`` losses too.
@@ -101,6 +102,14 @@ def _tmp_files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*.tmp*")) if run.exists() else []
 
 
+def _logged_step(run: Path) -> int:
+    try:
+        rows = losses(run)
+    except (OSError, ValueError, KeyError):  # being written
+        return 0
+    return max((step for step, _ in rows), default=0)
+
+
 def _started(log: Path) -> bool:
     try:
         return b"training " in log.read_bytes()
@@ -129,11 +138,14 @@ def interrupted_run(data: Path, run: Path, steps: int, quant: Path | None, kills
                 deadline = time.monotonic() + rng.uniform(0.0, 6.0)
                 while time.monotonic() < deadline and proc.poll() is None:
                     time.sleep(0.02)
-            else:  # a random moment of the steps (and checkpoint writes) after the first log line
-                while proc.poll() is None and not _started(log):
+            else:  # a random moment of the steps and checkpoint writes: after a random logged step,
+                # a random fraction of one step's time (about a tenth of the run per attempt)
+                target = min(steps - 1, (step_before or 0) + rng.randint(1, max(1, steps // 5)))
+                while proc.poll() is None and not _started(log):  # this attempt's own steps
                     time.sleep(0.02)
-                # about a fifth of the run per attempt: several resumes per run
-                time.sleep(rng.uniform(0.0, 0.4 * train_seconds))
+                while proc.poll() is None and _logged_step(run) < target:
+                    time.sleep(0.02)
+                time.sleep(rng.uniform(0.0, train_seconds / steps))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 killed = True
@@ -236,7 +248,7 @@ def run(kills: int, steps: int, seed: int = 0, p_startup: float = 0.2, quant: bo
             r["identical_log"] = losses(run_dir) == ref_losses
             r["log_rows"], r["reference_log_rows"] = len(losses(run_dir)), len(ref_losses)
             results.append(r)
-            if not r["finished"] or r["kills"] == 0:
+            if not r["finished"] or len(results) >= 4 * kills:
                 break
     events = [e for r in results for e in r["events"]]
     return {

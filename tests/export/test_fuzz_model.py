@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -65,5 +66,15 @@ def test_the_harness_sees_a_different_model_and_a_crash(fuzz: ModuleType, tmp_pa
     def broken(p: Any) -> Any:
         raise KeyError("x")
 
+    def slow(p: Any, a: Any) -> dict[str, str]:
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+        return dict(ref)
+
+    monkeypatch.setattr(fuzz, "outputs", slow)
+    outcome, detail = fuzz.classify(blob, path, ref, audio, 30.0, cpu_budget=0.1)
+    assert outcome == "crashed" and detail.startswith("resources")
+    monkeypatch.undo()
     monkeypatch.setattr(container, "load_packed", broken)
     assert fuzz.classify(blob, path, ref, audio, 30.0)[0] == "crashed"
