@@ -576,6 +576,8 @@ def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str,
         row["size_bytes"] = first.get("size_bytes")
         row["fp32_bytes"] = first.get("fp32_bytes")
         row["size_vs_fp32"] = first.get("size_vs_fp32")
+        # equal bytes, not equal bits: every stored byte (indices, codebooks, float tensors) per weight
+        row["bits_per_weight"] = None if not row["size_vs_fp32"] else 32.0 * row["size_vs_fp32"]
         row["steps"] = first.get("steps")
         row["train_minutes"] = round(sum(float(c["row"].get("train_minutes") or 0) for c in cs), 2)
         for split, key in (("test_seen", "seen"), ("test_heldout", "heldout")):
@@ -769,8 +771,8 @@ def report_markdown(rows: list[dict[str, Any]], claims: list[dict[str, str]], me
             if not sec:
                 continue
             lines += ["", f"## {arch}: {section}", "",
-                      "| recipe | bits avg | size KiB | x smaller | seeds | WER seen | WER held-out [95% CI] | delta vs fp32 [95% CI] | lossless | runtime WER |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+                      "| recipe | bits avg | bits/weight all-in | size KiB | x smaller | seeds | WER seen | WER held-out [95% CI] | delta vs fp32 [95% CI] | lossless | runtime WER |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in sorted(sec, key=lambda r: -(r.get("bits_avg") or 0)):
                 size = r.get("size_bytes")
                 ratio = (1 / r["size_vs_fp32"]) if r.get("size_vs_fp32") else None
@@ -780,7 +782,8 @@ def report_markdown(rows: list[dict[str, Any]], claims: list[dict[str, str]], me
                 kib = "-" if not size else f"{size / 1024:.1f}"
                 smaller = "-" if ratio is None else f"{ratio:.2f}"
                 lossless = "-" if r.get("lossless") is None else ("yes" if r["lossless"] else "no")
-                lines.append(f"| {r['name']} | {bits} | {kib} | {smaller} | {len(r.get('seeds', []))} | "
+                bpw = "-" if r.get("bits_per_weight") is None else f"{r['bits_per_weight']:.2f}"
+                lines.append(f"| {r['name']} | {bits} | {bpw} | {kib} | {smaller} | {len(r.get('seeds', []))} | "
                              f"{_pct(r.get('wer_seen'))} | {held} | {_fmt_ci(r.get('delta_vs_fp32_ci'))} | "
                              f"{lossless} | {_pct(r.get('runtime_wer_heldout'))} |")
     for arch, table in (meta.get("tuning") or {}).items():
