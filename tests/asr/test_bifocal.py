@@ -346,3 +346,13 @@ def test_tiny_train_export_stream(tmp_path, monkeypatch: pytest.MonkeyPatch) -> 
         y_ref, _ = model.encoder(torch.from_numpy(x)[None], torch.tensor([x.shape[0]]), mask)
     y, _ = pt.encoder.step(x, pt.encoder.init_state(wake_frames(wake_end)))
     np.testing.assert_allclose(y, y_ref[0].numpy(), atol=1e-4, rtol=0)
+
+
+def test_every_parameter_gets_a_gradient_even_when_a_pathway_is_unused() -> None:
+    """(DDP without find_unused_parameters needs one for every parameter in every step.)"""
+    model = tiny().train()
+    loss = model(feats(2, 32), torch.tensor([32, 32]), torch.tensor([[1, 2], [3, 4]]), torch.tensor([2, 2]))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+    assert float(model.encoder.layers[1].small.weight_hh_l0.grad.abs().sum()) == 0

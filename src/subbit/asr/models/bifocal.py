@@ -164,7 +164,12 @@ class BifocalEncoder(nn.Module):
                 return x.new_zeros(x.size(0), 0, self.output_dim), lens
             x, _ = layer(x, mask, layer.init_state(x.size(0)))
             x = self.dropout(x)
-        return self.proj(x), lens
+        out = self.proj(x)
+        if self.training and torch.is_grad_enabled():
+            # every parameter joins the graph (a zero gradient where a pathway or projection was not
+            # used by this batch), so DDP without find_unused_parameters gets all the gradients it waits for
+            out = out + 0.0 * sum(p.sum() for p in self.layers.parameters())
+        return out, lens
 
     # -- streaming ---------------------------------------------------------------------------
     def init_state(self, batch_size: int, small_frames: int | Tensor = 0) -> State:
