@@ -72,6 +72,9 @@ def test_quick_study_writes_the_contract_and_resumes_from_cells(tmp_path, monkey
     assert gq4["lr"] == min(dev, key=lambda lr: (dev[lr], abs(lr - 5e-4)))
     assert "tuning on dev" in (out / "report.md").read_text()
     assert len(gq4["fp32_base"]) == 16 and gq4["cells_on_other_bases"] == 0
+    # convergence: dev WER was logged during the fine-tune (3 steps, every 3 // 2 = 1 step)
+    assert [s for s, _ in gq4["dev_curve"]] == [1, 2] and all(0 <= w for _, w in gq4["dev_curve"])
+    assert (out / "curves-rnnt.png").stat().st_size > 0
 
     # a fresh machine with only the committed cell files: nothing is trained again
     import shutil

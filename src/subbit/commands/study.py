@@ -35,6 +35,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lr", type=float, help="fine-tuning learning rate (default 5e-4)")
     p.add_argument("--eval-limit", type=int, help="first N utterances of each test split (default all)")
     p.add_argument("--runtime-limit", type=int, help="held-out utterances streamed through the runtime (default 300)")
+    p.add_argument("--curve-every", type=int, help="dev WER every N fine-tuning steps for the convergence curves "
+                   "(default steps/5; 0 = none)")
     p.add_argument("--only", help="comma-separated recipe names: run only their cells (e.g. a second worker "
                    "with its own --work); the report still covers every planned row")
     p.add_argument("--report-only", action="store_true",
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(work=args.work, data=args.data, archs=tuple(a for a in args.archs.split(",") if a),
               sections=tuple(s for s in args.sections.split(",") if s), seeds=args.seeds, preset=args.preset,
               fp32_steps=args.fp32_steps, steps=args.steps, lr=args.lr, eval_limit=args.eval_limit,
-              runtime_limit=args.runtime_limit, report_only=args.report_only or None,
+              runtime_limit=args.runtime_limit, curve_every=args.curve_every, report_only=args.report_only or None,
               only=tuple(r for r in (args.only or '').split(',') if r) or None, threads=args.threads, progress=not args.no_progress,
               command="subbit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     if args.quick:

@@ -65,6 +65,10 @@ class CompareConfig:
     progress: bool = True
     export: bool = True
     command: str = ""
+    #: dev WER every N fine-tuning steps (0 = never), for convergence curves; evaluation changes no
+    #: training state, so it is not part of a run's fingerprint
+    curve_every: int = 0
+    curve_limit: int = 100
 
     def __post_init__(self) -> None:
         if (self.minutes is None) == (self.steps is None):
@@ -302,6 +306,7 @@ def _train_recipe(recipe: Recipe, cfg: CompareConfig, init: Path, run: Path) -> 
         quant=str(quant_path) if quant_path else None, init=None if resume else str(init), resume=resume,
         batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, seed=cfg.seed, augment=cfg.augment,
         ckpt_every=cfg.ckpt_every, threads=cfg.threads, device=cfg.device, progress=cfg.progress,
+        eval_every=cfg.curve_every, eval_limit=cfg.curve_limit,
         **recipe.schedule,
     )
     try:

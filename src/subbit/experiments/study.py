@@ -177,6 +177,7 @@ class StudyConfig:
     batch_size: int = 8
     eval_limit: int | None = None
     runtime_limit: int | None = 300
+    curve_every: int | None = None  # dev WER every N fine-tune steps; None = steps // 5 (quick: steps // 2)
     report_only: bool = False  # rows and claims from the cell files there are; train nothing
     only: tuple[str, ...] = ()  # run only these recipes' cells (a second worker, or a rerun)
     threads: int | None = None
@@ -194,6 +195,9 @@ class StudyConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be a positive integer, got {v!r}")
+        if self.curve_every is not None and (isinstance(self.curve_every, bool) or not isinstance(self.curve_every, int)
+                                             or self.curve_every < 0):
+            raise ValueError(f"--curve-every: must be an integer >= 0, got {self.curve_every!r}")
         for name in ("eval_limit", "runtime_limit"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -413,7 +417,33 @@ def _compare_config(cfg: StudyConfig, arch: str, data: Path, fp32: Path, seed: i
                          preset=cfg.preset, fp32_run=str(fp32), steps=cfg.steps, splits=splits, lr=lr,
                          warmup_steps=cfg.warmup_steps, batch_size=cfg.batch_size, seed=seed, augment=False,
                          eval_limit=cfg.eval_limit, threads=cfg.threads, progress=cfg.progress, export=True,
-                         ckpt_every=max(10, cfg.steps // 4))
+                         ckpt_every=max(10, cfg.steps // 4), curve_every=curve_interval(cfg))
+
+
+def curve_interval(cfg: StudyConfig) -> int:
+    if cfg.curve_every is not None:
+        return cfg.curve_every
+    return max(1, cfg.steps // (2 if cfg.quick else 5))
+
+
+def read_curve(run: Path) -> list[list[float]]:
+    """``[[step, dev WER], ...]`` from a run's eval.csv (empty when it has none)."""
+    import csv
+
+    f = Path(run) / "eval.csv"
+    if not f.is_file():
+        return []
+    with f.open(newline="") as fh:
+        return [[int(r["step"]), float(r["dev_wer"])] for r in csv.DictReader(fh)]
+
+
+def still_improving(curve: Sequence[Sequence[float]]) -> bool | None:
+    """Was the last dev WER better than every earlier one by more than the lossless margin?
+    (True: the step cap stopped a fine-tune that had not converged.)"""
+    if len(curve) < 2:
+        return None
+    last, before = curve[-1][1], min(w for _, w in curve[:-1])
+    return last < before - max(0.02 * before, 0.002)
 
 
 def base_identity(fp32: Path) -> dict[str, str]:
@@ -513,7 +543,7 @@ def _write_cell(cfg: StudyConfig, cc: CompareConfig, recipe: Recipe, fp: dict[st
     ref_row = rows.get(REFERENCE, {})
     _write(path, {
         "fingerprint": fp, "row": keep, "eval": {s: evals.get(s) for s in splits},
-        "serve": serve, "fp32_init_wer": ref_row.get("wer"), "base": base,
+        "serve": serve, "fp32_init_wer": ref_row.get("wer"), "base": base, "curve": read_curve(Path(row["run"])),
     })
 
 
@@ -578,6 +608,9 @@ def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str,
         row["size_vs_fp32"] = first.get("size_vs_fp32")
         # equal bytes, not equal bits: every stored byte (indices, codebooks, float tensors) per weight
         row["bits_per_weight"] = None if not row["size_vs_fp32"] else 32.0 * row["size_vs_fp32"]
+        curve = next((c.get("curve") for c in cs if c.get("curve")), None)  # the first seed that has one
+        row["dev_curve"] = curve
+        row["still_improving"] = None if not curve else still_improving(curve)
         row["steps"] = first.get("steps")
         row["train_minutes"] = round(sum(float(c["row"].get("train_minutes") or 0) for c in cs), 2)
         for split, key in (("test_seen", "seen"), ("test_heldout", "heldout")):
@@ -786,6 +819,12 @@ def report_markdown(rows: list[dict[str, Any]], claims: list[dict[str, str]], me
                 lines.append(f"| {r['name']} | {bits} | {bpw} | {kib} | {smaller} | {len(r.get('seeds', []))} | "
                              f"{_pct(r.get('wer_seen'))} | {held} | {_fmt_ci(r.get('delta_vs_fp32_ci'))} | "
                              f"{lossless} | {_pct(r.get('runtime_wer_heldout'))} |")
+    improving = [f"{r['arch']}:{r['name']}" for r in rows if r.get("still_improving")]
+    if any(r.get("dev_curve") for r in rows):
+        lines += ["", "## Convergence", "",
+                  "Dev WER every few fine-tuning steps (curves-ARCH.png). Still improving at the step cap "
+                  "(last point better than every earlier one by more than the lossless margin): "
+                  + (", ".join(improving) or "none") + "."]
     for arch, table in (meta.get("tuning") or {}).items():
         lines += ["", f"## {arch}: tuning on dev (seed 0; the choice applies to the family's test cells)", "", *table]
     if meta.get("missing"):
@@ -824,6 +863,35 @@ def write_plots(rows: list[dict[str, Any]], out: Path, archs: Sequence[str]) -> 
         ax.legend(fontsize=7)
         fig.tight_layout()
         p = out / f"pareto-{arch}.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_curves(rows: list[dict[str, Any]], out: Path, archs: Sequence[str]) -> list[Path]:
+    """Dev WER against fine-tuning step per recipe (one seed): did the step cap cut training short?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for arch in archs:
+        rs = [r for r in rows if r["arch"] == arch and r.get("dev_curve")]
+        if not rs:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in rs:
+            steps, wers = zip(*r["dev_curve"])
+            ax.plot(steps, [100 * w for w in wers], marker=".", linewidth=1, label=r["name"])
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("dev WER (%)")
+        ax.set_title(f"subbit study: {arch}, dev WER during fine-tuning")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        p = out / f"curves-{arch}.png"
         fig.savefig(p, dpi=120)
         plt.close(fig)
         paths.append(p)
@@ -880,6 +948,6 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     files = {"results": cfg.root / "results.json", "report": cfg.root / "report.md"}
     _write(files["results"], results)
     files["report"].write_text(report_markdown(all_rows, claims, meta))
-    for p in write_plots(all_rows, cfg.root, cfg.archs):
+    for p in write_plots(all_rows, cfg.root, cfg.archs) + write_curves(all_rows, cfg.root, cfg.archs):
         files[p.stem] = p
     return StudyResult(all_rows, claims, files)
