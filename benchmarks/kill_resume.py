@@ -132,7 +132,9 @@ def interrupted_run(data: Path, run: Path, steps: int, quant: Path | None, kills
         with open(log, "wb") as fh:
             proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=_env())
         killed, phase = False, "none"
-        if kills < kills_wanted:
+        # a checkpoint of the last step: the attempt only writes final.pt; let it finish, so the
+        # kills spread over the run instead of piling up on its end
+        if kills < kills_wanted and (step_before or 0) < steps:
             phase = "startup" if rng.random() < p_startup else "steps"
             if phase == "startup":  # during start-up (imports, data, model, checkpoint load)
                 deadline = time.monotonic() + rng.uniform(0.0, 6.0)
