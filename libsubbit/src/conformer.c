@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fastmath.h"
 #include "internal.h"
 
 struct sbl_conf_state {
@@ -18,7 +19,7 @@ struct sbl_conf_state {
     float **conv;   /* per block [kernel - 1][d] */
 };
 
-static inline float sigm(float x) { return 0.5f * (1.0f + tanhf(0.5f * x)); }
+static inline float sigm(float x) { return 0.5f * (1.0f + sbl_tanhf(0.5f * x)); }
 
 sbl_conf_state *sbl_conf_state_new(const sbl_conformer *c) {
     sbl_conf_state *st = (sbl_conf_state *)calloc(1, sizeof *st);

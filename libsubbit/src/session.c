@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../../src/subbit/runtime/csrc/subbit_kernels.h"
+#include "fastmath.h"
 #include "internal.h"
 
 #define MAX_SYMBOLS 3
@@ -70,7 +71,7 @@ int sbl_linear_apply(const sbl_linear *l, int path, const float *x, int64_t m, f
     return 0;
 }
 
-static inline float sigm(float x) { return 0.5f * (1.0f + tanhf(0.5f * x)); }
+static inline float sigm(float x) { return 0.5f * (1.0f + sbl_tanhf(0.5f * x)); }
 
 /* -- LSTM ---------------------------------------------------------------------------------- */
 static lstm_state *lstm_states(const sbl_lstm *s, int n) {
@@ -129,10 +130,10 @@ static int lstm_layer(const sbl_lstm_layer *L, int path, const float *x, int64_t
         float *g = gi + t * 4 * H;
         for (int64_t j = 0; j < 4 * H; j++) g[j] = g[j] + hh[j];
         for (int64_t j = 0; j < H; j++) {
-            float ig = sigm(g[j]), fg = sigm(g[H + j]), gg = tanhf(g[2 * H + j]), og = sigm(g[3 * H + j]);
+            float ig = sigm(g[j]), fg = sigm(g[H + j]), gg = sbl_tanhf(g[2 * H + j]), og = sigm(g[3 * H + j]);
             float a = fg * c[j], b = ig * gg;
             c[j] = a + b;
-            hraw[j] = og * tanhf(c[j]);
+            hraw[j] = og * sbl_tanhf(c[j]);
         }
         if (L->proj.out) {
             if ((rc = sbl_linear_apply(&L->proj, path, hraw, 1, h))) break;
@@ -220,7 +221,7 @@ static int decode(subbit_session *s, const float *enc, int64_t T) {
     int rc = sbl_linear_apply(&m->join.enc_proj, m->path, enc, T, ep);
     for (int64_t t = 0; t < T && !rc; t++) {
         for (int k = 0; k < MAX_SYMBOLS; k++) {
-            for (int64_t j = 0; j < J; j++) s->join_h[j] = tanhf(ep[t * J + j] + s->pred_p[j]);
+            for (int64_t j = 0; j < J; j++) s->join_h[j] = sbl_tanhf(ep[t * J + j] + s->pred_p[j]);
             if ((rc = sbl_linear_apply(&m->join.out, m->path, s->join_h, 1, s->logits))) break;
             if (s->cb) s->cb(s->logits, V, s->cb_user);
             int tok = argmax(s->logits, V);
