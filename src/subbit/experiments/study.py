@@ -819,6 +819,15 @@ def report_markdown(rows: list[dict[str, Any]], claims: list[dict[str, str]], me
                 lines.append(f"| {r['name']} | {bits} | {bpw} | {kib} | {smaller} | {len(r.get('seeds', []))} | "
                              f"{_pct(r.get('wer_seen'))} | {held} | {_fmt_ci(r.get('delta_vs_fp32_ci'))} | "
                              f"{lossless} | {_pct(r.get('runtime_wer_heldout'))} |")
+    served = [(abs(r["runtime_wer_heldout"] - r["torch_wer_heldout_same_utts"]), r) for r in rows
+              if r.get("runtime_wer_heldout") is not None and r.get("torch_wer_heldout_same_utts") is not None]
+    if served:
+        gap, worst = max(served, key=lambda t: t[0])
+        lines += ["", "## What you train is what you serve", "",
+                  f"Each row's exported file streamed through the packed runtime (100 ms chunks, int8 activations) "
+                  f"vs the converted PyTorch model on the same held-out utterances: {len(served)} rows, largest WER "
+                  f"gap {100 * gap:.2f} points ({worst['arch']}:{worst['name']}), mean gap "
+                  f"{100 * sum(g for g, _ in served) / len(served):.2f} points."]
     improving = [f"{r['arch']}:{r['name']}" for r in rows if r.get("still_improving")]
     if any(r.get("dev_curve") for r in rows):
         lines += ["", "## Convergence", "",
