@@ -17,7 +17,8 @@ recorded) and ``subbit report`` (``report_subbit`` + ``format_report``). Outcome
 
 * ``refused``: SubbitFormatError from any of the three (the documented error type);
 * ``identical``: all three give exactly the original's outputs (manifest, every tensor, logits,
-  transcript, report text);
+  transcript, report text); ``bytes unchanged`` counts the mutants whose bytes equal the
+  original's (a no-op mutation, e.g. a value set to itself), which are identical by definition;
 * ``different``: it loads and something differs. For ``corrupt`` mutants this is a failure
   (a damaged file must not load as another model); for ``resealed`` ones it is a well-formed
   file of another model (the digests are checksums, not a signature) and is counted apart;
@@ -537,6 +538,7 @@ def run(n: int, seed: int = 0, arch: str = "rnnt", timeout: float = 20.0, workdi
         counts: dict[str, Counter[str]] = {"corrupt": Counter(), "resealed": Counter()}
         failures: list[dict[str, Any]] = []
         refusals: Counter[str] = Counter()
+        unchanged: Counter[str] = Counter()
         rss0 = _rss_kb()
         worst_step: tuple[int, str] = (0, "")
         biggest = len(blob)
@@ -548,6 +550,7 @@ def run(n: int, seed: int = 0, arch: str = "rnnt", timeout: float = 20.0, workdi
             except (TypeError, ValueError, RecursionError) as exc:  # the mutation itself cannot be written
                 what, mutant = f"unwritable mutation ({type(exc).__name__})", blob[:-1]
             biggest = max(biggest, len(mutant))
+            unchanged[mode] += mutant == blob  # a no-op mutation (e.g. a byte set to its own value)
             before = _rss_kb()
             outcome, detail = classify(mutant, path, reference, audio, timeout, cpu_budget)
             step = _rss_kb() - before
@@ -568,7 +571,9 @@ def run(n: int, seed: int = 0, arch: str = "rnnt", timeout: float = 20.0, workdi
             "tried": n, "seed": seed, "arch": arch, "file_bytes": len(blob), "largest_mutant_bytes": biggest,
             "refused": total["refused"], "identical": total["identical"], "different": total["different"],
             "crashed": total["crashed"],
-            "by_mode": {k: {o: v[o] for o in ("refused", "identical", "different", "crashed")} for k, v in counts.items()},
+            "by_mode": {k: {**{o: v[o] for o in ("refused", "identical", "different", "crashed")},
+                            "bytes_unchanged": unchanged[k]} for k, v in counts.items()},  # fmt: skip
+            "bytes_unchanged": sum(unchanged.values()),
             "corrupt_loaded_different": counts["corrupt"]["different"],
             "failures": [f for f in failures if f["failure"]],
             "resealed_different_examples": [f for f in failures if not f["failure"]][:20],
@@ -671,12 +676,14 @@ def main() -> int:
                                            cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
     except OSError:
         summary["commit"] = "?"
-    print(f"{'mode':<10} {'tried':>6} {'refused':>8} {'identical':>10} {'different':>10} {'crashed':>8}")
+    print(f"{'mode':<10} {'tried':>6} {'refused':>8} {'identical':>10} {'different':>10} {'crashed':>8}"
+          f" {'(bytes unchanged)':>18}")  # fmt: skip
     for mode, c in summary["by_mode"].items():
-        print(f"{mode:<10} {sum(c.values()):>6} {c['refused']:>8} {c['identical']:>10} {c['different']:>10} "
-              f"{c['crashed']:>8}")  # fmt: skip
+        tried = c["refused"] + c["identical"] + c["different"] + c["crashed"]
+        print(f"{mode:<10} {tried:>6} {c['refused']:>8} {c['identical']:>10} {c['different']:>10} "
+              f"{c['crashed']:>8} {c['bytes_unchanged']:>18}")  # fmt: skip
     print(f"{'total':<10} {summary['tried']:>6} {summary['refused']:>8} {summary['identical']:>10} "
-          f"{summary['different']:>10} {summary['crashed']:>8}")  # fmt: skip
+          f"{summary['different']:>10} {summary['crashed']:>8} {summary['bytes_unchanged']:>18}")  # fmt: skip
     print(f"file {summary['file_bytes']} B (largest mutant {summary['largest_mutant_bytes']} B); peak RSS "
           f"{summary['peak_rss_bytes'] / 2**20:.0f} MiB, of which {summary['rss_growth_during_mutants_bytes'] / 2**20:.1f}"
           f" MiB while the mutants ran; {summary['seconds']} s; {summary['machine']}")  # fmt: skip

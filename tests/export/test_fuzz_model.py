@@ -36,6 +36,10 @@ def test_three_hundred_mutants_are_refused_or_identical_and_none_crashes(fuzz: M
     assert s["failures"] == [], s["failures"][:5]
     assert s["crashed"] == 0 and s["corrupt_loaded_different"] == 0
     assert s["refused"] + s["identical"] + s["different"] == 300
+    assert s["identical"] >= s["bytes_unchanged"]
+    # tamper evidence: a corrupted file whose bytes changed at all is refused, every time
+    c = s["by_mode"]["corrupt"]
+    assert c["identical"] == c["bytes_unchanged"] and c["refused"] == 150 - c["bytes_unchanged"], c
     # the mutants reach past the digests: re-sealed ones are refused by many different checks
     assert len(s["top_refusals"]) >= 8, s["top_refusals"]
     assert s["by_mode"]["resealed"]["identical"] + s["by_mode"]["resealed"]["different"] > 0
