@@ -80,9 +80,10 @@ class DevSubset:
 
 
 def dev_subset(loaded: LoadedRun, data_dir: str | Path, limit: int = DEFAULT_LIMIT,
-               batch_size: int = DEFAULT_BATCH) -> DevSubset:
-    """The first ``limit`` usable utterances of ``DATA/dev.jsonl`` as padded feature batches
-    (sorted by length, so a batch pads little), with the run's frontend and tokenizer."""
+               batch_size: int = DEFAULT_BATCH, split: str = "dev") -> DevSubset:
+    """The first ``limit`` usable utterances of ``DATA/{split}.jsonl`` (default the dev split) as
+    padded feature batches (sorted by length, so a batch pads little), with the run's frontend
+    and tokenizer."""
     from subbit.asr.data import read_manifest, screen_utterances
     from subbit.asr.dataset import AsrDataset, collate
     from subbit.asr.features import frames_needed
@@ -90,15 +91,15 @@ def dev_subset(loaded: LoadedRun, data_dir: str | Path, limit: int = DEFAULT_LIM
     if limit < 1 or batch_size < 1:
         raise ValueError(f"limit and batch_size must be >= 1, got {limit} and {batch_size}")
     data_dir = Path(data_dir)
-    manifest = data_dir / "dev.jsonl"
+    manifest = data_dir / f"{split}.jsonl"
     if not manifest.is_file():
-        raise FileNotFoundError(f"data: no dev.jsonl in {data_dir} (the dev loss needs one)")
+        raise FileNotFoundError(f"data: no {split}.jsonl in {data_dir} (the loss is measured on it)")
     fe = loaded.frontend
     sub = int(getattr(getattr(loaded.model, "encoder", None), "subsampling", 1) or 1)
     utts, _ = screen_utterances(read_manifest(manifest), min_samples=frames_needed(sub, fe.n_fft, fe.hop_length))
     utts = [u for u in utts if loaded.tokenizer.encode(u.text)][:limit]
     if not utts:
-        raise ValueError(f"{manifest}: no usable dev utterance")
+        raise ValueError(f"{manifest}: no usable utterance")
     utts.sort(key=lambda u: (u.duration, u.id))
     ds = AsrDataset(utts, loaded.tokenizer, frontend=fe, augment=False)
     items = [ds[i] for i in range(len(ds))]
