@@ -36,28 +36,38 @@ static int varint(pb *b, uint64_t *v) {
     return -1;
 }
 
-/* next field: its number, wire type, and for wire type 2 the payload; others are skipped or
- * returned in *v */
-static int field(pb *b, uint32_t *num, int *wt, const uint8_t **data, size_t *len, uint64_t *v) {
+/* one field of a message: its number, wire type, payload (wire type 2) or value (wire type 0) */
+typedef struct {
+    uint32_t num;
+    int wt;
+    const uint8_t *data;
+    size_t len;
+    uint64_t v;
+} pb_field;
+
+/* the next field of b (fixed-width ones skipped); -1 when the bytes are not a message */
+static int field(pb *b, pb_field *f) {
     uint64_t key;
     if (varint(b, &key)) return -1;
-    *num = (uint32_t)(key >> 3);
-    *wt = (int)(key & 7);
-    switch (*wt) {
-    case 0: return varint(b, v);
+    f->num = (uint32_t)(key >> 3);
+    f->wt = (int)(key & 7);
+    switch (f->wt) {
+    case 0: return varint(b, &f->v);
     case 1: if (b->end - b->p < 8) return -1; b->p += 8; return 0;
     case 5: if (b->end - b->p < 4) return -1; b->p += 4; return 0;
     case 2: {
         uint64_t n;
         if (varint(b, &n) || n > (uint64_t)(b->end - b->p)) return -1;
-        *data = b->p;
-        *len = (size_t)n;
+        f->data = b->p;
+        f->len = (size_t)n;
         b->p += n;
         return 0;
     }
     default: return -1;
     }
 }
+
+#define BAD_PROTO(e) sbl_fail(e, SUBBIT_ERR_FORMAT, "tokenizer blob: bpe: the SentencePiece model cannot be parsed")
 
 static int set_piece(sbl_tokenizer *t, int id, const char *s, size_t n) {
     t->pieces[id] = (char *)malloc(n + 1);
@@ -72,28 +82,19 @@ static int sentencepiece(sbl_tokenizer *t, const uint8_t *m, size_t n, sbl_err *
     /* first pass: count pieces, read the normalizer and trainer options */
     pb b = {m, m + n};
     size_t count = 0;
-    uint32_t num;
-    int wt;
-    const uint8_t *d;
-    size_t len;
-    uint64_t v;
+    pb_field f, g;
     const uint8_t *unk = (const uint8_t *)" \xE2\x81\x87 ";
     size_t unk_len = 5;
     t->add_dummy_prefix = 1;
     while (b.p < b.end) {
-        if (field(&b, &num, &wt, &d, &len, &v)) return sbl_fail(e, SUBBIT_ERR_FORMAT, "tokenizer blob: bpe: the SentencePiece model cannot be parsed");
-        if (num == 1 && wt == 2) count++;
-        if ((num == 2 || num == 3) && wt == 2) {
-            pb s = {d, d + len};
+        if (field(&b, &f)) return BAD_PROTO(e);
+        if (f.num == 1 && f.wt == 2) count++;
+        if ((f.num == 2 || f.num == 3) && f.wt == 2) {
+            pb s = {f.data, f.data + f.len};
             while (s.p < s.end) {
-                uint32_t fn;
-                int fw;
-                const uint8_t *fd;
-                size_t fl;
-                uint64_t fv;
-                if (field(&s, &fn, &fw, &fd, &fl, &fv)) return sbl_fail(e, SUBBIT_ERR_FORMAT, "tokenizer blob: bpe: the SentencePiece model cannot be parsed");
-                if (num == 2 && fn == 44 && fw == 2) { unk = fd; unk_len = fl; }
-                if (num == 3 && fn == 3 && fw == 0) t->add_dummy_prefix = fv != 0;
+                if (field(&s, &g)) return BAD_PROTO(e);
+                if (f.num == 2 && g.num == 44 && g.wt == 2) { unk = g.data; unk_len = g.len; }
+                if (f.num == 3 && g.num == 3 && g.wt == 0) t->add_dummy_prefix = g.v != 0;
             }
         }
     }
@@ -102,21 +103,16 @@ static int sentencepiece(sbl_tokenizer *t, const uint8_t *m, size_t n, sbl_err *
     b.p = m;
     int id = 1;
     while (b.p < b.end) {
-        if (field(&b, &num, &wt, &d, &len, &v)) return sbl_fail(e, SUBBIT_ERR_FORMAT, "tokenizer blob: bpe: the SentencePiece model cannot be parsed");
-        if (num != 1 || wt != 2) continue;
-        pb s = {d, d + len};
+        if (field(&b, &f)) return BAD_PROTO(e);
+        if (f.num != 1 || f.wt != 2) continue;
+        pb s = {f.data, f.data + f.len};
         const uint8_t *ps = (const uint8_t *)"";
         size_t pl = 0;
         int type = 1;
         while (s.p < s.end) {
-            uint32_t fn;
-            int fw;
-            const uint8_t *fd;
-            size_t fl;
-            uint64_t fv;
-            if (field(&s, &fn, &fw, &fd, &fl, &fv)) return sbl_fail(e, SUBBIT_ERR_FORMAT, "tokenizer blob: bpe: the SentencePiece model cannot be parsed");
-            if (fn == 1 && fw == 2) { ps = fd; pl = fl; }
-            if (fn == 3 && fw == 0) type = (int)fv;
+            if (field(&s, &g)) return BAD_PROTO(e);
+            if (g.num == 1 && g.wt == 2) { ps = g.data; pl = g.len; }
+            if (g.num == 3 && g.wt == 0) type = (int)g.v;
         }
         t->piece_type[id] = type;
         /* surface: control -> "", unknown -> unk_surface, else the piece with U+2581 -> ' ' */
