@@ -4,8 +4,9 @@ with an uninterrupted run bit for bit (issue 13).
 One uninterrupted ``subbit train`` (tiny RNN-T, a dummy corpus, a checkpoint every step) gives
 the reference ``final.pt``. Then the same command runs again in a new directory and is killed
 with SIGKILL at a random moment: with probability ``--p-startup`` while it starts (imports,
-data, model), otherwise after a random step (up to a fifth of the run past the checkpoint it
-started from) plus a random fraction of one step's time (during steps and checkpoint writes);
+data, model), otherwise after the attempt has rewritten ``last.pt`` a random number of times (1
+to a fifth of the run) plus a random fraction of one step's time (during steps and checkpoint
+writes);
 each restart passes ``--resume`` when ``checkpoints/last.pt`` exists. When the run
 finishes before ``--kills`` kills, another interrupted run starts, until the kills are done.
 Each interrupted run's ``final.pt`` is compared tensor for tensor (``torch.equal``) with the
@@ -102,12 +103,13 @@ def _tmp_files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*.tmp*")) if run.exists() else []
 
 
-def _logged_step(run: Path) -> int:
+def _checkpoint_id(run: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of last.pt: every atomic rewrite (a new file renamed over it) changes it."""
     try:
-        rows = losses(run)
-    except (OSError, ValueError, KeyError):  # being written
-        return 0
-    return max((step for step, _ in rows), default=0)
+        st = os.stat(run / "checkpoints" / "last.pt")
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _started(log: Path) -> bool:
@@ -140,13 +142,16 @@ def interrupted_run(data: Path, run: Path, steps: int, quant: Path | None, kills
                 deadline = time.monotonic() + rng.uniform(0.0, 6.0)
                 while time.monotonic() < deadline and proc.poll() is None:
                     time.sleep(0.02)
-            else:  # a random moment of the steps and checkpoint writes: after a random logged step,
-                # a random fraction of one step's time (about a tenth of the run per attempt)
-                target = min(steps - 1, (step_before or 0) + rng.randint(1, max(1, steps // 5)))
-                while proc.poll() is None and not _started(log):  # this attempt's own steps
-                    time.sleep(0.02)
-                while proc.poll() is None and _logged_step(run) < target:
-                    time.sleep(0.02)
+            else:  # a random moment of the steps and checkpoint writes: after this attempt has
+                # replaced last.pt a random number of times (1 .. a fifth of the run), plus a random
+                # fraction of one step's time
+                writes = rng.randint(1, max(1, steps // 5))
+                seen = _checkpoint_id(run)
+                while proc.poll() is None and writes > 0:
+                    now = _checkpoint_id(run)
+                    if now != seen:
+                        seen, writes = now, writes - 1
+                    time.sleep(0.005)
                 time.sleep(rng.uniform(0.0, train_seconds / steps))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
