@@ -19,6 +19,7 @@ from subbit import cli, sizes
 from subbit.export import export_model
 from subbit.export.bitpack import matrix_rows, pack_rows, row_bytes
 from subbit.export.manifest import CODEBOOK_SUFFIX, IDX_SUFFIX, STEP_SUFFIX, TOKENIZER_TENSOR
+from subbit.testing.dummies import dummy_net, dummy_run
 
 torch.set_num_threads(1)
 
@@ -67,20 +68,15 @@ def test_find_affine_is_one_function_with_the_exact_rule() -> None:
 
 
 # -- a real model, exported ----------------------------------------------------------------------
-class Net(nn.Module):
+def make_net() -> nn.Module:
     """Rows of 20, 36 and 48 indices: 20 and 36 are padded in the file, so layout != bound."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(30, 20)
-        self.lstm = nn.LSTM(20, 36, batch_first=True)
-        self.conv = nn.Conv1d(36, 8, 6)
-        self.out = nn.Linear(8, 30)
+    return dummy_net(("emb", nn.Embedding(30, 20)), ("lstm", nn.LSTM(20, 36, batch_first=True)),
+                     ("conv", nn.Conv1d(36, 8, 6)), ("out", nn.Linear(8, 30)), seed=None)  # fmt: skip
 
 
 def converted(spec: dict[str, Any]) -> nn.Module:
     torch.manual_seed(0)
-    m = Net()
+    m = make_net()
     q.prepare(m, q.QuantConfig.from_dict({"default": spec}))
     return q.convert(m).eval()
 
@@ -192,25 +188,6 @@ def test_fp16_floats_do_not_move_the_twins(tmp_path: Path) -> None:
 
 
 # -- a run: subbit export and subbit report of the run and of the file ---------------------------
-def make_run(run_dir: Path, quant: dict[str, Any]) -> nn.Module:
-    from subbit.asr.checkpoint import RunPaths, write_run_config
-    from subbit.asr.models.presets import build_from_config, preset_config
-    from subbit.asr.tokenizer import Tokenizer
-
-    torch.manual_seed(0)
-    tok = Tokenizer("char", chars=list("abc "))
-    model_cfg = preset_config("rnnt", "tiny", vocab_size=tok.vocab_size, n_mels=16)
-    paths = RunPaths(run_dir)
-    run_dir.mkdir(parents=True)
-    write_run_config(paths, model_config=model_cfg, tokenizer_kind="char", vocab_size=tok.vocab_size, quant=quant,
-                     train_args={}, data_dir=str(run_dir))  # fmt: skip
-    tok.save(paths.tokenizer)
-    model = q.prepare(build_from_config(model_cfg), q.QuantConfig.from_dict(quant))
-    q.convert(model)
-    torch.save(model.state_dict(), paths.final)
-    return model.eval()
-
-
 def test_cli_export_and_report_agree_with_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     quant = {"default": {"method": "gq", "bits": 4, "granularity": "tensor"},
              "rules": {"encoder.lstms.0.weight_ih_l0": {"method": "gq", "bits": 1, "granularity": "channel"},
@@ -218,7 +195,7 @@ def test_cli_export_and_report_agree_with_sizes(tmp_path: Path, capsys: pytest.C
                        "encoder.lstms.1.weight_ih_l0": {"method": "gq", "bits": 8, "granularity": "channel"},
                        "joiner.out.weight": {"method": "uniform", "bits": 8, "granularity": "channel"},
                        "joiner.enc_proj.weight": {"method": "uniform", "bits": 4, "granularity": "tensor"}}}
-    model = make_run(tmp_path / "run", quant)
+    model = dummy_run(tmp_path / "run", "rnnt", quant)
     want = expected_quantized(model)
     assert {w[2] for w in want.values()} == {"table", "affine"}
     out, ej, fj, rj = (tmp_path / n for n in ("m.subbit", "e.json", "f.json", "r.json"))

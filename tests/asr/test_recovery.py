@@ -18,14 +18,8 @@ from subbit import cli
 from subbit.asr.checkpoint import RunPaths, load_checkpoint, read_run_config
 from subbit.asr.train import LossGuard, TrainConfig, TrainingDiverged, read_log, train
 from subbit.asr.training import guard as guard_mod
-from subbit.testing.dummies import make_dummy_corpus
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dummy_corpus(tmp_path_factory.mktemp("corpus"), n_train=16, n_eval=4)
 
 
 def tiny(corpus: Path, out: Path, **kw: object) -> TrainConfig:

@@ -11,14 +11,9 @@ import torch
 from subbit.asr.checkpoint import RunPaths, load_checkpoint, read_run_config
 from subbit.asr.train import LRSchedule, TrainConfig, TrainingDiverged, read_log, train
 from subbit.runs import load_run
-from subbit.testing.dummies import dummy_batch, make_dummy_corpus
+from subbit.testing.dummies import dummy_batch
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory):
-    return make_dummy_corpus(tmp_path_factory.mktemp("corpus"), n_train=16, n_eval=4)
 
 
 def tiny(corpus, out, **kw) -> TrainConfig:

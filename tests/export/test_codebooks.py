@@ -21,25 +21,19 @@ from subbit.export import SubbitFormatError, export_model, load_dequantized, loa
 from subbit.export.container import _safetensors_bytes, parse_container
 from subbit.export.manifest import SCHEMA_MINOR, STEP_SUFFIX, affine_table, find_affine
 from subbit.runtime import kernels
+from subbit.testing.dummies import dummy_net
 
 torch.set_num_threads(1)
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(30, 64)
-        self.lstm = nn.LSTM(64, 96, batch_first=True)
-        self.out = nn.Linear(96, 30)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h, _ = self.lstm(self.emb(tokens))
-        return self.out(h)
+def make_net() -> nn.Module:
+    return dummy_net(("emb", nn.Embedding(30, 64)), ("lstm", nn.LSTM(64, 96, batch_first=True)),
+                     ("out", nn.Linear(96, 30)), seed=None)  # fmt: skip
 
 
 def converted(spec: dict[str, Any], seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    m = Net()
+    m = make_net()
     q.prepare(m, q.QuantConfig.from_dict({"default": spec}))
     return q.convert(m).eval()
 
@@ -107,7 +101,7 @@ def test_qat8_file_is_int8_sized_and_loads_bit_for_bit(tmp_path: Path) -> None:
         theory += qt.quantizer.num_groups * (math.ceil(qt.latent.numel() / qt.quantizer.num_groups) + 4)
     assert theory == s.theory_bytes
     _, state = load_dequantized(path)
-    plain = Net()
+    plain = make_net()
     plain.load_state_dict(state)
     for qt in q.quantized_tensors(model):
         want = getattr(qt.module, qt.param_name).detach()

@@ -24,31 +24,19 @@ from subbit.export import (
 from subbit.export.bitpack import PackedTensor
 from subbit.export.container import seal_header
 from subbit.runtime import kernels
+from subbit.testing.dummies import dummy_net, dummy_run
 
 torch.set_num_threads(1)
 
 
-class Toy(nn.Module):
+def toy_net() -> nn.Module:
     """Embedding, Conv1d, LSTM and Linear: the layer kinds the ASR models quantize."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(30, 64)
-        self.conv = nn.Conv1d(64, 64, 3, padding=1)
-        self.lstm = nn.LSTM(64, 64, batch_first=True)
-        self.norm = nn.LayerNorm(64)
-        self.out = nn.Linear(64, 30)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.emb(tokens)
-        h = self.conv(h.transpose(1, 2)).transpose(1, 2)
-        h, _ = self.lstm(h)
-        return self.out(self.norm(h))
+    return dummy_net(seed=None)
 
 
 def prepared_toy(bits: int = 3, granularity: str = "tensor") -> nn.Module:
     torch.manual_seed(0)
-    m = Toy()
+    m = toy_net()
     cfg = q.QuantConfig.from_dict({"default": {"bits": bits, "granularity": granularity},
                                    "rules": {"out.weight": {"bits": 5}}})  # fmt: skip
     q.prepare(m, cfg)
@@ -64,7 +52,7 @@ def test_dequantized_round_trip_matches_converted_model(tmp_path: Path, granular
                            extra={"note": "test"}, tokenizer_kind="bytes")  # fmt: skip
     assert summary.file_bytes == path.stat().st_size
     manifest, state = load_dequantized(path)
-    plain = Toy()
+    plain = toy_net()
     assert sorted(state) == sorted(plain.state_dict())
     plain.load_state_dict(state)
     plain.eval()
@@ -291,33 +279,12 @@ def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
         read_container(tmp_path / "nope.subbit")
 
 
-def make_tiny_run(run_dir: Path, arch: str) -> nn.Module:
-    """A real run directory: tiny preset transducer, GQ-prepared and converted, char tokenizer."""
-    from subbit.asr.checkpoint import RunPaths, write_run_config
-    from subbit.asr.models.presets import build_from_config, preset_config
-    from subbit.asr.tokenizer import Tokenizer
-
-    torch.manual_seed(0)
-    tok = Tokenizer("char", chars=list("abc "))
-    model_cfg = preset_config(arch, "tiny", vocab_size=tok.vocab_size, n_mels=16)
-    quant = {"default": {"bits": 4}}
-    paths = RunPaths(run_dir)
-    run_dir.mkdir(parents=True)
-    write_run_config(paths, model_config=model_cfg, tokenizer_kind="char", vocab_size=tok.vocab_size, quant=quant,
-                     train_args={}, data_dir=str(run_dir))  # fmt: skip
-    tok.save(paths.tokenizer)
-    model = q.prepare(build_from_config(model_cfg), q.QuantConfig.from_dict(quant))
-    q.convert(model)
-    torch.save(model.state_dict(), paths.final)
-    return model.eval()
-
-
 @pytest.mark.parametrize("arch", ["rnnt", "conformer"])
 def test_cli_export_of_a_run(tmp_path: Path, arch: str, capsys: pytest.CaptureFixture[str]) -> None:
     from subbit.asr.models.presets import build_from_config
     from subbit.cli import main
 
-    model = make_tiny_run(tmp_path / "run", arch)
+    model = dummy_run(tmp_path / "run", arch)
     out = tmp_path / "m.subbit"
     assert main(["export", str(tmp_path / "run"), "--out", str(out), "--json", str(tmp_path / "s.json")]) == 0
     printed = capsys.readouterr().out

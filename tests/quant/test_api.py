@@ -9,6 +9,7 @@ from subbit.quant import (
     GQScheduler, QuantConfig, WeightQuantizer, convert, get_config, is_prepared, prepare, prepare_info,
     quantized_tensors, register_method, regularization, report,
 )
+from subbit.testing.dummies import dummy_net
 
 torch.set_num_threads(1)
 
@@ -33,23 +34,17 @@ class RoundToNearest(WeightQuantizer):
         return w + (self.hard(w) - w).detach()
 
 
-class Toy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(12, 6)
-        self.lstm = nn.LSTM(6, 8, num_layers=2, batch_first=True, bidirectional=True)
-        self.conv = nn.Conv1d(16, 8, 3, padding=1)
-        self.head_out = nn.Linear(8, 1)
-
-    def forward(self, x):
-        h, _ = self.lstm(self.emb(x))
-        h = self.conv(h.transpose(1, 2)).transpose(1, 2)
-        return self.head_out(torch.relu(h)).squeeze(-1)
+def toy_net() -> nn.Module:
+    """Embedding, a 2-layer bidirectional LSTM, Conv1d, ReLU and a 1-wide head (squeezed)."""
+    return dummy_net(("emb", nn.Embedding(12, 6)),
+                     ("lstm", nn.LSTM(6, 8, num_layers=2, batch_first=True, bidirectional=True)),
+                     ("conv", nn.Conv1d(16, 8, 3, padding=1)), ("act", nn.ReLU()), ("head_out", nn.Linear(8, 1)),
+                     ("squeeze", nn.Flatten(-2)), seed=None)  # fmt: skip
 
 
-def toy(seed: int = 0) -> Toy:
+def toy(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return Toy()
+    return toy_net()
 
 
 CFG = QuantConfig.from_dict({"default": {"bits": 3}, "rules": {"lstm.weight_hh_l1_reverse": {"bits": 1}, "nothing": {"bits": 2}}})

@@ -10,6 +10,7 @@ import torch
 from subbit.quant.baselines import DKMQuantizer, PTQQuantizer, S8BQATQuantizer, UniformQuantizer
 from subbit.quant.baselines._common import fast_softmax, lloyd_1d, nearest_index, quantile_init, recompute
 from subbit.quant.mulaw import expand
+from subbit.testing.dummies import dummy_net
 
 torch.set_num_threads(1)
 
@@ -610,14 +611,8 @@ from subbit.quant.rules import LayerSpec, QuantConfig  # noqa: E402
 from subbit.quant.schedule import GQScheduler  # noqa: E402
 
 
-class TinyNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(6, 8, batch_first=True)
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm(x)[0])
+def tiny_net() -> nn.Module:
+    return dummy_net(("lstm", nn.LSTM(6, 8, batch_first=True)), ("head", nn.Linear(8, 4)), seed=None)
 
 
 SPECS = [
@@ -645,7 +640,7 @@ def test_layer_spec_rejects_bad_baseline_options():
 @pytest.mark.parametrize(("method", "bits", "gran", "opts"), SPECS, ids=[s[0] + str(s[1]) for s in SPECS])
 def test_prepare_train_convert(method, bits, gran, opts):
     torch.manual_seed(0)
-    model = TinyNet()
+    model = tiny_net()
     prepare(model, QuantConfig(default=LayerSpec(method, bits, gran, opts)))
     qts = list(quantized_tensors(model))
     assert len(qts) == 3 and all(qt.quantizer.method == method for qt in qts)

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from subbit.quant.rules import LayerSpec, QuantConfig
+from subbit.testing.dummies import dummy_net
 
 torch.set_num_threads(1)
 
@@ -74,16 +75,12 @@ def test_dataclass_validation_and_bad_files(tmp_path):
         QuantConfig.load(broken)
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(4, 4, 2)
-        self.head_a = nn.Linear(4, 4)
-        self.body = nn.Linear(4, 4)
+def make_net() -> nn.Module:
+    return dummy_net(("lstm", nn.LSTM(4, 4, 2)), ("head_a", nn.Linear(4, 4)), ("body", nn.Linear(4, 4)), seed=None)
 
 
 def test_precedence_param_over_regex_over_type_over_default():
-    net = Net()
+    net = make_net()
     cfg = QuantConfig.from_dict({
         "default": {"bits": 3},
         "rules": {"LSTM": {"bits": 2}, "re:lstm": {"bits": 6}, "lstm.weight_hh_l1": {"bits": 1},

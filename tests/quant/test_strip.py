@@ -7,34 +7,25 @@ import torch
 from torch import nn
 
 from subbit.quant import QuantConfig, convert, is_prepared, prepare, strip
+from subbit.testing.dummies import dummy_net
 
 torch.set_num_threads(1)
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(12, 8, sparse=True)
-        self.gru = nn.GRU(8, 8, batch_first=True)
-        self.lstm = nn.LSTM(8, 8, batch_first=True)
-        self.enc = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
-        self.conv = nn.ConvTranspose1d(8, 8, 3, padding=1)
-        self.head = nn.Linear(8, 12, bias=False)
-        self.head.weight = self.emb.weight  # tied
-
-    def forward(self, x):
-        h = self.emb(x)
-        h, _ = self.gru(h)
-        h, _ = self.lstm(h)
-        h = self.enc(h)
-        h = self.conv(h.transpose(1, 2)).transpose(1, 2)
-        return self.head(h)
+def make_net() -> nn.Module:
+    m = dummy_net(("emb", nn.Embedding(12, 8, sparse=True)), ("gru", nn.GRU(8, 8, batch_first=True)),
+                  ("lstm", nn.LSTM(8, 8, batch_first=True)),
+                  ("enc", nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)),
+                  ("conv", nn.ConvTranspose1d(8, 8, 3, padding=1)), ("head", nn.Linear(8, 12, bias=False)),
+                  seed=None)  # fmt: skip
+    m.head.weight = m.emb.weight  # tied
+    return m
 
 
 @pytest.mark.parametrize("inplace", [False, True])
 def test_strip_round_trips_into_a_fresh_plain_model(inplace):
     torch.manual_seed(0)
-    fresh = Net()
+    fresh = make_net()
     keys = list(fresh.state_dict())
     model = prepare(copy.deepcopy(fresh), QuantConfig.from_dict({"default": {"bits": 3}}))
     x = torch.randint(0, 12, (2, 6))

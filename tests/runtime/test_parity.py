@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from subbit.asr.models import build_from_config, build_model
-from subbit.export.container import export_model, load_dequantized
-from subbit.quant import QuantConfig, convert, prepare
+from subbit.asr.models import build_from_config
+from subbit.export.container import load_dequantized
 from subbit.runtime import kernels
 from subbit.runtime.frontend import StreamingLogMel
 from subbit.runtime.models import PackedTransducer
+from subbit.testing.dummies import dummy_subbit_file
 
 torch.set_num_threads(1)
 REL_TOL = 0.03
@@ -28,17 +28,7 @@ C_PATHS = [p for p in kernels.available_paths() if p != "ref"]
 
 
 def export_tiny(tmp: Path, arch: str, rules: dict | None = None, bits: int = 4) -> Path:
-    torch.manual_seed(0)
-    model = build_model(arch, "tiny", vocab_size=12).eval()
-    cfg = {"default": {"method": "gq", "bits": bits}}
-    if rules:
-        cfg["rules"] = rules
-    prepare(model, QuantConfig.from_dict(cfg))
-    convert(model)
-    tmp.mkdir(parents=True, exist_ok=True)
-    path = tmp / f"{arch}.subbit"
-    export_model(model, path, arch=model.config)
-    return path
+    return dummy_subbit_file(tmp, arch, bits=bits, rules=rules)
 
 
 def reference(path: Path) -> torch.nn.Module:

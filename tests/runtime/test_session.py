@@ -24,6 +24,7 @@ from subbit.quant import QuantConfig, convert, prepare
 from subbit.runtime.frontend import StreamingLogMel
 from subbit.runtime.models import PackedTransducer
 from subbit.runtime.session import StreamingSession
+from subbit.testing.dummies import dummy_subbit_file
 
 torch.set_num_threads(1)
 BLANK_BIAS = {"rnnt": 0.2, "conformer": 1.0}
@@ -36,16 +37,8 @@ def audio(seconds: float = 2.0) -> np.ndarray:
 
 
 def export_tiny(tmp: Path, arch: str, tokenizer_bytes: bytes | None = None) -> Path:
-    torch.manual_seed(0)
-    model = build_model(arch, "tiny", vocab_size=12).eval()
-    with torch.no_grad():
-        model.joiner.out.weight.mul_(3.0)
-        model.joiner.out.bias[0] += BLANK_BIAS[arch]
-    prepare(model, QuantConfig.from_dict({"default": {"method": "gq", "bits": 4}}))
-    convert(model)
-    path = tmp / f"{arch}.subbit"
-    export_model(model, path, arch=model.config, tokenizer_bytes=tokenizer_bytes)
-    return path
+    """4-bit GQ tiny model with sharpened logits (greedy decoding emits tokens, ties are rare)."""
+    return dummy_subbit_file(tmp, arch, tokenizer_bytes=tokenizer_bytes, blank_bias=BLANK_BIAS[arch])
 
 
 def reference(path: Path) -> torch.nn.Module:

@@ -132,3 +132,107 @@ def dummy_batch(
         "texts": ["" for _ in range(batch_size)],
         "ids": [f"dummy-{b}" for b in range(batch_size)],
     }
+
+
+# -- models, runs and files for tests --------------------------------------------------------------
+# The builders below import the rest of subbit inside the functions: the corpus and batch helpers
+# above must stay usable without it (their module depends on nothing else in subbit).
+class DummyNet(torch.nn.Module):
+    """Named layers applied in order: Embedding on token ids, Conv1d over time ([B, T, C] in and
+    out), RNNs keep their output sequence; anything else is applied as is."""
+
+    def __init__(self, layers: list[tuple[str, torch.nn.Module]]) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("dummy_net needs at least one layer")
+        self._order = [name for name, _ in layers]
+        for name, module in layers:
+            self.add_module(name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self._order:
+            m = getattr(self, name)
+            if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                x = m(x.transpose(1, 2)).transpose(1, 2)
+            elif isinstance(m, torch.nn.RNNBase):
+                x = m(x)[0]
+            else:
+                x = m(x)
+        return x
+
+
+def dummy_net(*layers: tuple[str, torch.nn.Module], seed: int | None = 0) -> DummyNet:
+    """A small network of the layer kinds the quantizers cover, for quant/export tests.
+
+    With no ``layers``: Embedding(30, 64) -> Conv1d(64, 64, 3) -> LSTM(64, 64) -> LayerNorm ->
+    Linear(64, 30), named ``emb, conv, lstm, norm, out``. ``seed`` (None: leave the RNG alone) is
+    set before the layers are built, so a seed gives the same weights.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    if not layers:
+        nn = torch.nn
+        layers = (("emb", nn.Embedding(30, 64)), ("conv", nn.Conv1d(64, 64, 3, padding=1)),
+                  ("lstm", nn.LSTM(64, 64, batch_first=True)), ("norm", nn.LayerNorm(64)),
+                  ("out", nn.Linear(64, 30)))  # fmt: skip
+    return DummyNet(list(layers))
+
+
+def dummy_transducer(arch: str = "rnnt", *, vocab_size: int = 12, n_mels: int = 80, quant: dict | None = None,
+                     seed: int = 0, **overrides: object) -> torch.nn.Module:  # fmt: skip
+    """The ``tiny`` preset of ``arch`` in eval mode; with ``quant`` (a QuantConfig dict) prepared and
+    converted, i.e. the hard model an export writes."""
+    import subbit.quant as sq
+    from subbit.asr.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch, "tiny", vocab_size=vocab_size, n_mels=n_mels, **overrides).eval()
+    if quant is not None:
+        sq.prepare(model, sq.QuantConfig.from_dict(quant))
+        sq.convert(model)
+    return model.eval()
+
+
+def dummy_run(run_dir: str | Path, arch: str = "rnnt", quant: dict | None = None, *, seed: int = 0) -> torch.nn.Module:
+    """A finished run directory (config.json, char tokenizer "abc ", final.pt) holding the tiny
+    ``arch`` transducer (16 mels), prepared with ``quant`` (default 4-bit GQ) and converted.
+    Returns the model, in eval mode, as written."""
+    from subbit.asr.tokenizer import Tokenizer
+    from subbit.runs import write_run
+
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        raise FileExistsError(f"dummy_run: {run_dir} exists")
+    quant = {"default": {"bits": 4}} if quant is None else quant
+    tok = Tokenizer("char", chars=list("abc "))
+    model = dummy_transducer(arch, vocab_size=tok.vocab_size, n_mels=16, quant=quant, seed=seed)
+    write_run(run_dir, model, tok, quant=quant, train_args={}, data_dir=str(run_dir))
+    return model
+
+
+def dummy_subbit_file(out_dir: str | Path, arch: str = "rnnt", *, bits: int = 4, rules: dict | None = None,
+                      tokenizer_bytes: bytes | None = None, blank_bias: float | None = None, vocab_size: int = 12,
+                      seed: int = 0) -> Path:  # fmt: skip
+    """``OUT_DIR/ARCH.subbit``: the tiny ``arch`` transducer (80 mels) at ``bits``-bit GQ (``rules``
+    as in a QuantConfig), exported. ``blank_bias``: the joiner's logits are sharpened (x3) and the
+    blank's bias raised by it first, so greedy decoding emits a few tokens and ties are rare."""
+    import subbit.quant as sq
+    from subbit.asr.models import build_model
+    from subbit.export import export_model
+
+    torch.manual_seed(seed)
+    model = build_model(arch, "tiny", vocab_size=vocab_size).eval()
+    if blank_bias is not None:
+        with torch.no_grad():
+            model.joiner.out.weight.mul_(3.0)
+            model.joiner.out.bias[0] += blank_bias
+    quant: dict = {"default": {"method": "gq", "bits": bits}}
+    if rules:
+        quant["rules"] = rules
+    sq.prepare(model, sq.QuantConfig.from_dict(quant))
+    sq.convert(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{arch}.subbit"
+    export_model(model, path, arch=model.config, tokenizer_bytes=tokenizer_bytes)
+    return path
