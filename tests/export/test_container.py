@@ -24,7 +24,7 @@ from subbit.export import (
 from subbit.export.bitpack import PackedTensor
 from subbit.export.container import seal_header
 from subbit.runtime import kernels
-from subbit.testing.dummies import dummy_net, dummy_run
+from subbit.testing.dummies import dummy_net
 
 torch.set_num_threads(1)
 
@@ -280,11 +280,11 @@ def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("arch", ["rnnt", "conformer"])
-def test_cli_export_of_a_run(tmp_path: Path, arch: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_of_a_run(tmp_path: Path, arch: str, capsys: pytest.CaptureFixture[str], tiny_run) -> None:
     from subbit.asr.models.presets import build_from_config
     from subbit.cli import main
 
-    model = dummy_run(tmp_path / "run", arch)
+    _, model = tiny_run(arch)
     out = tmp_path / "m.subbit"
     assert main(["export", str(tmp_path / "run"), "--out", str(out), "--json", str(tmp_path / "s.json")]) == 0
     printed = capsys.readouterr().out

@@ -3,6 +3,7 @@ call, the predictor's state is the only memory, and the arch checks name the fie
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,7 @@ def test_wake_frames_counts_whole_windows() -> None:
         wake_frames(float("nan"))
 
 
-def test_an_unknown_arch_is_refused(tmp_path: Path) -> None:
-    path = dummy_subbit_file(tmp_path, "rnnt")
-    m = PackedTransducer.from_file(path)
+def test_an_unknown_arch_is_refused(subbit_file: Callable[..., Path]) -> None:
+    m = PackedTransducer.from_file(subbit_file("rnnt"))
     with pytest.raises(SubbitFormatError, match="field 'arch' must be"):
         PackedTransducer(m.store, {**m.config, "arch": "lstm"})
