@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / "results" / "libsubbit-work"))
+    ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / "out" / "libsubbit-work"))  # git-ignored
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/libsubbit_latency-PRESET-BITSbit.json)")
     args = ap.parse_args(argv)
     threads = 1
