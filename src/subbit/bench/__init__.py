@@ -87,6 +87,7 @@ def quick_options(preset: str, **over: Any) -> BenchOptions:
 # -- artifacts ---------------------------------------------------------------------------------
 def build_float_model(opts: BenchOptions) -> Any:
     """The preset with the seed's random weights; every variant starts from these weights."""
+    # local: variant subprocesses import this package; the ORT and packed ones must not load torch
     import torch
 
     from subbit.asr.models import build_model
@@ -99,6 +100,7 @@ def build_float_model(opts: BenchOptions) -> Any:
 
 def gq_quantized_tensors(model: Any, bits: int) -> list[Any]:
     """QuantizedTensor records for every weight ``prepare`` quantizes under a default GQ rule."""
+    # local: variant subprocesses import this package; the ORT and packed ones must not load torch
     from subbit.quant import QuantizedTensor
     from subbit.quant.gq import GeneralQuantizer
     from subbit.quant.modules import quantizable_params
@@ -114,6 +116,7 @@ def gq_quantized_tensors(model: Any, bits: int) -> list[Any]:
 
 def export_gq(model: Any, bits: int, path: str | os.PathLike[str]) -> Any:
     """Write ``model`` GQ-quantized at ``bits`` (no training) to a ``.subbit`` file."""
+    # local: variant subprocesses import this package; the ORT and packed ones must not load torch
     from subbit.export.container import export_model
 
     return export_model(model, path, arch=model.config, quantized=gq_quantized_tensors(model, bits))
@@ -121,6 +124,7 @@ def export_gq(model: Any, bits: int, path: str | os.PathLike[str]) -> Any:
 
 def _specs(opts: BenchOptions, workdir: Path, progress: bool) -> list[Any]:
     """Write every artifact to ``workdir``; return the variant specs (one per variant x threads)."""
+    # local: variant subprocesses import this package; the ORT and packed ones must not load torch
     from tqdm import tqdm
 
     from subbit.bench.onnx_export import export_onnx_int8
@@ -171,6 +175,7 @@ def _specs(opts: BenchOptions, workdir: Path, progress: bool) -> list[Any]:
 # -- the run -----------------------------------------------------------------------------------------
 def machine_info() -> dict[str, Any]:
     """CPU model, the SIMD flags the kernels care about, core count and library versions."""
+    # local: variant subprocesses import this package; the ORT and packed ones must not load torch
     import numpy as np
 
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
@@ -192,6 +197,7 @@ def machine_info() -> dict[str, Any]:
             info[mod] = __import__(mod).__version__
         except ImportError:
             info[mod] = None
+    # local: variant subprocesses import this package; the ORT and packed ones must not load torch
     from subbit.runtime import kernels
 
     info["kernels"] = kernels.describe()
@@ -200,6 +206,7 @@ def machine_info() -> dict[str, Any]:
 
 def run_benchmark(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
     """Artifacts, then one subprocess per variant; returns ``{"machine", "options", "rows", ...}``."""
+    # local: variant subprocesses import this package; the ORT and packed ones must not load torch
     from tqdm import tqdm
 
     from subbit.bench.latency import matvec_rows, run_in_subprocess
@@ -230,6 +237,7 @@ def run_benchmark(opts: BenchOptions, progress: bool = True) -> dict[str, Any]:
 
 def merge_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One row from the rounds of a variant: median latencies and RTF, largest peak RSS."""
+    # local: variant subprocesses import this package; the ORT and packed ones must not load torch
     import numpy as np
 
     out = dict(rows[0])

@@ -2,8 +2,9 @@
 
 :mod:`subbit.bench.torch_int8`: the float model and torch.ao dynamic int8 (the only module that
 touches the deprecated ``torch.ao``). onnxruntime: :mod:`subbit.bench.onnx_export` writes the
-streaming graphs as int8 ONNX, :mod:`subbit.bench.onnx_int8` runs them (without torch). Both wrap the models' own streaming code in the runtime's
-interface, so the very same ``StreamingSession`` loop drives every variant.
+streaming graphs as int8 ONNX, :mod:`subbit.bench.onnx_int8` runs them (without torch). Both wrap the
+models' own streaming code in the runtime's interface, so the very same ``StreamingSession`` loop
+drives every variant.
 """
 
 from __future__ import annotations

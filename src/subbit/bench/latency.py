@@ -126,6 +126,7 @@ def scheduled_session_class() -> type:
     greedy search, but every ``token_every``-th frame emits one token (then joins again, as
     greedy does after an emission), so all variants do identical work.
     """
+    # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
     from subbit.runtime.session import StreamingSession
 
     class ScheduledSession(StreamingSession):
@@ -161,6 +162,7 @@ def matvec_rows(bits_list: list[int], n: int = 4096, k: int = 4096, repeats: int
                 seed: int = 0) -> list[dict[str, Any]]:
     """µs per ``[1, k] @ W[n, k]^T`` through the packed kernels, per bit depth, with the effective
     weight bandwidth next to a plain read of a buffer of the same size (``kernels.read_sum``)."""
+    # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
     from subbit.export.bitpack import PackedTensor
     from subbit.runtime import kernels
 
@@ -197,16 +199,19 @@ def _paired_times(fa: Any, fb: Any, repeats: int) -> tuple[np.ndarray, np.ndarra
 def _build_model(spec: VariantSpec) -> tuple[Any, int, int]:
     """(streaming model in the runtime interface, resident weight bytes, vocabulary size)."""
     if spec.method == "subbit":
+        # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
         from subbit.runtime.models import PackedTransducer
 
         m = PackedTransducer.from_file(spec.path, threads=spec.threads)
         return m, m.weight_bytes, m.vocab_size
     if spec.method == "ort-int8":
+        # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
         from subbit.bench.onnx_int8 import OrtStreamingModel, ort_weight_bytes
 
         o = OrtStreamingModel(spec.path, threads=spec.threads)
         return o, ort_weight_bytes(spec.path), int(o.meta["vocab_size"])
     if spec.method in ("fp32", "torch-int8"):
+        # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
         import torch
 
         from subbit.asr.models import build_from_config
@@ -228,6 +233,7 @@ def _build_model(spec: VariantSpec) -> tuple[Any, int, int]:
 
 def run_variant(spec: VariantSpec) -> dict[str, Any]:
     """Build, warm up and time one variant in this process; returns its result row."""
+    # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
     from subbit.bench import memory
     from subbit.runtime.session import StreamingSession
 
@@ -260,6 +266,7 @@ def run_variant(spec: VariantSpec) -> dict[str, Any]:
         "decode": f"one token every {token_every} frames" if token_every > 0 else "greedy",
     }
     if spec.method == "subbit":
+        # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
         from subbit.runtime import kernels
 
         row["kernel_path"] = kernels.default_path()
@@ -287,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m subbit.bench.latency SPEC_JSON", file=sys.stderr)
         return 2
+    # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
     import logging
     import warnings
 

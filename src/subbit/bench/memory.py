@@ -61,6 +61,7 @@ def reset_peak_rss() -> bool:
 
 def onnx_initializer_bytes(path: str | os.PathLike[str]) -> int:
     """Bytes of every initializer (weights, scales, zero points) of an ONNX file."""
+    # local: onnx is an optional dependency (the ORT variant only)
     import numpy as np
     import onnx
     from onnx import numpy_helper

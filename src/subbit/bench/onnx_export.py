@@ -77,7 +77,8 @@ class ConformerEncoderGraph(nn.Module):
     def example(self) -> Example:
         enc, nb = self.enc, len(self.enc.blocks)
         kv = torch.zeros(nb, 1, enc.heads, self.keep, enc.dh)
-        return ((torch.zeros(1, enc.chunk_frames, enc.n_mels), kv, kv.clone(), torch.zeros(nb, 1, enc.d, enc.kernel - 1),
+        conv = torch.zeros(nb, 1, enc.d, enc.kernel - 1)
+        return ((torch.zeros(1, enc.chunk_frames, enc.n_mels), kv, kv.clone(), conv,
                  torch.ones(1, self.keep + enc.chunk_size, dtype=torch.bool)),
                 ["feats", "k", "v", "conv", "key_valid"], ["enc", "k_out", "v_out", "conv_out"])  # fmt: skip
 

@@ -15,6 +15,7 @@ import numpy as np
 from subbit.bench.memory import onnx_initializer_bytes
 
 ORT_FILES = ("encoder.onnx", "predictor.onnx", "enc_proj.onnx", "join.onnx")
+HC = tuple[np.ndarray, np.ndarray]  # an LSTM stack's (h, c)
 
 
 class OrtSession(Protocol):
@@ -86,11 +87,11 @@ class _OrtPredictor:
     def __init__(self, sess: OrtSession, meta: dict[str, Any]) -> None:
         self.sess, self.m = sess, meta
 
-    def init_state(self) -> tuple[np.ndarray, np.ndarray]:
+    def init_state(self) -> HC:
         z = np.zeros((self.m["pred_layers"], 1, self.m["pred_hidden"]), np.float32)
         return z, z.copy()
 
-    def step(self, token: int, state: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def step(self, token: int, state: HC) -> tuple[np.ndarray, HC]:
         p, h, c = self.sess.run(None, {"token": np.array([token], np.int64), "h": state[0], "c": state[1]})
         return p, (h, c)
 

@@ -8,9 +8,11 @@ from typing import Any
 
 def plot_result(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Two panels per thread count: latency bars (p50/p90/UPL, ms) and weight bytes (MB)."""
+    # local: matplotlib is optional and slow to import; only plotting needs it
     import matplotlib
 
     matplotlib.use("Agg")
+    # local: matplotlib is optional and slow to import; only plotting needs it
     import matplotlib.pyplot as plt
 
     rows = result.get("rows") or []

@@ -59,6 +59,7 @@ def _say(msg: str) -> None:
 
 def stage_corpus(ctx: DemoContext) -> None:
     """Build the quick synthetic corpus unless it is already there (a cached build is a no-op)."""
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
     from subbit.asr.corpus import BuildOptions, build_corpus
 
     _say(f"corpus: {ctx.data} (quick synthetic corpus; built once, then reused)")
@@ -102,6 +103,7 @@ DEMO_RECIPE: dict[str, Any] = {
 
 def stage_train_fp32(ctx: DemoContext) -> None:
     """Train the small (tiny with --quick) RNN-T in fp32 for the time budget."""
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
     from subbit.asr.checkpoint import RunPaths
     from subbit.asr.train import TrainConfig, train
 
@@ -123,6 +125,7 @@ def stage_train_fp32(ctx: DemoContext) -> None:
 
 
 def _trained_minutes(paths: Any) -> float:
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
     from subbit.asr.checkpoint import load_checkpoint
 
     return float(load_checkpoint(paths.last)["elapsed"]) / 60
@@ -130,6 +133,7 @@ def _trained_minutes(paths: Any) -> float:
 
 def _evaluate_run(ctx: DemoContext, run_dir: Path, tag: str) -> None:
     """Greedy WER of a run's final model on seen voices and on held-out voices/engines."""
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
     from subbit.asr.data import read_manifest
     from subbit.asr.evaluate import evaluate, write_errors
     from subbit.runs import load_run
@@ -173,6 +177,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {
 
 def _quantize(ctx: DemoContext, tag: str) -> None:
     """QAT fine-tune of one variant, warm-started from the fp32 run."""
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
     from subbit.asr.checkpoint import RunPaths, read_run_config
     from subbit.asr.train import TrainConfig, train
     from subbit.quant import QuantConfig
@@ -220,6 +225,7 @@ def stage_eval_qat8(ctx: DemoContext) -> None:
 def stage_export(ctx: DemoContext) -> None:
     """Write the bit-packed .subbit files (GQ, 8-bit QAT, fp32) and read each back through the
     validating loader."""
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
     from subbit.runs import export_run
 
     for tag, run, path in _files(ctx):
@@ -241,6 +247,7 @@ def _files(ctx: DemoContext) -> list[tuple[str, Path, Path]]:
 def stage_runtime(ctx: DemoContext) -> None:
     """Stream held-out audio through the packed-weight runtime (C kernels, no torch) and score it:
     WER and per-chunk latency of each served file, side by side on this machine."""
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
     import numpy as np
 
     from subbit.asr.data import read_manifest
@@ -283,9 +290,11 @@ def result_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
 
 def stage_results(ctx: DemoContext) -> None:
     """results.json, report.md and a WER-vs-size plot of the three served models."""
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
     import matplotlib
 
     matplotlib.use("Agg")
+    # local: every verb module is imported to build --help; torch loads only for the verb that runs
     import matplotlib.pyplot as plt
 
     rows = result_rows(ctx.summary)

@@ -67,6 +67,7 @@ def make_dummy_corpus(
     Train, dev and test_seen use "voices" (pitch factors) 0.95-1.05; test_heldout uses pitch
     0.9 and 1.1, mirroring the real corpus's held-out-voice split. Returns ``root``.
     """
+    # local: the corpus helpers above must stay usable without the rest of subbit
     import soundfile as sf
 
     if n_train < 1 or n_eval < 1:
@@ -182,6 +183,7 @@ def dummy_transducer(arch: str = "rnnt", *, vocab_size: int = 12, n_mels: int = 
                      seed: int = 0, **overrides: object) -> torch.nn.Module:  # fmt: skip
     """The ``tiny`` preset of ``arch`` in eval mode; with ``quant`` (a QuantConfig dict) prepared and
     converted, i.e. the hard model an export writes."""
+    # local: the corpus helpers above must stay usable without the rest of subbit
     import subbit.quant as sq
     from subbit.asr.models import build_model
 
@@ -197,6 +199,7 @@ def dummy_run(run_dir: str | Path, arch: str = "rnnt", quant: dict | None = None
     """A finished run directory (config.json, char tokenizer "abc ", final.pt) holding the tiny
     ``arch`` transducer (16 mels), prepared with ``quant`` (default 4-bit GQ) and converted.
     Returns the model, in eval mode, as written."""
+    # local: the corpus helpers above must stay usable without the rest of subbit
     from subbit.asr.tokenizer import Tokenizer
     from subbit.runs import write_run
 
@@ -216,6 +219,7 @@ def dummy_subbit_file(out_dir: str | Path, arch: str = "rnnt", *, bits: int = 4,
     """``OUT_DIR/ARCH.subbit``: the tiny ``arch`` transducer (80 mels) at ``bits``-bit GQ (``rules``
     as in a QuantConfig), exported. ``blank_bias``: the joiner's logits are sharpened (x3) and the
     blank's bias raised by it first, so greedy decoding emits a few tokens and ties are rare."""
+    # local: the corpus helpers above must stay usable without the rest of subbit
     import subbit.quant as sq
     from subbit.asr.models import build_model
     from subbit.export import export_model

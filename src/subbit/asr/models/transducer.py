@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from subbit.asr.loss import rnnt_loss, rnnt_loss_from_parts
+
 State = dict[str, Any]
 
 
@@ -196,8 +198,6 @@ class Transducer(nn.Module):
         of a synthetic task (docs/models.md, section 7). Config ``loss_chunk_frames`` > 0 builds
         the joiner lattice that many frames at a time under checkpointing (memory for speed).
         """
-        from ..loss import rnnt_loss, rnnt_loss_from_parts
-
         b = feats.size(0)
         if targets.dim() != 2 or targets.size(0) != b:
             raise ValueError(f"targets must be [B, U] with B={b}, got {tuple(targets.shape)}")

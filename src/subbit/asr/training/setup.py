@@ -279,7 +279,8 @@ def setup(cfg: TrainConfig, overrides: dict[str, Any] | None = None) -> Session:
 
     ddp_model: nn.Module = model
     if dist.enabled:
-        ddp_model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        ddp_model = DistributedDataParallel(model, device_ids=ids)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     total = cfg.steps
     warmup = min(cfg.warmup_steps, max(1, total // 10)) if total else cfg.warmup_steps
