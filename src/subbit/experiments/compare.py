@@ -303,6 +303,7 @@ def _train_recipe(recipe: Recipe, cfg: CompareConfig, init: Path, run: Path) -> 
         _clear_partial(run)
     tc = TrainConfig(
         data=cfg.data or "", out=str(run), minutes=cfg.minutes, steps=cfg.steps,
+        model=cfg.model, preset=cfg.preset,  # the warm start builds the model; these name it in logs and config
         quant=str(quant_path) if quant_path else None, init=None if resume else str(init), resume=resume,
         batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, seed=cfg.seed, augment=cfg.augment,
         ckpt_every=cfg.ckpt_every, threads=cfg.threads, device=cfg.device, progress=cfg.progress,
