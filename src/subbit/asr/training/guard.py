@@ -85,17 +85,22 @@ class LossGuard:
         self.floor = float(d["floor"])
 
 
-def keep_good(paths: RunPaths) -> None:
-    """``good.pt`` := the ``last.pt`` just written (hard link, or a copy where links are not supported)."""
-    if paths.good.is_file() and os.path.samefile(paths.good, paths.last):
-        return
-    tmp = paths.good.with_name(f".{paths.good.name}.link.tmp")
+def _link_over(src: Path, dst: Path) -> None:
+    """``dst`` := ``src``, atomically: a hard link (no second write), or a copy where links fail."""
+    if dst.is_file() and os.path.samefile(src, dst):
+        return  # a rename between two links of one file would do nothing and leave the temp behind
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(paths.last, tmp)
+        os.link(src, tmp)
     except OSError:
-        shutil.copyfile(paths.last, tmp)
-    os.replace(tmp, paths.good)
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def keep_good(paths: RunPaths) -> None:
+    """``good.pt`` := the ``last.pt`` just written."""
+    _link_over(paths.last, paths.good)
 
 
 def restore_good(paths: RunPaths) -> int | None:
@@ -103,15 +108,7 @@ def restore_good(paths: RunPaths) -> int | None:
     if not paths.good.is_file():
         return None
     step = int(load_checkpoint(paths.good)["step"])
-    if paths.last.is_file() and os.path.samefile(paths.good, paths.last):
-        return step  # (a rename between two links of one file would do nothing and leave tmp behind)
-    tmp = paths.last.with_name(f".{paths.last.name}.restore.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(paths.good, tmp)
-    except OSError:
-        shutil.copyfile(paths.good, tmp)
-    os.replace(tmp, paths.last)
+    _link_over(paths.good, paths.last)
     return step
 
 
