@@ -75,3 +75,14 @@ def test_bifocal_claim_needs_memory_latency_and_the_interval() -> None:
     assert bifocal_claim([q, lossy])["verdict"] == "not reproduced"
     cells, _ = plan("bifocal", quick=False, seeds=3)
     assert {c.recipe.name: c.seeds for c in cells} == {n: (0, 1, 2) for n in ("fp32", "qat8", "gq5", "gq4")}
+
+
+def test_open_sentences_are_scored_only_when_the_corpus_has_them(tmp_path) -> None:
+    from subbit.experiments.study import SPLITS, corpus_identity, eval_splits
+
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    assert eval_splits(tmp_path) == SPLITS
+    before = corpus_identity(tmp_path)
+    (tmp_path / "test_open.jsonl").write_text("{}\n")
+    assert eval_splits(tmp_path) == SPLITS + ("test_open",)
+    assert corpus_identity(tmp_path) != before  # another corpus, other cells

@@ -39,6 +39,13 @@ log = logging.getLogger(__name__)
 ARCHS = ("rnnt", "conformer", "bifocal")
 SECTIONS = ("baselines", "bit-allocation", "quant-frequency", "centroids", "bifocal", "serve", "tuning")
 SPLITS = ("test_seen", "test_heldout")
+#: open (fortune) sentences the training text cannot teach: scored and reported apart when the
+#: corpus has them (the full corpus does; --quick has none)
+OPEN_SPLIT = "test_open"
+
+
+def eval_splits(data: Path) -> tuple[str, ...]:
+    return SPLITS + ((OPEN_SPLIT,) if (Path(data) / f"{OPEN_SPLIT}.jsonl").is_file() else ())
 CELL_SCHEMA = 1
 
 #: the fp32 recipe that converges in a few CPU minutes on the embedded corpus (see the demo's
@@ -235,7 +242,7 @@ def _write(path: Path, data: Any) -> None:
 def corpus_identity(data: Path) -> str:
     """Hash of the manifests (texts, ids, durations): a cell is only valid on the same corpus."""
     h = hashlib.sha256()
-    for split in ("train", "dev", *SPLITS):
+    for split in ("train", "dev", *SPLITS, OPEN_SPLIT):
         f = data / f"{split}.jsonl"
         if f.is_file():
             h.update(split.encode())
@@ -412,7 +419,7 @@ def _schedule(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str) -> li
 def _compare_config(cfg: StudyConfig, arch: str, data: Path, fp32: Path, seed: int, lr: float,
                     splits: tuple[str, ...]) -> CompareConfig:
     """One compare workspace per (seed, lr, splits): compare refuses to mix settings in one folder."""
-    name = f"seed-{seed}" + ("" if lr == cfg.lr else f"-lr{lr:g}") + ("" if splits == SPLITS else "-" + "-".join(splits))
+    name = f"seed-{seed}" + ("" if lr == cfg.lr else f"-lr{lr:g}") + ("" if splits[:2] == SPLITS else "-" + "-".join(splits))
     return CompareConfig(out=str(cfg.work_dir / arch / name), data=str(data), model=arch,
                          preset=cfg.preset, fp32_run=str(fp32), steps=cfg.steps, splits=splits, lr=lr,
                          warmup_steps=cfg.warmup_steps, batch_size=cfg.batch_size, seed=seed, augment=False,
@@ -459,13 +466,13 @@ def run_cells(cfg: StudyConfig, arch: str, cells: list[Cell], data: Path, corpus
         if fp32 is None:
             fp32 = ensure_fp32_base(cfg, arch, data)
             base = base_identity(fp32)
-        cc = _compare_config(cfg, arch, data, fp32, seed, lr, SPLITS)
+        cc = _compare_config(cfg, arch, data, fp32, seed, lr, eval_splits(data))
         log.info("study: %s seed %d lr %g: %d cell(s) to run: %s", arch, seed, lr, len(todo),
                  ", ".join(r.name for r, _, _ in todo))
         for recipe, fp, path in todo:  # one compare call per cell: its file is written as soon as it is done
             result = run_compare(cc, [recipe], name="results")
             rows = {row["recipe"]: row for row in result.rows}
-            _write_cell(cfg, cc, recipe, fp, rows, data, path, base or {})
+            _write_cell(cfg, cc, recipe, fp, rows, data, path, base or {}, splits=tuple(cc.splits))
 
 
 def _tune_path(cfg: StudyConfig, arch: str, key: str) -> Path:
@@ -534,7 +541,7 @@ def _write_cell(cfg: StudyConfig, cc: CompareConfig, recipe: Recipe, fp: dict[st
     evals = stored.get("eval") or {}
     serve = None
     subbit_file = Path(row["run"]) / "model.subbit"
-    if splits == SPLITS and "serve" in cfg.sections and row.get("status") == "done" and subbit_file.is_file():
+    if splits[:2] == SPLITS and "serve" in cfg.sections and row.get("status") == "done" and subbit_file.is_file():
         limit = cfg.runtime_limit if cfg.eval_limit is None else min(cfg.eval_limit, cfg.runtime_limit or cfg.eval_limit)
         serve = runtime_wer(subbit_file, data, "test_heldout", limit)
     keep = {k: row.get(k) for k in ("method", "bits", "size_bytes", "fp32_bytes", "size_vs_fp32",
@@ -586,6 +593,7 @@ def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str,
     other_base = {name: sum(_base_key(c) != active for c in cs) for name, cs in loaded.items()}
     loaded = {name: [c for c in cs if _base_key(c) == active] for name, cs in loaded.items()}
     ctrl = {s: _scored(loaded.get("fp32", []), s) for s in SPLITS}
+    has_open = any((c.get("eval") or {}).get(OPEN_SPLIT) for cs in loaded.values() for c in cs)
     rows = []
     for cell in cells:
         cs = loaded[cell.recipe.name]
@@ -613,6 +621,10 @@ def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str,
         row["still_improving"] = None if not curve else still_improving(curve)
         row["steps"] = first.get("steps")
         row["train_minutes"] = round(sum(float(c["row"].get("train_minutes") or 0) for c in cs), 2)
+        if has_open:  # reported apart: no claim rests on sentences the training text cannot teach
+            so = _scored(cs, OPEN_SPLIT)
+            row["wer_open"] = None if so is None else so.wer
+            row["wer_open_ci"] = None if so is None else list(stats.wer_ci(so))
         for split, key in (("test_seen", "seen"), ("test_heldout", "heldout")):
             sc = _scored(cs, split)
             if split == "test_heldout" and sc is not None and heldout is not None:
