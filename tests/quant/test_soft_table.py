@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from subbit.quant.mulaw import compand, expand
 from subbit.quant.soft_table import (
-    MAX_GRID, choose_grid, table_lookup, table_soft, tabulate,
+    GRID_FRACTION, MAX_GRID, choose_grid, table_lookup, table_soft, tabulate,
 )
 
 torch.set_num_threads(1)
@@ -140,13 +140,15 @@ def test_policy_grid_size_and_fallback():
     assert 5 < sizes[2] / sizes[1] < 20  # ~ 1 / tau
     assert choose_grid(theta, 0.0, n, "squared", mu) is None  # hard mode
     assert choose_grid(theta, 1e-9, n, "squared", mu) is None  # past MAX_GRID: exact window
-    assert choose_grid(theta, 0.1 * spacing**2, 4 * sizes[1] - 1, "squared", mu) is None  # grid too big for N
-    assert choose_grid(theta, 0.1 * spacing**2, 4 * sizes[1], "squared", mu) == sizes[1]
+    # grid too big for N: more than GRID_FRACTION grid points per weight
+    budget = math.ceil(sizes[1] / GRID_FRACTION)
+    assert choose_grid(theta, 0.1 * spacing**2, budget - 1, "squared", mu) is None
+    assert choose_grid(theta, 0.1 * spacing**2, budget, "squared", mu) == sizes[1]
     # stronger companding stretches the transitions near 0 in x = w / s: finer grid
     assert choose_grid(theta, 0.1 * spacing**2, n, "squared", 50.0) > sizes[1]
     # G groups share the budget
     th3 = theta.expand(3, -1)
-    assert choose_grid(th3, 0.1 * spacing**2, 12 * sizes[1] - 1, "squared", mu[:1]) is None
+    assert choose_grid(th3, 0.1 * spacing**2, 3 * budget - 1, "squared", mu[:1]) is None
     # two equal centroids force the full window (W = K): the grid's window work is capped
     _, _, mu8, theta8, spacing8 = setup(8)
     tau8 = 0.1 * spacing8**2
