@@ -31,6 +31,7 @@ from subbit.quant.api import (
 )
 from subbit.quant.base import WeightQuantizer
 from subbit.quant.gq import GeneralQuantizer, GQOptions
+from subbit.quant.grads import clip_latent_grad_norm_
 from subbit.quant.mulaw import compand, expand
 from subbit.quant.options import MethodOptions
 from subbit.quant.registry import get_method, known_methods, register_method
@@ -40,7 +41,7 @@ from subbit.quant.schedule import GQScheduler
 __all__ = [
     "Allocation", "Constraints", "Sensitivity", "allocate", "measure_sensitivity",
     "GQOptions", "GQScheduler", "GeneralQuantizer", "LayerSpec", "MethodOptions", "PrepareInfo", "QuantConfig", "QuantReport",
-    "QuantizedTensor", "ReportRow", "WeightQuantizer", "compand", "convert", "expand", "get_config",
+    "QuantizedTensor", "ReportRow", "WeightQuantizer", "clip_latent_grad_norm_", "compand", "convert", "expand", "get_config",
     "get_method", "is_prepared", "known_methods", "packed_bytes", "prepare", "prepare_info",
     "quantized_tensors", "quantizer_enabled", "register_method", "regularization", "report", "strip",
 ]
