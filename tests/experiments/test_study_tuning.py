@@ -86,3 +86,20 @@ def test_open_sentences_are_scored_only_when_the_corpus_has_them(tmp_path) -> No
     (tmp_path / "test_open.jsonl").write_text("{}\n")
     assert eval_splits(tmp_path) == SPLITS + ("test_open",)
     assert corpus_identity(tmp_path) != before  # another corpus, other cells
+
+
+def test_automatic_allocation_cells_come_from_the_committed_rules(tmp_path) -> None:
+    import json
+
+    from subbit.experiments.study import AUTO_BITS, StudyConfig, auto_recipes, plan
+
+    cfg = StudyConfig(out=str(tmp_path))
+    cells, missing = plan("rnnt", quick=False, seeds=3, auto=auto_recipes(cfg, "rnnt"))
+    assert {f"gq-auto{b}" for b in AUTO_BITS} <= set(missing)  # not measured yet: listed, not invented
+    rules = {"version": 1, "default": {"method": "gq", "bits": 3, "granularity": "tensor"},
+             "rules": {"encoder.lstm.weight_hh_l0": {"bits": 1}}}
+    (tmp_path / "alloc").mkdir()
+    (tmp_path / "alloc" / "rnnt-avg3.json").write_text(json.dumps({"avg_bits": 3, "rules": rules}))
+    cells, missing = plan("rnnt", quick=False, seeds=3, auto=auto_recipes(cfg, "rnnt"))
+    auto3 = next(c for c in cells if c.recipe.name == "gq-auto3")
+    assert auto3.seeds == (0, 1, 2) and auto3.recipe.quant == rules and "gq-auto3" not in missing

@@ -109,9 +109,16 @@ def _lookup(name: str, extra: dict[str, Recipe]) -> Recipe | None:
     return None
 
 
-def plan(arch: str, quick: bool, seeds: int = 3, sections: Sequence[str] = SECTIONS) -> tuple[list[Cell], list[str]]:
-    """The cells of one architecture, and the recipes skipped because they are not defined."""
-    extra = study_recipes()
+#: average bit depths of the automatic allocation cells (issue 11's experiment)
+AUTO_BITS = (2, 3, 4)
+
+
+def plan(arch: str, quick: bool, seeds: int = 3, sections: Sequence[str] = SECTIONS,
+         auto: dict[str, Recipe] | None = None) -> tuple[list[Cell], list[str]]:
+    """The cells of one architecture, and the recipes skipped because they are not defined.
+    ``auto``: the automatic-allocation recipes of this architecture's base (:func:`auto_recipes`);
+    without them those cells are listed as not defined yet."""
+    extra = {**study_recipes(), **(auto or {})}
     multi = tuple(range(max(1, seeds)))
     if quick:
         multi = tuple(range(min(2, max(1, seeds))))
@@ -140,6 +147,8 @@ def plan(arch: str, quick: bool, seeds: int = 3, sections: Sequence[str] = SECTI
         else:
             alloc = ["gq4-attn2", "gq4-ff2", "gq4-conv2", "gq4-pred2", "gq4-joiner2", "gq4-edges8", "gq3-ff1"]
         wanted += [(n, multi if n in claim_cells else one, "bit-allocation") for n in alloc]
+        # automatic allocation (`subbit allocate`) vs uniform GQ at the same average bits
+        wanted += [(f"gq-auto{b}", multi, "bit-allocation") for b in AUTO_BITS]
         tq = [f"gq4-tq{t}-{m}" for m in ("project", "forward") for t in (1, 10, 100, 1000)]
         wanted += [(n, one, "quant-frequency") for n in tq if n != "gq4-tq1-forward"]
     cells: dict[str, Cell] = {}
@@ -473,6 +482,39 @@ def run_cells(cfg: StudyConfig, arch: str, cells: list[Cell], data: Path, corpus
             result = run_compare(cc, [recipe], name="results")
             rows = {row["recipe"]: row for row in result.rows}
             _write_cell(cfg, cc, recipe, fp, rows, data, path, base or {}, splits=tuple(cc.splits))
+
+
+def _alloc_path(cfg: StudyConfig, arch: str, bits: int) -> Path:
+    return cfg.root / "alloc" / f"{arch}-avg{bits}.json"
+
+
+def auto_recipes(cfg: StudyConfig, arch: str) -> dict[str, Recipe]:
+    """GQ recipes from the automatic allocations written by :func:`ensure_allocations` (committed
+    with the cells, so a fresh machine rebuilds the same recipes without the fp32 base)."""
+    out = {}
+    for b in AUTO_BITS:
+        d = _read(_alloc_path(cfg, arch, b))
+        if d and d.get("rules"):
+            out[f"gq-auto{b}"] = Recipe(f"gq-auto{b}", "gq", f"GQ with the automatic bit allocation of `subbit allocate` "
+                                        f"at {b} bits per weight on average (dev-loss sensitivity, exact DP)", quant=d["rules"])
+    return out
+
+
+def ensure_allocations(cfg: StudyConfig, arch: str, data: Path) -> None:
+    """Measure the fp32 base's per-kernel sensitivity once (cached next to the base) and solve the
+    allocation at each of ``AUTO_BITS``."""
+    from subbit.asr.sensitivity import allocate_rules_for_run
+
+    todo = [b for b in AUTO_BITS if not _alloc_path(cfg, arch, b).is_file()]
+    if not todo:
+        return
+    fp32 = ensure_fp32_base(cfg, arch, data)
+    for b in todo:
+        log.info("study: %s automatic allocation at %d bits on average", arch, b)
+        rules = allocate_rules_for_run(fp32, data, avg_bits=float(b), spec={"method": "gq", "granularity": "tensor"},
+                                       progress=cfg.progress)
+        _write(_alloc_path(cfg, arch, b), {"avg_bits": b, "base": base_identity(fp32), "rules": rules,
+                                            "measure": "dev-loss increase, GQ mu-law grid per kernel (subbit.asr.sensitivity)"})
 
 
 def _tune_path(cfg: StudyConfig, arch: str, key: str) -> Path:
@@ -943,7 +985,10 @@ def run_study(cfg: StudyConfig) -> StudyResult:
     missing: list[str] = []
     tuning: dict[str, list[str]] = {}
     for arch in cfg.archs:
-        cells, miss = plan(arch, cfg.quick, cfg.seeds, cfg.sections)
+        if "bit-allocation" in cfg.sections and not cfg.quick and not cfg.report_only and arch != "bifocal" \
+                and (not cfg.only or any(n.startswith("gq-auto") for n in cfg.only)):
+            ensure_allocations(cfg, arch, data)
+        cells, miss = plan(arch, cfg.quick, cfg.seeds, cfg.sections, auto_recipes(cfg, arch))
         missing += [f"{arch}:{m}" for m in miss]
         if "tuning" in cfg.sections:
             if not cfg.report_only and not cfg.only:
