@@ -9,9 +9,12 @@ or F16 with ``fp16_float_tensors``); the tokenizer as a U8 tensor. The header is
 hand (the safetensors format is 8 bytes of length + JSON + data) so that the sha256 of the data
 section can go into the manifest; ``safetensors.safe_open`` reads the result.
 
-Reading: :func:`read_container` parses the header itself with bounds checks and never
-unpickles; :func:`load_dequantized` gives a float state dict, :func:`load_packed` the packed
-tensors for the runtime. Anything wrong raises :class:`SubbitFormatError`.
+Reading: :func:`read_container` parses the header itself with bounds checks, checks every size
+against the file length, streams the data digest and maps the data section (copy-on-write)
+instead of reading it; it never unpickles. :func:`load_dequantized` gives a float state dict,
+:func:`load_packed` the packed tensors for the runtime. Anything wrong raises
+:class:`SubbitFormatError`. The writer parses its own bytes with the same checks before it
+writes, so it never writes a file its loader refuses.
 """
 
 from __future__ import annotations
