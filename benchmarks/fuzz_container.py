@@ -25,7 +25,7 @@ recorded) and ``subbit report`` (``report_subbit`` + ``format_report``). Outcome
 * ``crashed``: any other exception, more than ``--timeout`` seconds, more than 50x the
   original's CPU time (and over 2 s), or a peak-RSS growth over 256 MiB in one mutant.
 
-    python benchmarks/fuzz_container.py [--n 2000] [--seed 0] [--arch rnnt] [--out PATH]
+    python benchmarks/fuzz_container.py [--n 2000] [--seed 0] [--arch rnnt|conformer|bifocal] [--large-mib 256]
 
 Prints a table and writes benchmarks/out/fuzz_container.json, with peak RSS against the file
 size. ``tests/export/test_fuzz_model.py`` runs a few hundred of the same mutants in CI.
@@ -656,7 +656,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="mutants (half corrupt, half resealed)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--arch", default="rnnt", help="rnnt or conformer (the tiny preset)")
+    ap.add_argument("--arch", default="rnnt", help="any arch of subbit.asr.models (rnnt, conformer, bifocal), tiny preset")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per mutant before it counts as a crash")
     ap.add_argument("--large-mib", type=int, default=256, help="also load a file of this size for peak RSS (0: skip)")
     ap.add_argument("--out", type=Path, default=OUT)
