@@ -173,17 +173,16 @@ def tabulate(
     u = compand(x, mu_t)  # [G, M], rows ascending
     values = theta if domain == "companded" else expand(theta, mu_t)
     win = _window(theta.detach(), tau, distance)
-    idx = None
-    if win < k:
-        start = (_count_below(theta.detach(), u.detach()) - win // 2).clamp_(0, k - win)
-        idx = (start.unsqueeze(1) + torch.arange(win, device=theta.device).view(1, win, 1)).view(g, -1)
-    f = GridSoftmax.apply(u, theta, values, idx, tau, distance == "squared")
+    start = None
+    if win < k:  # window start per grid point, one byte each (K <= 256) while saved for backward
+        start = (_count_below(theta.detach(), u.detach()) - win // 2).clamp_(0, k - win).to(torch.uint8)
+    f = GridSoftmax.apply(u, theta, values, start, win, tau, distance == "squared")
     return expand(f, mu_t) if domain == "companded" else f
 
 
 class GridSoftmax(torch.autograd.Function):
     """``f[g, m] = sum_k a_k V_k``, ``a = softmax_k(-d(u[g, m], theta_k) / tau)`` over the window
-    ``idx`` ([G, W * M] centroid indices, or ``None`` = all K) with closed-form gradients:
+    of ``window`` centroids from ``start`` ([G, M] uint8, or ``None`` = all K) with closed-form gradients:
     ``df/du = sum_k r_k``, ``df/dtheta_k = -r_k`` (through ``d``), ``df/dV_k = a_k``, where
     ``r_k = a_k (V_k - f) dl_k/du``. Against autograd over the same ops: half the passes and no
     graph (it was most of a layer's fixed cost at 65k weights).
@@ -192,12 +191,25 @@ class GridSoftmax(torch.autograd.Function):
     elementwise passes (``torch.softmax`` over a last axis of 4 was 20x slower), and logits are
     floored at -80: ``exp`` below -87 gives float32 denormals, 10-50x slower on x86, for weights
     that are zero in effect.
+
+    Saved for backward: ``a`` (W floats per grid point), the uint8 window start and the inputs;
+    the distances and the centroid indices are recomputed (saving them, int64 indices included,
+    cost 6x more: at 8 bits the grids of a Transformer's layers have about as many points as the
+    layers have weights, and that memory was 0.25x of the fp32 training step's).
     """
 
     @staticmethod
-    def forward(ctx, u: Tensor, theta: Tensor, values: Tensor, idx: Tensor | None, tau: float,  # type: ignore[override]
-                squared: bool) -> Tensor:
+    def _idx(start: Tensor | None, window: int) -> Tensor | None:
+        if start is None:
+            return None
+        g, m = start.shape
+        return (start.long().unsqueeze(1) + torch.arange(window, device=start.device).view(1, window, 1)).view(g, -1)
+
+    @staticmethod
+    def forward(ctx, u: Tensor, theta: Tensor, values: Tensor, start: Tensor | None, window: int,  # type: ignore[override]
+                tau: float, squared: bool) -> Tensor:
         g, m = u.shape
+        idx = GridSoftmax._idx(start, window)
         if idx is None:
             th, vals = theta.unsqueeze(2), values.unsqueeze(2)  # broadcast [G, K, 1]
         else:
@@ -209,19 +221,22 @@ class GridSoftmax(torch.autograd.Function):
         logits.sub_(logits.amax(1, keepdim=True)).clamp_(min=-80.0).exp_()
         a = logits.div_(logits.sum(1, keepdim=True))
         f = (a * vals).sum(1)
-        ctx.save_for_backward(theta, values, idx, a, diff, f)
-        ctx.tau, ctx.squared = tau, squared
+        ctx.save_for_backward(u, theta, values, start, a, f)
+        ctx.tau, ctx.squared, ctx.window = tau, squared, window
         return f
 
     @staticmethod
     def backward(ctx, gf: Tensor):  # type: ignore[override]
-        theta, values, idx, a, diff, f = ctx.saved_tensors
+        u, theta, values, start, a, f = ctx.saved_tensors
         g, k = theta.shape
         m = f.shape[1]
+        idx = GridSoftmax._idx(start, ctx.window)
         if idx is None:
-            vals = values.unsqueeze(2)
+            th, vals = theta.unsqueeze(2), values.unsqueeze(2)
         else:
+            th = theta.gather(1, idx).view(g, -1, m)
             vals = values.gather(1, idx).view(g, -1, m)
+        diff = u.unsqueeze(1) - th
         dl = diff.mul(-2.0 / ctx.tau) if ctx.squared else diff.sign().mul_(-1.0 / ctx.tau)  # dl/du
         gfe = gf.unsqueeze(1)
         r = (vals - f.unsqueeze(1)).mul_(a).mul_(dl).mul_(gfe)  # upstream-weighted r_k
@@ -232,7 +247,7 @@ class GridSoftmax(torch.autograd.Function):
         else:
             gth = theta.new_zeros(g, k).scatter_add_(1, idx, r.view(g, -1)).neg_()
             gv = theta.new_zeros(g, k).scatter_add_(1, idx, gv_w.view(g, -1))
-        return gu, gth, gv, None, None, None  # theta passed twice (companded): autograd sums
+        return gu, gth, gv, None, None, None, None  # theta passed twice (companded): autograd sums
 
 
 def _lines(table: Tensor) -> tuple[Tensor, Tensor]:
