@@ -192,10 +192,10 @@ class GridSoftmax(torch.autograd.Function):
     floored at -80: ``exp`` below -87 gives float32 denormals, 10-50x slower on x86, for weights
     that are zero in effect.
 
-    Saved for backward: ``a`` (W floats per grid point), the uint8 window start and the inputs;
+    Saved for backward: the inputs, ``f`` and a uint8 window start per grid point; the softmax,
     the distances and the centroid indices are recomputed (saving them, int64 indices included,
-    cost 6x more: at 8 bits the grids of a Transformer's layers have about as many points as the
-    layers have weights, and that memory was 0.25x of the fp32 training step's).
+    cost ~7x more: at 8 bits the grids of a Transformer's layers have about as many points as
+    the layers have weights, and that memory took its 8-bit peak RSS from 1.1x to 1.35x fp32).
     """
 
     @staticmethod
@@ -206,37 +206,38 @@ class GridSoftmax(torch.autograd.Function):
         return (start.long().unsqueeze(1) + torch.arange(window, device=start.device).view(1, window, 1)).view(g, -1)
 
     @staticmethod
-    def forward(ctx, u: Tensor, theta: Tensor, values: Tensor, start: Tensor | None, window: int,  # type: ignore[override]
-                tau: float, squared: bool) -> Tensor:
+    def _softmax(u: Tensor, theta: Tensor, values: Tensor, idx: Tensor | None, tau: float,
+                 squared: bool, same: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """``(a, diff, V)`` over the window, each ``[G, W, M]`` (broadcast ``[G, K, 1]`` for V
+        without a window)."""
         g, m = u.shape
-        idx = GridSoftmax._idx(start, window)
         if idx is None:
             th, vals = theta.unsqueeze(2), values.unsqueeze(2)  # broadcast [G, K, 1]
         else:
             th = theta.gather(1, idx).view(g, -1, m)
-            vals = th if values is theta else values.gather(1, idx).view(g, -1, m)
+            vals = th if same else values.gather(1, idx).view(g, -1, m)  # same: values are theta
         diff = u.unsqueeze(1) - th  # [G, W, M]
         logits = diff.square() if squared else diff.abs()
         logits.mul_(-1.0 / tau)
         logits.sub_(logits.amax(1, keepdim=True)).clamp_(min=-80.0).exp_()
-        a = logits.div_(logits.sum(1, keepdim=True))
+        return logits.div_(logits.sum(1, keepdim=True)), diff, vals
+
+    @staticmethod
+    def forward(ctx, u: Tensor, theta: Tensor, values: Tensor, start: Tensor | None, window: int,  # type: ignore[override]
+                tau: float, squared: bool) -> Tensor:
+        same = values is theta
+        a, _, vals = GridSoftmax._softmax(u, theta, values, GridSoftmax._idx(start, window), tau, squared, same)
         f = (a * vals).sum(1)
-        ctx.save_for_backward(u, theta, values, start, a, f)
-        ctx.tau, ctx.squared, ctx.window = tau, squared, window
+        ctx.save_for_backward(u, theta, values, start, f)
+        ctx.tau, ctx.squared, ctx.window, ctx.same = tau, squared, window, same
         return f
 
     @staticmethod
     def backward(ctx, gf: Tensor):  # type: ignore[override]
-        u, theta, values, start, a, f = ctx.saved_tensors
+        u, theta, values, start, f = ctx.saved_tensors
         g, k = theta.shape
-        m = f.shape[1]
         idx = GridSoftmax._idx(start, ctx.window)
-        if idx is None:
-            th, vals = theta.unsqueeze(2), values.unsqueeze(2)
-        else:
-            th = theta.gather(1, idx).view(g, -1, m)
-            vals = values.gather(1, idx).view(g, -1, m)
-        diff = u.unsqueeze(1) - th
+        a, diff, vals = GridSoftmax._softmax(u, theta, values, idx, ctx.tau, ctx.squared, ctx.same)
         dl = diff.mul(-2.0 / ctx.tau) if ctx.squared else diff.sign().mul_(-1.0 / ctx.tau)  # dl/du
         gfe = gf.unsqueeze(1)
         r = (vals - f.unsqueeze(1)).mul_(a).mul_(dl).mul_(gfe)  # upstream-weighted r_k
