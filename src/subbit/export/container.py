@@ -216,12 +216,17 @@ def encode_quantized(qt: Any) -> PackedTensor:
 
 
 def _float_state(model: Any, quantized: list[Any]) -> dict[str, Any]:
-    """State-dict tensors that are not quantized weights nor quantizer internals, by original name."""
+    """State-dict tensors that are not quantized weights nor quantizer internals, by original name.
+
+    A tied kernel's quantizer sits under every owner in ``state_dict()`` (which does not drop
+    shared modules), so every path to it is skipped, not only the first one ``named_modules`` gives.
+    """
     from subbit.quant.base import WeightQuantizer
 
     qnames = {qt.name for qt in quantized}
     latent_ptrs = {qt.latent.data_ptr() for qt in quantized}
-    owners = [name + "." for name, mod in model.named_modules() if isinstance(mod, WeightQuantizer) and name]
+    owners = [name + "." for name, mod in model.named_modules(remove_duplicate=False)
+              if isinstance(mod, WeightQuantizer) and name]  # fmt: skip
     out: dict[str, Any] = {}
     for key, t in model.state_dict().items():
         if any(key.startswith(p) for p in owners) or (t.numel() and t.data_ptr() in latent_ptrs):
