@@ -103,3 +103,28 @@ def test_automatic_allocation_cells_come_from_the_committed_rules(tmp_path) -> N
     cells, missing = plan("rnnt", quick=False, seeds=3, auto=auto_recipes(cfg, "rnnt"))
     auto3 = next(c for c in cells if c.recipe.name == "gq-auto3")
     assert auto3.seeds == (0, 1, 2) and auto3.recipe.quant == rules and "gq-auto3" not in missing
+
+
+def test_a_worker_runs_only_the_tuning_families_it_is_given(tmp_path, monkeypatch) -> None:
+    """--only tune:FAMILY splits the dev search over workers; plain recipe names start none of it."""
+    from subbit.experiments import study
+
+    assert study.tune_families(("tune:gq", "gq4", "tune:s8bqat-lam")) == {"gq", "s8bqat-lam"}
+    assert study.tune_families(("gq4",)) == set() and study.tune_families(None) == set()
+    ran: list[str] = []
+
+    def fake_compare(cc, recipes, name):
+        ran.append(recipes[0].name)
+        raise StopIteration  # stop before anything is trained or written
+
+    monkeypatch.setattr(study, "ensure_fp32_base", lambda cfg, arch, data: tmp_path / "base")
+    monkeypatch.setattr(study, "base_identity", lambda p: {})
+    monkeypatch.setattr(study, "run_compare", fake_compare)
+    cfg = study.StudyConfig(out=str(tmp_path / "out"), data=str(tmp_path))
+    for fams, expected in (({"dkm"}, "dkm4"), ({"s8bqat-lam"}, "s8bqat4")):
+        ran.clear()
+        with pytest.raises(StopIteration):
+            study.run_tuning(cfg, "rnnt", tmp_path, "c0", fams)
+        assert ran == [expected]
+    points = st.tune_cells(False, 5e-4)
+    assert {c.family for c in points if c.knob == "lam"} == {"s8bqat"}

@@ -38,7 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--curve-every", type=int, help="dev WER every N fine-tuning steps for the convergence curves "
                    "(default steps/5; 0 = none)")
     p.add_argument("--only", help="comma-separated recipe names: run only their cells (e.g. a second worker "
-                   "with its own --work); the report still covers every planned row")
+                   "with its own --work); tune:FAMILY runs that family's dev search (fp32, qat, lsq, s8bqat, "
+                   "s8bqat-lam, dkm, gq); the report still covers every planned row")
     p.add_argument("--report-only", action="store_true",
                    help="write results.json/report.md from the cell files in OUT/cells; train nothing")
     p.add_argument("--threads", type=int, help="torch threads")

@@ -251,11 +251,20 @@ def _tune_fingerprint(cfg: StudyConfig, arch: str, tc: study_tuning.TuneCell, co
     return {**cell_fingerprint(cfg, arch, tc.recipe, 0, corpus, tc.lr), "tune": {"knob": tc.knob, "split": study_tuning.TUNE_SPLIT}}
 
 
-def run_tuning(cfg: StudyConfig, arch: str, data: Path, corpus: str) -> None:
-    """The dev search (lr per family, S8BQAT lam), seed 0, before any test cell uses its result."""
+def tune_families(only: tuple[str, ...] | None) -> set[str]:
+    """The families named as ``tune:FAMILY`` in ``--only`` (a worker's share of the dev search)."""
+    return {o.removeprefix("tune:") for o in only or () if o.startswith("tune:")}
+
+
+def run_tuning(cfg: StudyConfig, arch: str, data: Path, corpus: str,
+               families: set[str] | None = None) -> None:
+    """The dev search (lr per family, S8BQAT lam), seed 0, before any test cell uses its result.
+    ``families``: only these families' points (``s8bqat-lam`` names the lam grid alone)."""
     fp32 = base = None
     splits = (study_tuning.TUNE_SPLIT,)
     for tc in study_tuning.tune_cells(cfg.quick, cfg.lr):
+        if families and tc.family not in families and f"{tc.family}-{tc.knob}" not in families:
+            continue
         path = _tune_path(cfg, arch, tc.key)
         fp = _tune_fingerprint(cfg, arch, tc, corpus)
         stored = _read(path)
@@ -357,8 +366,8 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         cells, miss = plan(arch, cfg.quick, cfg.seeds, cfg.sections, auto_recipes(cfg, arch))
         missing += [f"{arch}:{m}" for m in miss]
         if "tuning" in cfg.sections:
-            if not cfg.report_only and not cfg.only:
-                run_tuning(cfg, arch, data, corpus)
+            if not cfg.report_only and (not cfg.only or tune_families(cfg.only)):
+                run_tuning(cfg, arch, data, corpus, tune_families(cfg.only))
             decided, tuning[arch] = tuning_decisions(cfg, arch, corpus)
             cells = apply_tuning(cells, decided)
         if not cfg.report_only:
