@@ -1,483 +1,42 @@
 r"""Automatic bit allocation: one bit depth per kernel, the least predicted loss within a budget.
 
-Three parts, none of which knows about speech (the caller supplies the loss):
-
-* :func:`measure_sensitivity`: for every kernel and candidate bit depth, the loss increase when
-  that kernel *alone* is quantized with a quick codebook fit and the rest of the model stays
-  float. Methods: ``"mulaw"`` (GQ's initial mu-law grid, :class:`~subbit.quant.gq.GeneralQuantizer`
-  hard assignment, no training), ``"kmeans"`` (1-D Lloyd k-means per group, quantile start) and
-  ``"fisher"`` (no loss per choice: ``0.5 * sum_i F_i (q(w)_i - w_i)**2`` with a diagonal
-  empirical Fisher ``F`` from squared gradients over the loss batches and ``q`` the mu-law grid).
-* :func:`solve_choice`: the multiple-choice knapsack, solved exactly by a dynamic programme over
-  the Pareto frontier of (integer cost, summed loss) of the kernels seen so far. A partial choice
-  that costs at least as much as another and predicts no less loss can never be part of a better
-  completion, so dropping it loses nothing; neither does dropping one that cannot be completed
-  within the budget even with every remaining kernel at its cheapest. No rounding of costs is
-  involved, so the optimum is exact for the additive loss model (``tests/quant/test_allocate.py``
-  checks it against brute force).
-* :func:`allocate`: kernels of a model, byte costs from :mod:`subbit.sizes` (row-padded packed
-  indices + float32 codebook table, per tensor or per channel), user constraints, a byte budget
-  for the whole model (``budget_bytes``) or a weights-weighted average bit depth (``avg_bits``),
-  and the result as a rules dict that :class:`~subbit.quant.rules.QuantConfig` loads.
+:func:`allocate` takes the kernels of a model (:mod:`~subbit.quant.inventory`, byte costs from
+:mod:`subbit.sizes`: row-padded packed indices + float32 codebook table, per tensor or per
+channel), a sensitivity table (:mod:`~subbit.quant.sensitivity`), user constraints
+(:mod:`~subbit.quant.constraints`) and a byte budget for the whole model (``budget_bytes``) or a
+weights-weighted average bit depth (``avg_bits``); the exact solver
+(:mod:`~subbit.quant.knapsack`) picks the depths, and :meth:`Allocation.rules` writes them as a
+rules dict that :class:`~subbit.quant.rules.QuantConfig` loads. None of it knows about speech.
 
 The predicted loss of a choice is the sum of the per-kernel increases: interactions between
-kernels are ignored (the usual assumption of sensitivity-based mixed precision). What the DP
+kernels are ignored (the usual assumption of sensitivity-based mixed precision). What the solver
 makes exact is the optimum of that model, not the true loss.
+
+Every public name of the parts is re-exported here (``from subbit.quant.allocate import X``).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from subbit import sizes
-from subbit.quant.modules import quantizable_params
+from subbit.quant.constraints import Constraints
+from subbit.quant.inventory import BITS, Kernel, kernels_of, other_bytes, parse_bits
+from subbit.quant.knapsack import Infeasible, solve_choice
+from subbit.quant.rules import LayerSpec
+from subbit.quant.sensitivity import METHODS, Sensitivity, kmeans_codebook, measure_sensitivity, quick_quantize
 
-BITS = tuple(range(1, 9))
-METHODS = ("mulaw", "kmeans", "fisher")
 #: codebook kinds the cost model can price (a GQ codebook is a table; affine is for uniform grids)
 CODEBOOKS = sizes.CODEBOOK_KINDS
 
 
-# -- kernels -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Kernel:
-    """One quantizable weight of a model, by its first owner's FQN (tied owners in ``aliases``)."""
-
-    name: str
-    module_name: str
-    param_name: str
-    shape: tuple[int, ...]
-    type_names: tuple[str, ...] = ()
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def numel(self) -> int:
-        return sizes.count_of(self.shape)
-
-    def groups(self, granularity: str) -> int:
-        """Codebooks of this kernel: 1 per tensor, one per output channel (``shape[0]``)."""
-        if granularity not in ("tensor", "channel"):
-            raise ValueError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
-        return sizes.rows_of(self.shape) if granularity == "channel" else 1
-
-    def bytes_at(self, bits: int, granularity: str = "tensor", codebook: str = "table") -> int:
-        """Bytes in a ``.subbit`` file at ``bits``: :func:`subbit.sizes.quantized_bytes`."""
-        return sizes.quantized_bytes(self.shape, bits, self.groups(granularity), codebook)
-
-    def names(self) -> tuple[str, ...]:
-        return (self.name, *self.aliases)
-
-
-def kernels_of(model: nn.Module) -> list[Kernel]:
-    """Every weight ``subbit.quant.prepare`` can quantize, in module order; a tied Parameter once."""
-    if any(".subbit_quant." in f".{n}" for n, _ in model.named_parameters()):
-        raise ValueError("model is prepared for quantization; allocate bits on the fp32 model")
-    found: dict[int, Kernel] = {}
-    for mname, module in model.named_modules():
-        for pname in quantizable_params(module):
-            p = module._parameters[pname]
-            fqn = f"{mname}.{pname}" if mname else pname
-            if p.dim() < 1 or p.numel() == 0:
-                continue
-            types = tuple(c.__name__ for c in type(module).__mro__ if issubclass(c, nn.Module) and c is not nn.Module)
-            if id(p) in found:  # a tied owner: its name and its module's types select the kernel too
-                k = found[id(p)]
-                more = tuple(t for t in types if t not in k.type_names)
-                found[id(p)] = Kernel(k.name, k.module_name, k.param_name, k.shape, k.type_names + more,
-                                      (*k.aliases, fqn))
-                continue
-            found[id(p)] = Kernel(fqn, mname, pname, tuple(int(s) for s in p.shape), types)
-    return list(found.values())
-
-
-def other_bytes(model: nn.Module, kernels: Sequence[Kernel]) -> int:
-    """Bytes of the state-dict tensors that are not kernels (biases, norms, buffers), as stored
-    in float32 by the exporter: they count against a byte budget but no choice changes them."""
-    names = {n for k in kernels for n in k.names()}
-    seen: set[int] = set()
-    total = 0
-    kernel_ptrs = set()
-    for mname, module in model.named_modules():
-        for pname in quantizable_params(module):
-            if (f"{mname}.{pname}" if mname else pname) in names:
-                kernel_ptrs.add(module._parameters[pname].data_ptr())
-    for key, t in model.state_dict(keep_vars=True).items():
-        if key in names or (t.numel() and t.data_ptr() in kernel_ptrs):
-            continue
-        if t.numel() and t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        total += sizes.float_bytes(t.numel(), _stored_itemsize(t))
-    return total
-
-
-def _stored_itemsize(t: Tensor) -> int:
-    """Bytes per value as the exporter stores a float-kept tensor: float32, int64, bool, else int32."""
-    if t.is_floating_point():
-        return sizes.F32
-    if t.dtype == torch.bool:
-        return 1
-    return 8 if t.dtype == torch.int64 else 4
-
-
-# -- constraints ---------------------------------------------------------------------------------
-def _matches(key: str, kernel: Kernel) -> bool:
-    """Does rule key ``key`` select ``kernel``? The key forms of :class:`~subbit.quant.rules.QuantConfig`:
-    exact parameter FQN, exact module FQN, ``re:`` fullmatch on either, or a module type name."""
-    if key.startswith("re:"):
-        rx = re.compile(key[3:])
-        return any(rx.fullmatch(n) for n in kernel.names()) or bool(rx.fullmatch(kernel.module_name))
-    mods = {n.rpartition(".")[0] for n in kernel.names()}
-    return key in kernel.names() or (key in mods and key != "") or key in kernel.type_names
-
-
-def _parse_bits(value: Any, where: str) -> int:
-    try:
-        b = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: bits must be an integer in 1..8, got {value!r}") from None
-    if isinstance(value, float) and value != b or not 1 <= b <= 8:
-        raise ValueError(f"{where}: bits must be an integer in 1..8, got {value!r}")
-    return b
-
-
-@dataclass
-class Constraints:
-    """User constraints, keyed like rules (exact FQN, module FQN, ``re:regex``, module type).
-
-    Every constraint that matches a kernel holds (they intersect): ``fix`` pins the bit depth,
-    ``min_bits`` / ``max_bits`` bound it. A key that matches no kernel is an error.
-    """
-
-    fix: dict[str, int] = field(default_factory=dict)
-    min_bits: dict[str, int] = field(default_factory=dict)
-    max_bits: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for kind in ("fix", "min_bits", "max_bits"):
-            table = getattr(self, kind)
-            if not isinstance(table, Mapping):
-                raise ValueError(f"{kind}: expected a mapping NAME -> bits, got {type(table).__name__}")
-            clean = {}
-            for key, bits in table.items():
-                if not isinstance(key, str) or not key:
-                    raise ValueError(f"{kind}: a constraint name must be a non-empty string, got {key!r}")
-                if key.startswith("re:"):
-                    try:
-                        re.compile(key[3:])
-                    except re.error as err:
-                        raise ValueError(f"{kind} {key!r}: invalid regular expression: {err}") from None
-                clean[key] = _parse_bits(bits, f"{kind} {key!r}")
-            setattr(self, kind, clean)
-
-    @classmethod
-    def from_strings(cls, fix: Iterable[str] = (), min_bits: Iterable[str] = (),
-                     max_bits: Iterable[str] = ()) -> Constraints:
-        """From ``NAME=BITS`` strings (the CLI's ``--fix``, ``--min-bits``, ``--max-bits``); the
-        last ``=`` splits, so a regex may contain ``=``."""
-        def parse(items: Iterable[str], flag: str) -> dict[str, int]:
-            out: dict[str, int] = {}
-            for item in items:
-                name, sep, bits = str(item).rpartition("=")
-                if not sep or not name:
-                    raise ValueError(f"{flag}: expected NAME=BITS, got {item!r}")
-                out[name] = _parse_bits(bits, f"{flag} {name}")
-            return out
-
-        return cls(parse(fix, "--fix"), parse(min_bits, "--min-bits"), parse(max_bits, "--max-bits"))
-
-    def is_empty(self) -> bool:
-        return not (self.fix or self.min_bits or self.max_bits)
-
-    def allowed(self, kernels: Sequence[Kernel], bits: Sequence[int] = BITS) -> dict[str, tuple[int, ...]]:
-        """Bit depths each kernel may take. ValueError for a name matching no kernel, or a kernel
-        whose constraints cannot all hold (naming them)."""
-        table = [("fix", k, b) for k, b in self.fix.items()] + [("min_bits", k, b) for k, b in self.min_bits.items()] \
-            + [("max_bits", k, b) for k, b in self.max_bits.items()]  # fmt: skip
-        for kind, key, _ in table:
-            if not any(_matches(key, kn) for kn in kernels):
-                some = ", ".join(k.name for k in kernels[:6]) + (", ..." if len(kernels) > 6 else "")
-                raise ValueError(f"{kind.replace('_', '-')} {key!r} matches no kernel of the model (kernels: {some})")
-        out: dict[str, tuple[int, ...]] = {}
-        for kn in kernels:
-            ok = set(int(b) for b in bits)
-            why = []
-            for kind, key, b in table:
-                if not _matches(key, kn):
-                    continue
-                why.append(f"{kind.replace('_', '-')} {key}={b}")
-                if kind == "fix":
-                    ok &= {b}
-                elif kind == "min_bits":
-                    ok = {x for x in ok if x >= b}
-                else:
-                    ok = {x for x in ok if x <= b}
-            if not ok:
-                raise ValueError(f"constraints on {kn.name} cannot all hold: {', '.join(why)} "
-                                 f"(candidate bit depths {sorted(set(bits))})")  # fmt: skip
-            out[kn.name] = tuple(sorted(ok))
-        return out
-
-
-# -- the exact solver ----------------------------------------------------------------------------
-class Infeasible(ValueError):
-    """No choice fits: ``smallest`` is the least cost any choice reaches."""
-
-    def __init__(self, message: str, smallest: int) -> None:
-        super().__init__(message)
-        self.smallest = smallest
-
-
-def solve_choice(costs: Sequence[Sequence[int]], values: Sequence[Sequence[float]],
-                 capacity: int) -> tuple[list[int], float, int]:
-    """Pick one option per group, total cost ``<= capacity``, least total value (exact).
-
-    ``costs[k][j]`` (integers >= 0) and ``values[k][j]`` (finite floats) describe option ``j`` of
-    group ``k``. Returns ``(option index per group, total value, total cost)``; of equal-value
-    optima the cheapest. Raises :class:`Infeasible` when even the cheapest choice exceeds
-    ``capacity``. Work and memory grow with the Pareto frontier (at most ``capacity + 1`` states).
-    """
-    if len(costs) != len(values):
-        raise ValueError(f"costs and values must have one entry per group, got {len(costs)} and {len(values)}")
-    cs = [np.asarray(c, dtype=np.int64).reshape(-1) for c in costs]
-    vs = [np.asarray(v, dtype=np.float64).reshape(-1) for v in values]
-    for k, (c, v) in enumerate(zip(cs, vs)):
-        if c.size == 0 or c.size != v.size:
-            raise ValueError(f"group {k}: needs as many costs as values, at least one, got {c.size} and {v.size}")
-        if np.any(c < 0):
-            raise ValueError(f"group {k}: costs must be >= 0")
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"group {k}: values must be finite")
-    suffix = np.zeros(len(cs) + 1, dtype=np.int64)
-    for k in range(len(cs) - 1, -1, -1):
-        suffix[k] = suffix[k + 1] + int(cs[k].min())
-    if int(suffix[0]) > capacity:
-        raise Infeasible(f"the cheapest choice costs {int(suffix[0])}, above the capacity {capacity}", int(suffix[0]))
-    f_cost = np.zeros(1, dtype=np.int64)
-    f_val = np.zeros(1, dtype=np.float64)
-    back: list[tuple[np.ndarray, np.ndarray]] = []
-    for k, (c, v) in enumerate(zip(cs, vs)):
-        cc = (f_cost[:, None] + c[None, :]).reshape(-1)
-        vv = (f_val[:, None] + v[None, :]).reshape(-1)
-        par = np.repeat(np.arange(f_cost.size), c.size)
-        opt = np.tile(np.arange(c.size), f_cost.size)
-        ok = cc + suffix[k + 1] <= capacity  # can still be completed within the capacity
-        cc, vv, par, opt = cc[ok], vv[ok], par[ok], opt[ok]
-        order = np.lexsort((vv, cc))  # by cost, then value
-        cc, vv, par, opt = cc[order], vv[order], par[order], opt[order]
-        keep = np.ones(cc.size, dtype=bool)
-        keep[1:] = vv[1:] < np.minimum.accumulate(vv)[:-1]  # strictly better than every cheaper state
-        f_cost, f_val = cc[keep], vv[keep]
-        back.append((par[keep], opt[keep]))
-    i = int(f_val.size - 1)  # values strictly decrease along the frontier: the last is the least
-    total_val, total_cost = float(f_val[i]), int(f_cost[i])
-    picks = [0] * len(cs)
-    for k in range(len(cs) - 1, -1, -1):
-        par, opt = back[k]
-        picks[k] = int(opt[i])
-        i = int(par[i])
-    return picks, total_val, total_cost
-
-
-# -- sensitivity ---------------------------------------------------------------------------------
-@dataclass
-class Sensitivity:
-    """Loss increase per kernel and bit depth (``delta[name][bits]``) and how it was measured."""
-
-    method: str
-    delta: dict[str, dict[int, float]]
-    base_loss: float | None = None
-    granularity: str = "tensor"
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "base_loss": self.base_loss, "granularity": self.granularity,
-                "meta": dict(self.meta),
-                "delta": {n: {str(b): float(x) for b, x in sorted(d.items())} for n, d in self.delta.items()}}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Sensitivity:
-        if not isinstance(data, Mapping) or not isinstance(data.get("delta"), Mapping):
-            raise ValueError("sensitivity: expected a mapping with a 'delta' table")
-        delta: dict[str, dict[int, float]] = {}
-        for name, row in data["delta"].items():
-            if not isinstance(row, Mapping):
-                raise ValueError(f"sensitivity {name!r}: expected a mapping bits -> loss increase")
-            delta[str(name)] = {_parse_bits(b, f"sensitivity {name!r}"): float(x) for b, x in row.items()}
-        base = data.get("base_loss")
-        return cls(str(data.get("method", "?")), delta, None if base is None else float(base),
-                   str(data.get("granularity", "tensor")), dict(data.get("meta") or {}))
-
-
-def kmeans_codebook(w: Tensor, k: int, iters: int = 30) -> Tensor:
-    """1-D k-means (Lloyd) per row of ``w`` ``[G, N]``: ``[G, k]`` sorted centroids. Starts at
-    the quantiles ``(j + 0.5) / k``, so it is deterministic."""
-    x = w.detach().to(torch.float64)
-    q = (torch.arange(k, dtype=torch.float64) + 0.5) / k
-    xs = torch.sort(x, dim=1).values
-    pos = (q * (x.shape[1] - 1)).round().long()
-    c = xs[:, pos].clone()
-    for _ in range(iters):
-        idx = _nearest_sorted(x, c)
-        sums = torch.zeros_like(c).scatter_add_(1, idx, x)
-        counts = torch.zeros_like(c).scatter_add_(1, idx, torch.ones_like(x))
-        new = torch.sort(torch.where(counts > 0, sums / counts.clamp(min=1), c), dim=1).values
-        if torch.equal(new, c):
-            break
-        c = new
-    return c.to(torch.float32)
-
-
-def _nearest_sorted(x: Tensor, c: Tensor) -> Tensor:
-    """Index of the nearest of the sorted centroids ``c`` ``[G, K]`` for each value of ``x`` ``[G, N]``."""
-    if c.shape[1] == 1:
-        return torch.zeros_like(x, dtype=torch.long)
-    mid = ((c[:, 1:] + c[:, :-1]) / 2).contiguous()
-    return torch.searchsorted(mid, x.contiguous().to(mid.dtype))
-
-
-def quick_quantize(w: Tensor, bits: int, granularity: str = "tensor", method: str = "mulaw",
-                   options: Mapping[str, Any] | None = None) -> Tensor:
-    """``w`` with every value replaced by its nearest codebook entry, the codebook fitted without
-    training: GQ's initial mu-law grid (``"mulaw"``, GQ ``options`` such as ``mu`` apply) or 1-D
-    k-means (``"kmeans"``), one codebook per tensor or per output channel."""
-    g = sizes.rows_of(w.shape) if granularity == "channel" else 1
-    if method == "kmeans":
-        x = w.detach().float().reshape(g, -1)
-        c = kmeans_codebook(x, 1 << bits)
-        idx = _nearest_sorted(x.double(), c.double())
-        return c.gather(1, idx).reshape(w.shape).to(w.dtype)
-    if method in ("mulaw", "fisher"):
-        from subbit.quant.gq import GeneralQuantizer
-
-        q = GeneralQuantizer(w.detach(), int(bits), granularity, **dict(options or {}))
-        return q.hard(w.detach())
-    raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-
-
-def _param_of(model: nn.Module, kernel: Kernel) -> nn.Parameter:
-    module = model.get_submodule(kernel.module_name) if kernel.module_name else model
-    return module._parameters[kernel.param_name]
-
-
-def _as_float(x: Any) -> float:
-    """A loss as a float; an iterable of per-batch losses counts as their mean."""
-    if not isinstance(x, (Tensor, int, float)) and isinstance(x, Iterable):
-        vals = [_as_float(v) for v in x]
-        if not vals:
-            raise ValueError("loss_fn returned no loss")
-        return sum(vals) / len(vals)
-    v = float(x.detach()) if isinstance(x, Tensor) else float(x)
-    if not math.isfinite(v):
-        raise ValueError(f"loss_fn returned a non-finite loss ({v})")
-    return v
-
-
-def _select(model: nn.Module, kernels: Iterable[str | Kernel] | None) -> list[Kernel]:
-    every = kernels_of(model)
-    if kernels is None:
-        return every
-    by_name = {n: k for k in every for n in k.names()}
-    out, unknown = [], []
-    for item in kernels:
-        name = item.name if isinstance(item, Kernel) else str(item)
-        if name not in by_name:
-            unknown.append(name)
-        elif by_name[name] not in out:
-            out.append(by_name[name])
-    if unknown:
-        raise ValueError(f"unknown kernel(s) {unknown[:5]}; quantizable kernels: "
-                         f"{[k.name for k in every[:6]]}{' ...' if len(every) > 6 else ''}")  # fmt: skip
-    return out
-
-
-@torch.no_grad()
-def measure_sensitivity(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module], Any],
-    kernels: Iterable[str | Kernel] | None = None,
-    bits: Iterable[int] = BITS,
-    method: str = "mulaw",
-    granularity: str = "tensor",
-    options: Mapping[str, Any] | None = None,
-    on_step: Callable[[str, int], None] | None = None,
-) -> Sensitivity:
-    """Loss increase of quantizing one kernel at a time, for every kernel and bit depth.
-
-    ``loss_fn(model)`` returns the loss to protect (a float or scalar tensor) on a fixed data
-    subset; it is called once for the float model and, for ``"mulaw"`` / ``"kmeans"``, once per
-    (kernel, bits) with that kernel replaced by :func:`quick_quantize` and restored afterwards.
-    ``"fisher"`` calls ``loss_fn`` once with gradients on: it may return one loss tensor or an
-    iterable of per-batch loss tensors (each backpropagated; ``F`` is the mean squared gradient).
-    ``on_step(kernel name, bits)`` is called after each measurement (a progress bar).
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    bit_list = sorted({_parse_bits(b, "bits") for b in bits})
-    if not bit_list:
-        raise ValueError("bits: no candidate bit depth")
-    chosen = _select(model, kernels)
-    if not chosen:
-        raise ValueError("the model has no quantizable kernel")
-    base = _as_float(loss_fn(model))
-    delta: dict[str, dict[int, float]] = {}
-    fisher = _fisher_diag(model, loss_fn, chosen) if method == "fisher" else None
-    for kn in chosen:
-        p = _param_of(model, kn)
-        saved = p.detach().clone()
-        row: dict[int, float] = {}
-        try:
-            for b in bit_list:
-                wq = quick_quantize(saved, b, granularity, method, options)
-                if fisher is not None:
-                    row[b] = 0.5 * float((fisher[kn.name] * (wq.double() - saved.double()) ** 2).sum())
-                else:
-                    p.copy_(wq)
-                    row[b] = _as_float(loss_fn(model)) - base
-                if on_step is not None:
-                    on_step(kn.name, b)
-        finally:
-            p.copy_(saved)
-        delta[kn.name] = row
-    meta = {"bits": bit_list, "options": dict(options or {})}
-    return Sensitivity(method, delta, base, granularity, meta)
-
-
-def _fisher_diag(model: nn.Module, loss_fn: Callable[[nn.Module], Any], kernels: Sequence[Kernel]) -> dict[str, Tensor]:
-    params = {k.name: _param_of(model, k) for k in kernels}
-    acc = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-    flags = {n: p.requires_grad for n, p in params.items()}
-    batches = 0
-    try:
-        with torch.enable_grad():
-            for p in params.values():
-                p.requires_grad_(True)
-            out = loss_fn(model)
-            for loss in [out] if isinstance(out, Tensor) else out:  # one graph alive at a time
-                if not isinstance(loss, Tensor) or not loss.requires_grad:
-                    raise ValueError("method 'fisher': loss_fn must return loss tensors with gradients")
-                grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True, retain_graph=False)
-                for (n, _), g in zip(params.items(), grads):
-                    if g is not None:
-                        acc[n] += g.detach().double() ** 2
-                batches += 1
-    finally:
-        for n, p in params.items():
-            p.requires_grad_(flags[n])
-    if batches == 0:
-        raise ValueError("method 'fisher': loss_fn returned no loss")
-    return {n: a / batches for n, a in acc.items()}
-
-
-# -- allocation ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class KernelChoice:
     name: str
@@ -558,9 +117,8 @@ def _span(bits: tuple[int, ...]) -> str:
     return ",".join(str(b) for b in bits)
 
 
-def _spec_dict(spec: Mapping[str, Any] | None) -> dict[str, Any]:
-    from subbit.quant.rules import LayerSpec
 
+def _spec_dict(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     return LayerSpec.from_dict(dict(spec or {})).to_dict()
 
 
@@ -615,7 +173,7 @@ def allocate(
     unknown = sorted(set(sens.delta) - names)
     if unknown:
         raise ValueError(f"sensitivity names kernel(s) the model does not have: {unknown[:5]}")
-    allowed = cons.allowed(kernels, sorted({_parse_bits(b, "bits") for b in bits}))
+    allowed = cons.allowed(kernels, sorted({parse_bits(b, "bits") for b in bits}))
     rows: list[tuple[Kernel, tuple[int, ...], list[float]]] = []
     for kn in kernels:
         d = sens.delta.get(kn.name)
