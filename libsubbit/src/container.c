@@ -264,6 +264,10 @@ static int validate_manifest(const sj_node *m, sbl_container *c, sbl_err *e) {
     const sj_node *mi = sj_get(m, "schema_minor");
     int64_t minor = 0;
     if (mi) {
+        /* an integer too large for int64 is still an integer to Python: a newer version, not a bad field */
+        if (mi->type == SJ_INT && mi->big && mi->i > 0)
+            return sbl_fail(e, SUBBIT_ERR_VERSION, "manifest.schema_minor: file is newer than %d.%d, the newest this reader knows",
+                            SBL_SCHEMA_VERSION, SBL_SCHEMA_MINOR);
         if (!is_int(mi) || mi->i < 0) return sbl_fail(e, SUBBIT_ERR_FORMAT, "manifest.schema_minor: expected an integer >= 0");
         minor = mi->i;
     }
@@ -272,6 +276,8 @@ static int validate_manifest(const sj_node *m, sbl_container *c, sbl_err *e) {
                         SBL_SCHEMA_VERSION, (long long)minor, SBL_SCHEMA_VERSION, SBL_SCHEMA_MINOR);
     c->minor = (int)minor;
     if (sj_get(m, "arch")->type != SJ_OBJECT) return sbl_fail(e, SUBBIT_ERR_FORMAT, "manifest.arch: expected an object");
+    const sj_node *by = sj_get(m, "created_by");
+    if (by && by->type != SJ_STRING) return sbl_fail(e, SUBBIT_ERR_FORMAT, "manifest.created_by: expected a string");
     if (sj_get(m, "extra") && sj_get(m, "extra")->type != SJ_OBJECT) return sbl_fail(e, SUBBIT_ERR_FORMAT, "manifest.extra: expected an object");
     if (sj_get(m, "runtime")->type != SJ_OBJECT) return sbl_fail(e, SUBBIT_ERR_FORMAT, "manifest.runtime: expected an object");
     const sj_node *sha = sj_get(m, "data_sha256");
@@ -305,6 +311,7 @@ static int validate_manifest(const sj_node *m, sbl_container *c, sbl_err *e) {
         if (!is_int(gr) || gr->i < 1) { rc = sbl_fail(e, SUBBIT_ERR_FORMAT, "%s.groups: expected an integer >= 1", where); break; }
         int64_t groups = gr->i;
         if (str_is(gran, "tensor") && groups != 1) { rc = sbl_fail(e, SUBBIT_ERR_FORMAT, "%s.groups: granularity 'tensor' needs 1 group", where); break; }
+        if (str_is(gran, "channel") && ndim < 2) { rc = sbl_fail(e, SUBBIT_ERR_FORMAT, "%s.granularity: 'channel' needs a weight of 2 or more dimensions (one codebook per packed row): use 'tensor'", where); break; }
         if (str_is(gran, "channel") && groups != shape[0]) { rc = sbl_fail(e, SUBBIT_ERR_FORMAT, "%s.groups: granularity 'channel' needs shape[0] groups", where); break; }
         if (!str_is(gran, "tensor") && !str_is(gran, "channel")) { rc = sbl_fail(e, SUBBIT_ERR_FORMAT, "%s.granularity: expected 'tensor' or 'channel'", where); break; }
         if (sj_get(q, "method")->type != SJ_STRING) { rc = sbl_fail(e, SUBBIT_ERR_FORMAT, "%s.method: expected a string", where); break; }

@@ -78,6 +78,10 @@ int sbl_frontend_init(sbl_frontend *fe, const sj_node *manifest, int n_mels, sbl
             feat_int(f, "hop_length", 1, 8192, &fe->hop, e) || feat_int(f, "n_mels", 1, 512, &mels, e))
             return e->code;
         if (fe->hop > fe->n_fft) return sbl_fail(e, SUBBIT_ERR_LIMIT, "manifest extra.features.hop_length: %d > n_fft=%d", fe->hop, fe->n_fft);
+        /* memory and time per audio second grow with n_fft / hop (subbit.runtime.frontend.MAX_OVERLAP) */
+        if (fe->n_fft > SBL_MAX_OVERLAP * fe->hop)
+            return sbl_fail(e, SUBBIT_ERR_LIMIT, "manifest extra.features.hop_length: %d < n_fft / %d = %g (frames would overlap more than %d-fold)",
+                            fe->hop, SBL_MAX_OVERLAP, fe->n_fft / (double)SBL_MAX_OVERLAP, SBL_MAX_OVERLAP);
         if (mels != n_mels) return sbl_fail(e, SUBBIT_ERR_FORMAT, "manifest extra.features.n_mels=%d but the model expects %d", mels, n_mels);
         if (feat_vector(f, "mean", n_mels, 0, &fe->mean, e) || feat_vector(f, "std", n_mels, 1, &fe->std, e)) return e->code;
     }

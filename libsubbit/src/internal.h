@@ -20,6 +20,7 @@
 #define SBL_TOK_MAX_HEADER (1u << 20)
 #define SBL_TOK_MAX_VOCAB (1 << 20)
 #define SBL_TOK_MAX_DEPTH 4
+#define SBL_MAX_OVERLAP 16 /* most frames one sample may fall in: n_fft <= 16 hop */
 
 typedef struct {
     int code;

@@ -183,7 +183,7 @@ static int number(sj_ctx *c, sj_node *node) {
     size_t n = (size_t)(c->p - start);
     char buf[512];
     if (n >= sizeof buf) {
-        if (!is_float) { node->type = SJ_INT; node->big = 1; node->d = 0; return 0; }
+        if (!is_float) { node->type = SJ_INT; node->big = 1; node->d = 0; node->i = *start == '-' ? INT64_MIN : INT64_MAX; return 0; }
         return fail(c, "number too long");
     }
     memcpy(buf, start, n);
