@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from subbit.export import container
+from subbit.export import reader
 from subbit.export.bitpack import PackedTensor, pack_rows, row_bytes
 from subbit.export.container import load_packed, parse_container, read_container, write_packed
 from subbit.export.manifest import SubbitFormatError
@@ -82,7 +82,7 @@ def test_the_digest_streams_in_chunks(tmp_path: Path, monkeypatch: pytest.Monkey
     """A chunk much smaller than the data section gives the same verdicts."""
     path = tmp_path / "c.subbit"
     _big_file(path, 1)
-    monkeypatch.setattr(container, "HASH_CHUNK", 4096 + 7)
+    monkeypatch.setattr(reader, "HASH_CHUNK", 4096 + 7)
     read_container(path)
     raw = bytearray(path.read_bytes())
     raw[-100] ^= 1
@@ -96,11 +96,11 @@ def test_the_digest_streams_in_chunks(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_the_tail_only_padding_check_agrees_with_the_full_decode(bits: int, k: int) -> None:
     rng = np.random.default_rng(bits * 1000 + k)
     packed = pack_rows(rng.integers(0, 1 << bits, (3, k)), bits)
-    assert container._padding_is_zero(packed, bits, k)
+    assert reader._padding_is_zero(packed, bits, k)
     kp = -(-k // 8) * 8
     if kp == k:
         return
     for pos in range(k, kp):  # set one padding index to 1 in row 1: the check must see it
         idx = np.zeros((3, kp), np.int64)
         idx[1, pos] = 1
-        assert not container._padding_is_zero(pack_rows(idx, bits), bits, k)
+        assert not reader._padding_is_zero(pack_rows(idx, bits), bits, k)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from subbit.export import container
+from subbit.export import reader
 from subbit.export.bitpack import PackedTensor
 from subbit.export.container import _safetensors_bytes, parse_container, read_container, seal_header, write_packed
 from subbit.export.manifest import HEADER_PREFIX, SCHEMA_MINOR, SubbitFormatError, SubbitLegacyWarning, affine_table
@@ -200,7 +200,7 @@ def test_a_file_over_the_size_limit_is_refused_before_reading(tmp_path: Path, bl
                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     p = tmp_path / "big.subbit"
     p.write_bytes(blob)
-    monkeypatch.setattr(container, "MAX_FILE", len(blob) - 1)
+    monkeypatch.setattr(reader, "MAX_FILE", len(blob) - 1)
     with pytest.raises(SubbitFormatError, match="limit"):
         read_container(p)
 
