@@ -37,8 +37,6 @@ import argparse
 import copy
 import hashlib
 import json
-import os
-import platform
 import re
 import resource
 import signal
@@ -53,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from subbit.bench.record import provenance, write_record
 
 OUT = Path(__file__).resolve().parent / "out" / "fuzz_container.json"
 FEATURES = {"kind": "logmel", "sample_rate": 16000, "n_fft": 400, "hop_length": 160, "n_mels": 80}
@@ -587,69 +587,32 @@ def run(n: int, seed: int = 0, arch: str = "rnnt", timeout: float = 20.0, workdi
 
 
 # -- peak RSS of loading a large file ----------------------------------------------------------
-_PROBE = r"""
-import json, sys
-def status():
-    out = {}
-    for line in open("/proc/self/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[k] = int(v.split()[0]) * 1024
-    return out
-from subbit.export.container import load_packed
-before = status()
-pm = load_packed(sys.argv[1])
-after = status()
-print(json.dumps({"before": before, "after": after, "tensors": len(pm.packed) + len(pm.floats)}))
-"""
-
-_MAKE = r"""
-import sys
-import numpy as np
-from subbit.export.bitpack import PackedTensor, row_bytes
-from subbit.export.container import write_packed
-rng = np.random.default_rng(0)
-mib, k = int(sys.argv[2]), 4096
-n = (mib << 20) // row_bytes(k, 4) // 4
-packed = {f"layer{i}.weight": PackedTensor(4, (n, k), rng.integers(0, 256, (n, row_bytes(k, 4)), dtype=np.uint8),
-                                           rng.normal(size=(1, 16)).astype(np.float32), 1, method="gq")
-          for i in range(4)}
-floats = {f"layer{i}.bias": ("F32", rng.normal(size=n).astype(np.float32)) for i in range(4)}
-write_packed(sys.argv[1], packed, floats, arch={"arch": "large"}, tokenizer_bytes=b"t")
-"""
+_MAKE = "import sys; from subbit.testing.dummies import large_subbit_file; large_subbit_file(sys.argv[1], int(sys.argv[2]), layers=4)"
 
 
 def large_file_rss(mib: int, workdir: Path | None = None) -> dict[str, Any]:
     """Peak RSS that ``load_packed`` adds for a file of about ``mib`` MiB (4 packed 4-bit layers
-    and their biases), measured in a fresh interpreter (VmHWM after - VmRSS before)."""
+    and their biases, :func:`subbit.testing.dummies.large_subbit_file`), measured in a fresh
+    interpreter (:func:`subbit.testing.memory.load_memory`: VmHWM after - VmRSS before)."""
     import subprocess
+
+    from subbit.testing.memory import load_memory
 
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         path = Path(d) / "large.subbit"
+        # built in a child too, so this process's own RSS does not grow by the file
         subprocess.run([sys.executable, "-c", _MAKE, str(path), str(mib)], check=True)
         size = path.stat().st_size
         hlen = _header_len(path)
-        out = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout)
-    grown = r["after"]["VmHWM"] - r["before"]["VmRSS"]
+        r = load_memory(path, "load_packed")
+    grown = r["peak_growth_bytes"]
     return {"file_bytes": size, "header_bytes": 8 + hlen, "load_peak_rss_growth_bytes": grown,
-            "growth_over_file": round(grown / size, 4),
-            "anon_rss_growth_bytes": r["after"]["RssAnon"] - r["before"]["RssAnon"]}  # fmt: skip
+            "growth_over_file": round(grown / size, 4), "anon_rss_growth_bytes": r["anon_growth_bytes"]}  # fmt: skip
 
 
 def _header_len(path: Path) -> int:
     with open(path, "rb") as f:
         return int(struct.unpack("<Q", f.read(8))[0])
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> int:
@@ -667,15 +630,7 @@ def main() -> int:
     summary = run(args.n, args.seed, args.arch, args.timeout, log=lambda s: print(s, file=sys.stderr, flush=True))
     if args.large_mib:
         summary["large_file"] = large_file_rss(args.large_mib)
-    summary["machine"] = _cpu()
-    summary["command"] = " ".join([os.path.basename(sys.executable), *sys.argv])
-    try:
-        import subprocess
-
-        summary["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                           cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
-    except OSError:
-        summary["commit"] = "?"
+    summary.update(provenance(__file__))
     print(f"{'mode':<10} {'tried':>6} {'refused':>8} {'identical':>10} {'different':>10} {'crashed':>8}"
           f" {'(bytes unchanged)':>18}")  # fmt: skip
     for mode, c in summary["by_mode"].items():
@@ -695,9 +650,7 @@ def main() -> int:
               f"{lf['load_peak_rss_growth_bytes'] / 2**20:.1f} MiB peak RSS = {lf['growth_over_file']:.4f} x the file")
     for f in summary["failures"][:20]:
         print(f"FAIL #{f['i']} {f['mode']} {f['mutation']}: {f['outcome']} {f['detail']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_record(args.out, summary)
     return 1 if summary["failures"] else 0
 
 

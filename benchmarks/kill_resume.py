@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -34,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from subbit.bench.record import provenance, write_record
 
 OUT = Path(__file__).resolve().parent / "out" / "kill_resume.json"
 TRAIN = [sys.executable, "-c", "import sys; from subbit.cli import main; sys.exit(main())", "train"]
@@ -196,19 +197,14 @@ def main() -> int:
     args = ap.parse_args()
     summary = run(args.kills, args.steps, args.seed, args.p_startup, args.quant, args.workdir,
                   report=lambda s: print(s, flush=True))  # fmt: skip
-    summary["machine"] = _cpu()
-    summary["command"] = " ".join([os.path.basename(sys.executable), *sys.argv])
-    summary["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+    summary.update(provenance(__file__))
     print(f"kills {summary['kills']} ({summary['torn_writes']} cut a checkpoint write, "
           f"{summary['startup_kills']} during start-up); restarts that resumed {summary['resumed']}, "
           f"resumes that failed {summary['resume_failed']}; runs {summary['runs']}, finished {summary['finished']}, "
           f"final model bit-identical {summary['identical_finals']}/{summary['runs']}, "
           f"loss logs identical {summary['identical_logs']}/{summary['runs']}; {summary['seconds']} s; "
           f"{summary['machine']}")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_record(args.out, summary)
     ok = summary["identical_finals"] == summary["runs"] == summary["finished"] and not summary["resume_failed"]
     return 0 if ok else 1
 
@@ -268,16 +264,6 @@ def run(kills: int, steps: int, seed: int = 0, p_startup: float = 0.2, quant: bo
         "steps": steps, "quant": quant, "seed": seed, "seconds": round(time.monotonic() - start, 1),
         "runs_detail": results,
     }  # fmt: skip
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

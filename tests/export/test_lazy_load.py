@@ -4,84 +4,50 @@ as when the bytes are parsed in memory."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from subbit.export import reader
-from subbit.export.bitpack import PackedTensor, pack_rows, row_bytes
-from subbit.export.container import load_packed, parse_container, read_container, write_packed
+from subbit.export.bitpack import pack_rows
+from subbit.export.container import load_packed, parse_container, read_container
 from subbit.export.manifest import SubbitFormatError
-
-# run in a fresh interpreter: VmHWM there is the load's own peak, not this test process's
-_PROBE = r"""
-import json, sys
-def status():
-    out = {}
-    for line in open("/proc/self/status"):
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[k] = int(v.split()[0]) * 1024
-    return out
-from subbit.export.container import load_packed, read_container
-import numpy as np
-before = status()
-manifest, arrays = read_container(sys.argv[1])
-after = status()
-pm = load_packed(sys.argv[1])
-print(json.dumps({"before": before, "after": after}))
-"""
-
-
-def _big_file(path: Path, mib: int) -> int:
-    """One 4-bit tensor of about ``mib`` MiB of packed indices (K a multiple of 8: no padding to
-    check), a small padded one, floats: the shape of a real model's file, scaled up."""
-    rng = np.random.default_rng(0)
-    k = 4096
-    n = (mib << 20) // row_bytes(k, 4)
-    big = PackedTensor(4, (n, k), rng.integers(0, 256, (n, row_bytes(k, 4)), dtype=np.uint8),
-                       rng.normal(size=(1, 16)).astype(np.float32), 1, method="gq")  # fmt: skip
-    small = PackedTensor.from_indices(rng.integers(0, 8, (5, 13)), rng.normal(size=(1, 8)), 3)
-    floats = {"bias": ("F32", rng.normal(size=n).astype(np.float32))}
-    write_packed(path, {"big": big, "small": small}, floats, arch={"arch": "big"}, tokenizer_bytes=b"t")
-    return path.stat().st_size
+from subbit.testing.dummies import large_subbit_file
+from subbit.testing.memory import load_memory
 
 
 def test_a_large_file_loads_in_a_small_multiple_of_its_header(tmp_path: Path) -> None:
     path = tmp_path / "big.subbit"
-    size = _big_file(path, 48)
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout)
-    grown = r["after"]["VmHWM"] - r["before"]["VmRSS"]
+    size = large_subbit_file(path, 48)
+    r = load_memory(path, "read_container")  # in a fresh interpreter: its peak is the load's own
+    grown = r["peak_growth_bytes"]
     # reading the file whole would add its 48 MiB; mapping it adds the header (a few KiB), the
     # 1 MiB hash buffer, the float tensor's finite check (50 KB) and a few code pages
     assert size > 48 << 20 and grown < 8 << 20, (grown, size)
     # the mapped pages of the packed indices are not resident just because the file was loaded
-    assert r["after"]["RssAnon"] - r["before"]["RssAnon"] < 8 << 20
+    assert r["anon_growth_bytes"] < 8 << 20
+    assert r["tensors"] == 6  # idx + codebook of layer0.weight and small, layer0.bias, the tokenizer
 
 
 def test_mapped_arrays_equal_parsed_bytes_and_stay_writable_without_touching_the_file(tmp_path: Path) -> None:
     path = tmp_path / "m.subbit"
-    _big_file(path, 1)
+    large_subbit_file(path, 1)
     blob = path.read_bytes()
     m1, a1 = read_container(path)
     m2, a2 = parse_container(blob)
     assert m1 == m2 and a1.keys() == a2.keys()
     for name in a1:
         assert a1[name].dtype == a2[name].dtype and np.array_equal(a1[name], a2[name])
-    a1["big.idx"][0, 0] ^= 0xFF  # copy-on-write: this process's copy changes, the file does not
+    a1["layer0.weight.idx"][0, 0] ^= 0xFF  # copy-on-write: this process's copy changes, the file does not
     assert path.read_bytes() == blob
-    assert np.array_equal(load_packed(path).packed["big"].packed, a2["big.idx"])
+    assert np.array_equal(load_packed(path).packed["layer0.weight"].packed, a2["layer0.weight.idx"])
 
 
 def test_the_digest_streams_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chunk much smaller than the data section gives the same verdicts."""
     path = tmp_path / "c.subbit"
-    _big_file(path, 1)
+    large_subbit_file(path, 1)
     monkeypatch.setattr(reader, "HASH_CHUNK", 4096 + 7)
     read_container(path)
     raw = bytearray(path.read_bytes())

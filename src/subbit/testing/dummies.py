@@ -240,3 +240,24 @@ def dummy_subbit_file(out_dir: str | Path, arch: str = "rnnt", *, bits: int = 4,
     path = out / f"{arch}.subbit"
     export_model(model, path, arch=model.config, tokenizer_bytes=tokenizer_bytes)
     return path
+
+
+def large_subbit_file(path: str | Path, mib: int, *, layers: int = 1, seed: int = 0) -> int:
+    """A ``.subbit`` file with about ``mib`` MiB of packed 4-bit indices, for measuring what loading
+    costs: ``layers`` tensors ``layer{i}.weight`` of K = 4096 (a multiple of 8: no padding to
+    check) with float biases, plus ``small``, a 3-bit tensor whose rows are padded: the shape of a
+    real model's file, scaled up. Returns the file's size in bytes."""
+    # local: the corpus helpers above must stay usable without the rest of subbit
+    from subbit.export.bitpack import PackedTensor, row_bytes
+    from subbit.export.container import write_packed
+
+    rng = np.random.default_rng(seed)
+    k = 4096
+    n = (mib << 20) // row_bytes(k, 4) // layers
+    packed = {f"layer{i}.weight": PackedTensor(4, (n, k), rng.integers(0, 256, (n, row_bytes(k, 4)), dtype=np.uint8),
+                                               rng.normal(size=(1, 16)).astype(np.float32), 1, method="gq")
+              for i in range(layers)}  # fmt: skip
+    packed["small"] = PackedTensor.from_indices(rng.integers(0, 8, (5, 13)), rng.normal(size=(1, 8)), 3)
+    floats = {f"layer{i}.bias": ("F32", rng.normal(size=n).astype(np.float32)) for i in range(layers)}
+    write_packed(path, packed, floats, arch={"arch": "large"}, tokenizer_bytes=b"t")
+    return Path(path).stat().st_size
