@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -34,6 +34,21 @@ from subbit.quant.modules import refresh
 
 SCHEMA_VERSION = 1
 CONFIG_KEYS = ("schema_version", "model", "tokenizer", "quant", "train_args", "data")
+
+
+class _File:
+    """A path below the run directory: one line per file name instead of a property each."""
+
+    def __init__(self, *parts: str, doc: str = "") -> None:
+        self.parts = parts
+        self.__doc__ = doc or "RUN/" + "/".join(parts)
+
+    @overload
+    def __get__(self, paths: None, owner: type | None = None) -> _File: ...
+    @overload
+    def __get__(self, paths: RunPaths, owner: type | None = None) -> Path: ...
+    def __get__(self, paths: RunPaths | None, owner: type | None = None) -> Path | _File:
+        return self if paths is None else paths.root.joinpath(*self.parts)
 
 
 @dataclass(frozen=True)
@@ -45,42 +60,16 @@ class RunPaths:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / "tokenizer.model"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pt"
-
-    @property
-    def good(self) -> Path:
-        """The last checkpoint written while the loss was healthy (kept by the divergence guard)."""
-        return self.checkpoints / "good.pt"
-
-    @property
-    def final(self) -> Path:
-        return self.root / "final.pt"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log.csv"
-
-    @property
-    def eval_log(self) -> Path:
-        return self.root / "eval.csv"
+    config = _File("config.json")
+    tokenizer = _File("tokenizer.model")
+    checkpoints = _File("checkpoints")
+    last = _File("checkpoints", "last.pt")
+    best = _File("checkpoints", "best.pt")
+    good = _File("checkpoints", "good.pt", doc="The last checkpoint written while the loss was healthy "
+                                                "(kept by the divergence guard).")
+    final = _File("final.pt")
+    log = _File("log.csv")
+    eval_log = _File("eval.csv")
 
     def periodic(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:08d}.pt"
@@ -163,17 +152,23 @@ def write_run_config(
     return config
 
 
+def read_json_object(path: Path, hint: str = "") -> dict[str, Any]:
+    """A JSON file that must hold an object; errors name the file and the line, then ``hint``."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}{hint}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object{hint}")
+    return data
+
+
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """Load and check ``RUN/config.json`` (errors name the file and the field)."""
     path = RunPaths(Path(run_dir)).config
     if not path.is_file():
         raise FileNotFoundError(f"not a run directory (no config.json): {run_dir}")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+    config = read_json_object(path)
     missing = [k for k in CONFIG_KEYS if k not in config]
     if missing:
         raise ValueError(f"{path}: missing field(s) {missing}")
