@@ -132,18 +132,28 @@ def export_loaded(loaded: LoadedRun, out: str | Path, *, fp16: bool = False,
 
     ``extra`` is merged over the manifest's default extras (the run's features and quant config).
     """
+    manifest_extra = {"features": loaded.config.get("features"), "quant": loaded.config.get("quant"),
+                      **(extra or {})}  # fmt: skip
+    return export_with_extra(loaded, out, extra=manifest_extra, fp16=fp16)
+
+
+def export_with_extra(loaded: LoadedRun, out: str | Path, *, extra: dict[str, Any],
+                      fp16: bool = False) -> ExportSummary:
+    """:func:`export_loaded` with exactly ``extra`` as the manifest's extras, no defaults merged in.
+
+    ``compare`` writes ``{"recipe", "features"}`` only, so a re-exported recipe's file keeps the
+    size its committed study cell recorded.
+    """
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out: {out} is a directory; give a file name, e.g. {out / 'model.subbit'}")
     model = loaded.model
     arch = getattr(model, "config", None)
     arch = dict(arch) if isinstance(arch, dict) else dict(loaded.config.get("model", {}))
-    manifest_extra = {"features": loaded.config.get("features"), "quant": loaded.config.get("quant"),
-                      **(extra or {})}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = export_model(
         model, out, arch=arch, tokenizer_bytes=loaded.tokenizer.to_bytes(), fp16_float_tensors=fp16,
-        extra=manifest_extra, tokenizer_kind=str(getattr(loaded.tokenizer, "kind", "bytes")),
+        extra=extra, tokenizer_kind=str(getattr(loaded.tokenizer, "kind", "bytes")),
     )  # fmt: skip
     load_packed(out)  # read it back before saying it is done
     return summary
@@ -161,4 +171,5 @@ def export_run(run: str | Path, out: str | Path, which: str = "final", fp16: boo
     return export_loaded(loaded, out, fp16=fp16, extra={"source": {"run": str(Path(run).resolve()), "which": which}})
 
 
-__all__ = ["WHICH", "LoadedRun", "build_run_model", "export_loaded", "export_run", "load_run", "write_run"]
+__all__ = ["WHICH", "LoadedRun", "build_run_model", "export_loaded", "export_run", "export_with_extra", "load_run",
+           "write_run"]
