@@ -1,10 +1,11 @@
-"""NumPy layers of the packed runtime: Linear (packed or float), LSTM, LayerNorm, Conformer pieces.
+"""NumPy layers of the packed runtime: LSTM, LayerNorm, Embedding, Conformer pieces.
 
 Each layer re-implements one torch layer of :mod:`subbit.asr.models` (docs/models.md gives the
 exact math) without importing any training code: quantized weights stay bit-packed and go
 through :func:`subbit.runtime.kernels.packed_linear` (int8 activations x int8 codebook, int32
-accumulation); weights left in float run through a NumPy matmul. All arrays are float32 and
-time-major without a batch dimension (the runtime streams one utterance).
+accumulation); weights left in float run through a NumPy matmul (both Linear kinds and the
+weight store live in :mod:`subbit.runtime.weights` and are re-exported here). All arrays are
+float32 and time-major without a batch dimension (the runtime streams one utterance).
 """
 
 from __future__ import annotations
@@ -13,9 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from subbit.runtime import kernels
-
-Array = np.ndarray
+from subbit.export.bitpack import unpack_rows
+from subbit.runtime.weights import (  # noqa: F401 (Linear, the store and the size helpers: re-exported)
+    Array,
+    FloatLinear,
+    Linear,
+    PackedLinear,
+    WeightStore,
+    decode_packed,
+    f32,
+    kernels_lut,
+    packed_nbytes,
+)
 
 
 # -- elementwise helpers ---------------------------------------------------------------------
@@ -48,184 +58,6 @@ def softmax(x: Array, axis: int = -1) -> Array:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def _f32(x: Any) -> Array:
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-# -- where weights come from -------------------------------------------------------------------
-class WeightStore:
-    """Uniform access to a loaded ``.subbit`` model: packed tensors and float tensors by name.
-
-    Quantized tensors (``PackedTensor``) stay packed; a quantized tensor that no matmul can use
-    directly (a depthwise-conv kernel, a tiny table) is decoded once with :meth:`dense`.
-    """
-
-    def __init__(self, packed: dict[str, Any], floats: dict[str, Array], threads: int = 1) -> None:
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        self.threads = threads
-        self.packed = dict(packed)
-        self.floats = {k: _f32(v) for k, v in floats.items()}
-        self.used: set[str] = set()
-        self.decoded_bytes = 0
-
-    def has(self, name: str) -> bool:
-        return name in self.packed or name in self.floats
-
-    def is_packed(self, name: str) -> bool:
-        return name in self.packed
-
-    def float(self, name: str) -> Array:
-        if name in self.floats:
-            self.used.add(name)
-            return self.floats[name]
-        if name in self.packed:
-            return self.dense(name)
-        raise ValueError(f"model file has no tensor {name!r} (needed by the runtime)")
-
-    def maybe_float(self, name: str) -> Array | None:
-        return self.float(name) if self.has(name) else None
-
-    def dense(self, name: str) -> Array:
-        """Decode a packed tensor to float32 with the deployed (int8-rounded) codebook."""
-        if name not in self.packed:
-            return self.float(name)
-        self.used.add(name)
-        arr = decode_packed(self.packed[name])
-        self.decoded_bytes += arr.nbytes  # held in float by the layer: counted as resident weights
-        return arr
-
-    def linear(self, prefix: str, bias: bool = True) -> "Linear":
-        """``prefix.weight`` (+ ``prefix.bias``) as a packed or float Linear."""
-        w = f"{prefix}.weight"
-        b = self.maybe_float(f"{prefix}.bias") if bias else None
-        if w in self.packed:
-            self.used.add(w)
-            return PackedLinear(self.packed[w], b, self.threads)
-        return FloatLinear(self.float(w), b)
-
-    def unused(self) -> list[str]:
-        return sorted((set(self.packed) | set(self.floats)) - self.used)
-
-
-def decode_packed(pt: Any) -> Array:
-    """Float32 weight of a PackedTensor as the kernels see it (int8 LUT x per-group scale)."""
-    shape = tuple(int(d) for d in pt.shape)
-    return _f32(kernels.dequantized_weight(pt).reshape(shape))
-
-
-def kernels_lut(pt: Any) -> tuple[Array, Array]:
-    """(int8 LUT [G, 2**bits], float32 scales [G]): the deployed codebook of ``pt``."""
-    lut, scales = kernels.int8_codebook(pt)
-    return np.asarray(lut), np.asarray(scales, dtype=np.float32)
-
-
-def packed_nbytes(pt: Any) -> int:
-    """Resident bytes of one packed tensor: indices, float codebook, and the kernels' tables
-    (int8 LUT, scales, per-row sums) built once at load."""
-    groups, rows = int(pt.groups), int(pt.shape[0]) if len(pt.shape) > 1 else 1
-    tables = groups * kernels.lut_stride(int(pt.bits)) + 4 * groups + 4 * rows  # int8 LUT, scales, row sums
-    return int(np.asarray(pt.packed).nbytes + np.asarray(pt.codebook).nbytes + tables)
-
-
-# -- Linear --------------------------------------------------------------------------------------
-class Linear:
-    """``y = x @ W^T + b`` for ``x [M, K]``; subclasses hold the weight packed or in float."""
-
-    in_features: int
-    out_features: int
-
-    def __call__(self, x: Array) -> Array:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    @property
-    def nbytes(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-class FloatLinear(Linear):
-    def __init__(self, weight: Array, bias: Array | None = None) -> None:
-        w = _f32(weight)
-        if w.ndim != 2:
-            raise ValueError(f"Linear weight must be 2-D, got shape {w.shape}")
-        self.wt = np.ascontiguousarray(w.T)  # [K, N]: x @ wt is one BLAS call
-        self.bias = None if bias is None else _f32(bias)
-        self.in_features, self.out_features = w.shape[1], w.shape[0]
-
-    def __call__(self, x: Array) -> Array:
-        y = x @ self.wt
-        if self.bias is not None:
-            y += self.bias
-        return y
-
-    @property
-    def nbytes(self) -> int:
-        return self.wt.nbytes + (0 if self.bias is None else self.bias.nbytes)
-
-
-class PackedLinear(Linear):
-    """Bit-packed weight through the C kernels (or their NumPy reference).
-
-    ``threads > 1`` splits the output rows into that many slices run concurrently (the kernels
-    are single-threaded and ctypes releases the GIL); each output still comes from the same
-    integer math, so the result is bit-identical to one thread. Small layers stay whole.
-    """
-
-    MIN_ROWS_PER_THREAD = 256
-
-    def __init__(self, packed: Any, bias: Array | None = None, threads: int = 1) -> None:
-        shape = tuple(int(s) for s in packed.shape)
-        if len(shape) != 2:
-            raise ValueError(f"packed Linear weight must be 2-D, got shape {shape}")
-        self.packed = packed
-        self.bias = None if bias is None else _f32(bias)
-        self.out_features, self.in_features = shape
-        parts = max(1, min(int(threads), shape[0] // self.MIN_ROWS_PER_THREAD))
-        self.slices = _row_slices(packed, self.bias, parts) if parts > 1 else []
-
-    def __call__(self, x: Array) -> Array:
-        x = _f32(x)
-        if not self.slices:
-            return kernels.packed_linear(x, self.packed, self.bias)
-        pool = _pool(len(self.slices))
-        futures = [pool.submit(kernels.packed_linear, x, pt, b) for pt, b in self.slices[1:]]
-        first = kernels.packed_linear(x, *self.slices[0])
-        return np.concatenate([first] + [f.result() for f in futures], axis=1)
-
-    @property
-    def nbytes(self) -> int:
-        if self.slices:  # the slices are views of the packed rows; their tables are rebuilt
-            return sum(packed_nbytes(pt) for pt, _ in self.slices) + (0 if self.bias is None else self.bias.nbytes)
-        return packed_nbytes(self.packed) + (0 if self.bias is None else self.bias.nbytes)
-
-
-def _row_slices(pt: Any, bias: Array | None, parts: int) -> list[tuple[Any, Array | None]]:
-    """Split a packed ``[N, K]`` weight into ``parts`` row ranges (views, no copy of the indices)."""
-    from dataclasses import replace
-
-    n, k = int(pt.shape[0]), int(pt.shape[1])
-    rows = np.asarray(pt.packed).reshape(n, -1)
-    cb = np.asarray(pt.codebook)
-    bounds = np.linspace(0, n, parts + 1).astype(int)
-    out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        sub_cb = cb[a:b] if int(pt.groups) > 1 else cb
-        sub = replace(pt, shape=(int(b - a), k), packed=rows[a:b], codebook=sub_cb,
-                      groups=int(pt.groups) if int(pt.groups) == 1 else int(b - a), runtime_cache={})
-        out.append((sub, None if bias is None else bias[a:b]))
-    return out
-
-
-_POOLS: dict[int, Any] = {}
-
-
-def _pool(workers: int) -> Any:
-    from concurrent.futures import ThreadPoolExecutor
-
-    if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(max_workers=workers - 1 or 1, thread_name_prefix="subbit-linear")
-    return _POOLS[workers]
-
 
 # -- LSTM ----------------------------------------------------------------------------------------
 class LSTMLayer:
@@ -257,7 +89,7 @@ class LSTMLayer:
             if self.proj is not None:
                 h = self.proj(h.reshape(1, -1))[0]
             ys[t] = h
-        return ys, _f32(h), _f32(c)
+        return ys, f32(h), f32(c)
 
     @property
     def nbytes(self) -> int:
@@ -287,6 +119,14 @@ class PackedLSTM:
     def hidden(self) -> int:
         return self.layers[-1].hidden
 
+    @property
+    def in_features(self) -> int:
+        return self.layers[0].ih.in_features
+
+    @property
+    def output_size(self) -> int:
+        return self.layers[-1].output_size
+
     def init_state(self) -> dict[str, list[Array]]:
         return {
             "h": [np.zeros(layer.output_size, np.float32) for layer in self.layers],
@@ -312,26 +152,18 @@ def _lstm_layer(store: WeightStore, prefix: str, k: int) -> LSTMLayer:
     bias = None
     if b_ih is not None or b_hh is not None:
         bias = (b_ih if b_ih is not None else 0) + (b_hh if b_hh is not None else 0)
-    w_ih = f"{prefix}.weight_ih_l{k}"
-    w_hh = f"{prefix}.weight_hh_l{k}"
-    ih = _linear_from(store, w_ih, bias)
-    hh = _linear_from(store, w_hh, None)
-    proj = _linear_from(store, f"{prefix}.weight_hr_l{k}", None) if store.has(f"{prefix}.weight_hr_l{k}") else None
-    return LSTMLayer(ih, hh, proj)
+    ih = store.matrix(f"{prefix}.weight_ih_l{k}", bias)
+    hh = store.matrix(f"{prefix}.weight_hh_l{k}")
+    hr = f"{prefix}.weight_hr_l{k}"
+    return LSTMLayer(ih, hh, store.matrix(hr) if store.has(hr) else None)
 
-
-def _linear_from(store: WeightStore, name: str, bias: Array | None) -> Linear:
-    if store.is_packed(name):
-        store.used.add(name)
-        return PackedLinear(store.packed[name], bias, store.threads)
-    return FloatLinear(store.float(name), bias)
 
 
 # -- normalisation and small pieces ----------------------------------------------------------
 class LayerNorm:
     def __init__(self, weight: Array | None, bias: Array | None, eps: float = 1e-5) -> None:
-        self.weight = None if weight is None else _f32(weight)
-        self.bias = None if bias is None else _f32(bias)
+        self.weight = None if weight is None else f32(weight)
+        self.bias = None if bias is None else f32(bias)
         self.eps = float(eps)
 
     @classmethod
@@ -347,7 +179,7 @@ class LayerNorm:
             d *= self.weight
         if self.bias is not None:
             d += self.bias
-        return _f32(d)
+        return f32(d)
 
     @property
     def nbytes(self) -> int:
@@ -379,11 +211,9 @@ class Embedding:
             raise ValueError(f"token id {token} outside the embedding table of {self.num} rows")
         if self.table is not None:
             return self.table[token]
-        from subbit.export.bitpack import unpack_rows
-
         idx = unpack_rows(self.rows[token : token + 1], int(self.packed.bits), self.dim)[0].astype(np.int64)
         g = token if self.lut.shape[0] > 1 else 0
-        return _f32(self.lut[g, idx].astype(np.float32) * self.scales[g])
+        return f32(self.lut[g, idx].astype(np.float32) * self.scales[g])
 
     @property
     def nbytes(self) -> int:
@@ -452,7 +282,7 @@ class ChunkedSelfAttention:
         scores = np.where(allowed[None], scores, np.finfo(np.float32).min)
         attn = softmax(scores.astype(np.float32), axis=-1)
         o = np.matmul(attn, v).transpose(1, 0, 2).reshape(tq, h * dh)
-        return self.out(_f32(o)), k, v
+        return self.out(f32(o)), k, v
 
     def _bias_and_mask(self, pos: int, tq: int, tc: int) -> tuple[Array | None, Array]:
         """Relative-position bias ``[H, Tq, Tk]`` and mask ``[Tq, Tk]``; both depend on the
@@ -484,7 +314,7 @@ class CausalConvModule:
         w = store.dense(f"{prefix}.dw.weight")
         if w.ndim != 3 or w.shape[1] != 1 or w.shape[2] != self.kernel:
             raise ValueError(f"{prefix}.dw.weight has shape {w.shape}, expected [d, 1, {self.kernel}]")
-        self.dw = _f32(w[:, 0, :].T)  # [k, d]
+        self.dw = f32(w[:, 0, :].T)  # [k, d]
         self.dw_bias = store.maybe_float(f"{prefix}.dw.bias")
         self.norm2 = LayerNorm.from_store(store, f"{prefix}.norm2")
         self.pw2 = store.linear(f"{prefix}.pw2")
@@ -502,7 +332,7 @@ class CausalConvModule:
             out += y[j : j + t] * self.dw[j]
         if self.dw_bias is not None:
             out += self.dw_bias
-        return self.pw2(silu(self.norm2(out))), _f32(new_cache)
+        return self.pw2(silu(self.norm2(out))), f32(new_cache)
 
 
 class ConformerBlock:
