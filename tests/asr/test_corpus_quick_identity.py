@@ -101,12 +101,12 @@ def audio_frames(out: Path) -> list[int]:
 
     import soundfile as sf
 
-    from subbit.asr.corpus import build
+    from subbit.asr.corpus import synth
 
     jobs = first_espeak_jobs(out)
     (out / "wav" / "train").mkdir(parents=True, exist_ok=True)
     with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-        list(pool.imap(build._run_task, [[j] for j in jobs]))
+        list(pool.imap(synth.run_task, [[j] for j in jobs]))
     return [sf.info(j.path).frames for j in jobs]
 
 
