@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from subbit.export.manifest import SubbitFormatError
-from subbit.runtime.models import PackedTransducer, _cfg_int, wake_frames
+from subbit.runtime.arch import stack_frames
+from subbit.runtime.layers import PackedLSTM, WeightStore
+from subbit.runtime.models import LSTMEncoder, PackedTransducer, _cfg_int, wake_frames
 from subbit.testing.dummies import dummy_subbit_file
 
 
@@ -25,13 +28,17 @@ def test_the_loaded_model_reports_its_config(packed: PackedTransducer) -> None:
 
 
 def _run(packed: PackedTransducer, feats: np.ndarray, sizes: list[int]) -> np.ndarray:
-    enc, state, outs, pos = packed.encoder, packed.encoder.init_state(), [], 0
+    return _run_encoder(packed.encoder, feats, sizes)
+
+
+def _run_encoder(enc: Any, feats: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """The encoder frames of ``feats`` fed in pieces of ``sizes`` frames, then flushed."""
+    state, outs, pos = enc.init_state(), [], 0
     for n in sizes:
         y, state = enc.step(feats[pos : pos + n], state)
         outs.append(y)
         pos += n
-    y, state = enc.flush(state)
-    return np.concatenate(outs + [y], axis=0)
+    return np.concatenate(outs + [enc.flush(state)[0]], axis=0)
 
 
 def test_any_chunking_gives_the_same_encoder_frames(packed: PackedTransducer) -> None:
@@ -72,3 +79,27 @@ def test_an_unknown_arch_is_refused(subbit_file: Callable[..., Path]) -> None:
     m = PackedTransducer.from_file(subbit_file("rnnt"))
     with pytest.raises(SubbitFormatError, match="field 'arch' must be"):
         PackedTransducer(m.store, {**m.config, "arch": "lstm"})
+
+
+def test_a_second_stacking_before_the_first_layer_streams_like_the_offline_stacking() -> None:
+    """stack2_after = 0 (inside the runtime's limits; training never writes it): the frames that
+    wait for the second stacking are as wide as the first stacking's output."""
+    rng = np.random.default_rng(1)
+    mels, stack, stack2, hidden, out = 6, 2, 3, 5, 4
+    w = {"encoder.proj.weight": rng.standard_normal((out, hidden)), "encoder.proj.bias": rng.standard_normal(out)}
+    for i, width in enumerate((mels * stack * stack2, hidden)):
+        w[f"encoder.lstms.{i}.weight_ih_l0"] = rng.standard_normal((4 * hidden, width)) * 0.3
+        w[f"encoder.lstms.{i}.weight_hh_l0"] = rng.standard_normal((4 * hidden, hidden)) * 0.3
+    store = WeightStore({}, w)
+    enc = LSTMEncoder(store, {"n_mels": mels, "stack": stack, "stack2": stack2, "stack2_after": 0, "enc_layers": 2})
+    assert enc.subsampling == 6 and not store.unused()
+    feats = rng.standard_normal((40, mels)).astype(np.float32)
+    x = stack_frames(stack_frames(feats, stack), stack2)  # 6 encoder frames; 4 feature frames left over
+    for i in range(2):
+        lstm = PackedLSTM.from_store(store, f"encoder.lstms.{i}")
+        x, _ = lstm(x, lstm.init_state())
+    offline = enc.proj(x)
+    assert offline.shape == (6, out)
+    for sizes in ([40], [1] * 40, [5, 0, 7, 28]):
+        np.testing.assert_allclose(_run_encoder(enc, feats, sizes), offline, rtol=1e-5, atol=1e-6)
+
