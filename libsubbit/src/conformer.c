@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fastmath.h"
+#include "vmath.h"
 #include "internal.h"
 
 struct sbl_conf_state {
@@ -18,8 +18,6 @@ struct sbl_conf_state {
     float **k, **v; /* per block [keep][d] */
     float **conv;   /* per block [kernel - 1][d] */
 };
-
-static inline float sigm(float x) { return 0.5f * (1.0f + sbl_tanhf(0.5f * x)); }
 
 sbl_conf_state *sbl_conf_state_new(const sbl_conformer *c) {
     sbl_conf_state *st = (sbl_conf_state *)calloc(1, sizeof *st);
@@ -91,16 +89,12 @@ static void layer_norm(const sbl_ln *ln, const float *x, int64_t T, int64_t n, f
     }
 }
 
-static void silu(float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] = x[i] * sigm(x[i]);
-}
-
 /* x += 0.5 * FFN(x); t1 [T][d], t2 [T][ff] scratch */
 static int ffn_half(const sbl_ff *f, int path, float *x, int64_t T, int64_t d, float *t1, float *t2) {
     layer_norm(&f->norm, x, T, d, t1);
     int rc = sbl_linear_apply(&f->lin1, path, t1, T, t2);
     if (rc) return rc;
-    silu(t2, T * f->lin1.out);
+    sbl_vsilu(path, t2, t2, T * f->lin1.out);
     if ((rc = sbl_linear_apply(&f->lin2, path, t2, T, t1))) return rc;
     for (int64_t i = 0; i < T * d; i++) x[i] = x[i] + 0.5f * t1[i];
     return 0;
@@ -141,11 +135,10 @@ static int attention(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_state
                 sc[j] = s;
                 mx = s > mx ? s : mx;
             }
+            for (int64_t j = 0; j < tk; j++) sc[j] = sc[j] - mx;
+            sbl_vexp(path, sc, sc, tk);
             double sum = 0;
-            for (int64_t j = 0; j < tk; j++) {
-                sc[j] = expf(sc[j] - mx);
-                sum += sc[j];
-            }
+            for (int64_t j = 0; j < tk; j++) sum += sc[j];
             const float fs = (float)sum;
             for (int64_t j = 0; j < tk; j++) sc[j] = sc[j] / fs;
             float *orow = o + i * d + h * dh;
@@ -173,8 +166,7 @@ static int conv_module(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_sta
     int rc = sbl_linear_apply(&B->pw1, path, t1, T, a);
     if (rc) return rc;
     memcpy(y, st->conv[bi], sizeof(float) * (size_t)((K - 1) * d));
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t j = 0; j < d; j++) y[(K - 1 + t) * d + j] = a[t * 2 * d + j] * sigm(a[t * 2 * d + d + j]);
+    for (int64_t t = 0; t < T; t++) sbl_vglu(path, a + t * 2 * d, a + t * 2 * d + d, y + (K - 1 + t) * d, d);
     memcpy(st->conv[bi], y + T * d, sizeof(float) * (size_t)((K - 1) * d)); /* the last k-1 rows */
     for (int64_t t = 0; t < T; t++)
         for (int64_t j = 0; j < d; j++) {
@@ -184,7 +176,7 @@ static int conv_module(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_sta
             a[t * d + j] = acc;
         }
     layer_norm(&B->conv_norm2, a, T, d, t1);
-    silu(t1, T * d);
+    sbl_vsilu(path, t1, t1, T * d);
     if ((rc = sbl_linear_apply(&B->pw2, path, t1, T, a))) return rc;
     for (int64_t i = 0; i < T * d; i++) x[i] = x[i] + a[i];
     return 0;

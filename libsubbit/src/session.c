@@ -1,7 +1,8 @@
 /* One utterance stream: samples -> log-mel frames -> LSTM or Conformer encoder -> greedy decoding,
  * the same float32 operations in the same order as subbit.runtime (models.py, layers.py,
  * session.py); quantized matmuls go through the shared packed kernels (bit-identical on every
- * ISA path). Elementwise tanh/log come from libm, so results match NumPy to an ulp, not a bit. */
+ * ISA path). tanh/sigmoid come from vmath.h and log from libm, so results match NumPy to an ulp or
+ * two, not a bit. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -9,7 +10,7 @@
 #include <string.h>
 
 #include "../../src/subbit/runtime/csrc/subbit_kernels.h"
-#include "fastmath.h"
+#include "vmath.h"
 #include "internal.h"
 
 #define MAX_SYMBOLS 3
@@ -71,8 +72,6 @@ int sbl_linear_apply(const sbl_linear *l, int path, const float *x, int64_t m, f
     return 0;
 }
 
-static inline float sigm(float x) { return 0.5f * (1.0f + sbl_tanhf(0.5f * x)); }
-
 /* -- LSTM ---------------------------------------------------------------------------------- */
 static lstm_state *lstm_states(const sbl_lstm *s, int n) {
     lstm_state *st = (lstm_state *)calloc((size_t)n + 1, sizeof(lstm_state));
@@ -129,12 +128,16 @@ static int lstm_layer(const sbl_lstm_layer *L, int path, const float *x, int64_t
         if ((rc = sbl_linear_apply(&L->hh, path, h, 1, hh))) break;
         float *g = gi + t * 4 * H;
         for (int64_t j = 0; j < 4 * H; j++) g[j] = g[j] + hh[j];
+        /* gates i, f, g, o: sigmoid over i and f, tanh over g, sigmoid over o, in place */
+        sbl_vsigmoid(path, g, g, 2 * H);
+        sbl_vtanh(path, g + 2 * H, g + 2 * H, H);
+        sbl_vsigmoid(path, g + 3 * H, g + 3 * H, H);
         for (int64_t j = 0; j < H; j++) {
-            float ig = sigm(g[j]), fg = sigm(g[H + j]), gg = sbl_tanhf(g[2 * H + j]), og = sigm(g[3 * H + j]);
-            float a = fg * c[j], b = ig * gg;
+            float a = g[H + j] * c[j], b = g[j] * g[2 * H + j];
             c[j] = a + b;
-            hraw[j] = og * sbl_tanhf(c[j]);
         }
+        sbl_vtanh(path, c, hraw, H);
+        for (int64_t j = 0; j < H; j++) hraw[j] = g[3 * H + j] * hraw[j];
         if (L->proj.out) {
             if ((rc = sbl_linear_apply(&L->proj, path, hraw, 1, h))) break;
         } else {
@@ -221,7 +224,8 @@ static int decode(subbit_session *s, const float *enc, int64_t T) {
     int rc = sbl_linear_apply(&m->join.enc_proj, m->path, enc, T, ep);
     for (int64_t t = 0; t < T && !rc; t++) {
         for (int k = 0; k < MAX_SYMBOLS; k++) {
-            for (int64_t j = 0; j < J; j++) s->join_h[j] = sbl_tanhf(ep[t * J + j] + s->pred_p[j]);
+            for (int64_t j = 0; j < J; j++) s->join_h[j] = ep[t * J + j] + s->pred_p[j];
+            sbl_vtanh(m->path, s->join_h, s->join_h, J);
             if ((rc = sbl_linear_apply(&m->join.out, m->path, s->join_h, 1, s->logits))) break;
             if (s->cb) s->cb(s->logits, V, s->cb_user);
             int tok = argmax(s->logits, V);
