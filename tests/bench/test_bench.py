@@ -208,6 +208,9 @@ def test_scheduled_decoding_does_equal_work(tmp_path: Path) -> None:
     tokens = s.finalize_tokens()
     assert s.frame > 4 and len(tokens) == (s.frame + 1) // 2
     assert all(0 < t < model.vocab_size for t in tokens)
+    v = model.vocab_size
+    want = [1 + (f * 7919) % (v - 1) for f in range(0, s.frame, 2)]
+    assert tokens == [t if t != model.blank else 1 + t % (v - 1) for t in want]
 
 
 def test_merge_rounds_takes_medians_and_max_rss() -> None:

@@ -138,21 +138,14 @@ def scheduled_session_class() -> type:
             super().reset()
             self.frame = 0
 
-        def _decode(self, enc: np.ndarray) -> None:
-            if enc.shape[0] == 0:
-                return
-            joiner, predictor = self.model.joiner, self.model.predictor
-            enc_p = joiner.project_enc(enc)
-            for t in range(enc_p.shape[0]):
-                joiner.join(enc_p[t], self.pred_p)
-                if self.frame % self.token_every == 0:
-                    tok = 1 + (self.frame * 7919) % (self.vocab - 1)
-                    tok = tok if tok != self.blank else 1 + tok % (self.vocab - 1)
-                    self.tokens.append(tok)
-                    out, self.pred_state = predictor.step(tok, self.pred_state)
-                    self.pred_p = joiner.project_pred(out)
-                    joiner.join(enc_p[t], self.pred_p)
-                self.frame += 1
+        def _decode_frame(self, frame: np.ndarray) -> None:
+            join = self.model.joiner.join
+            join(frame, self.pred_p)
+            if self.frame % self.token_every == 0:
+                tok = 1 + (self.frame * 7919) % (self.vocab - 1)
+                self._emit(tok if tok != self.blank else 1 + tok % (self.vocab - 1))
+                join(frame, self.pred_p)
+            self.frame += 1
 
     return ScheduledSession
 

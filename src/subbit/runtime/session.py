@@ -110,17 +110,23 @@ class StreamingSession:
     def _decode(self, enc: np.ndarray) -> None:
         if enc.shape[0] == 0:
             return
-        joiner, predictor = self.model.joiner, self.model.predictor
-        enc_p = joiner.project_enc(enc)
-        for t in range(enc_p.shape[0]):
-            frame = enc_p[t]
-            for _ in range(self.max_symbols):
-                tok = int(np.argmax(joiner.join(frame, self.pred_p)))
-                if tok == self.blank:
-                    break
-                self.tokens.append(tok)
-                out, self.pred_state = predictor.step(tok, self.pred_state)
-                self.pred_p = joiner.project_pred(out)
+        for frame in self.model.joiner.project_enc(enc):
+            self._decode_frame(frame)
+
+    def _decode_frame(self, frame: np.ndarray) -> None:
+        """Greedy search on one projected encoder frame: argmax tokens until blank, at most
+        ``max_symbols_per_frame`` (the benchmark's scheduled session overrides this)."""
+        for _ in range(self.max_symbols):
+            tok = int(np.argmax(self.model.joiner.join(frame, self.pred_p)))
+            if tok == self.blank:
+                break
+            self._emit(tok)
+
+    def _emit(self, tok: int) -> None:
+        """Append ``tok`` and advance the predictor (and its projection) past it."""
+        self.tokens.append(tok)
+        out, self.pred_state = self.model.predictor.step(tok, self.pred_state)
+        self.pred_p = self.model.joiner.project_pred(out)
 
     def text(self, tokens: list[int]) -> str:
         """Transcript of ``tokens`` (token ids joined by spaces when the model has no tokenizer)."""
