@@ -14,13 +14,14 @@ dtype named in the signature; the wrappers check that and raise ``ValueError`` o
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 import logging
 import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from subbit.clib import Signatures, library_file, open_library
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,16 @@ _tried = False
 
 
 def _library_file() -> Path | None:
-    here = Path(__file__).resolve().parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        cand = here / f"_native{suffix}"
-        if cand.is_file():
-            return cand
-    return None
+    return library_file(Path(__file__).parent, "_native")
+
+
+_VP, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+SIGNATURES: Signatures = {
+    "subbit_native_isa": ([], _INT),
+    "subbit_native_set_isa": ([_INT], _INT),
+    "subbit_gq_table_forward": ([_VP, _I64, _I64, _VP, _VP, _I64, _VP], _INT),
+    "subbit_gq_table_backward": ([_VP, _VP, _I64, _I64, _VP, _VP, _I64, _VP, _VP, _VP, _VP], _INT),
+}
 
 
 def _load() -> ctypes.CDLL | None:
@@ -45,25 +50,11 @@ def _load() -> ctypes.CDLL | None:
     if _tried:
         return _lib
     _tried = True
-    path = _library_file()
-    if path is None:
-        log.warning("subbit.quant native library not built (quant/_native*.so missing): "
-                    "GQ's table lookup uses the PyTorch ops")
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-        vp, i64 = ctypes.c_void_p, ctypes.c_int64
-        lib.subbit_native_isa.argtypes = []
-        lib.subbit_native_isa.restype = ctypes.c_int
-        lib.subbit_native_set_isa.argtypes = [ctypes.c_int]
-        lib.subbit_native_set_isa.restype = ctypes.c_int
-        lib.subbit_gq_table_forward.argtypes = [vp, i64, i64, vp, vp, i64, vp]
-        lib.subbit_gq_table_forward.restype = ctypes.c_int
-        lib.subbit_gq_table_backward.argtypes = [vp, vp, i64, i64, vp, vp, i64, vp, vp, vp, vp]
-        lib.subbit_gq_table_backward.restype = ctypes.c_int
-    except (OSError, AttributeError) as exc:
-        log.warning("subbit.quant native library %s unusable (%s): GQ's table lookup uses the "
-                    "PyTorch ops", path, exc)
+    lib = open_library(_library_file(), SIGNATURES, log,
+                       missing="subbit.quant native library not built (quant/_native*.so missing): "
+                               "GQ's table lookup uses the PyTorch ops",
+                       broken="subbit.quant native library %s unusable (%s): GQ's table lookup uses the PyTorch ops")  # fmt: skip
+    if lib is None:
         return None
     _lib = lib
     if os.environ.get("SUBBIT_KERNEL", "").strip().lower() in ("portable", "c"):

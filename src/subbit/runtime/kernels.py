@@ -27,7 +27,6 @@ decision and the bias address are cached, since a streaming step makes dozens of
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 import logging
 import os
 import threading
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from subbit.clib import Signatures, library_file, open_library
 from subbit.export.bitpack import PackedTensor, int8_codebook, padded_length, unpack_rows
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,18 @@ _available: list[str] | None = None
 
 
 def _library_file() -> Path | None:
-    here = Path(__file__).resolve().parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        cand = here / f"_kernels{suffix}"
-        if cand.is_file():
-            return cand
-    return None
+    return library_file(Path(__file__).parent, "_kernels")
+
+
+_VP, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+SIGNATURES: Signatures = {
+    "subbit_packed_linear": ([_INT, _VP, _I64, _I64, _VP, _I64, _INT, _VP, _VP, _I64, _VP, _VP, _VP], _INT),
+    "subbit_int8_linear": ([_INT, _VP, _I64, _I64, _VP, _I64, _VP, _I64, _VP, _VP, _VP], _INT),
+    "subbit_rowsums": ([_VP, _I64, _I64, _INT, _VP, _I64, _VP], _INT),
+    "subbit_supported_paths": ([], _INT),
+    "subbit_best_path": ([], _INT),
+    "subbit_read_sum": ([_VP, _I64], ctypes.c_uint64),
+}
 
 
 def _load() -> ctypes.CDLL | None:
@@ -71,25 +77,10 @@ def _load() -> ctypes.CDLL | None:
         return _lib
     _lib_tried = True
     _available = None
-    path = _library_file()
-    if path is None:
-        log.warning("subbit kernels library not built (runtime/_kernels*.so missing): using the NumPy reference")
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-        vp, i64 = ctypes.c_void_p, ctypes.c_int64
-        lib.subbit_packed_linear.argtypes = [ctypes.c_int, vp, i64, i64, vp, i64, ctypes.c_int, vp, vp, i64, vp, vp, vp]
-        lib.subbit_packed_linear.restype = ctypes.c_int
-        lib.subbit_int8_linear.argtypes = [ctypes.c_int, vp, i64, i64, vp, i64, vp, i64, vp, vp, vp]
-        lib.subbit_int8_linear.restype = ctypes.c_int
-        lib.subbit_rowsums.argtypes = [vp, i64, i64, ctypes.c_int, vp, i64, vp]
-        lib.subbit_rowsums.restype = ctypes.c_int
-        lib.subbit_supported_paths.restype = ctypes.c_int
-        lib.subbit_best_path.restype = ctypes.c_int
-        lib.subbit_read_sum.argtypes = [vp, i64]
-        lib.subbit_read_sum.restype = ctypes.c_uint64
-    except (OSError, AttributeError) as exc:
-        log.warning("subbit kernels library %s failed to load (%s): using the NumPy reference", path, exc)
+    lib = open_library(_library_file(), SIGNATURES, log,
+                       missing="subbit kernels library not built (runtime/_kernels*.so missing): using the NumPy reference",
+                       broken="subbit kernels library %s failed to load (%s): using the NumPy reference")  # fmt: skip
+    if lib is None:
         return None
     _lib = lib
     return lib
