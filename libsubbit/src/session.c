@@ -52,26 +52,6 @@ static int serr(subbit_session *s, int code, const char *fmt, ...) {
     return code;
 }
 
-int sbl_linear_apply(const sbl_linear *l, int path, const float *x, int64_t m, float *y) {
-    if (m == 0) return 0;
-    if (l->pw) {
-        const sbl_packed *p = l->pw;
-        int rc = subbit_packed_linear(path, x, m, p->k, p->packed, p->n, p->bits, p->lut, p->scales, p->groups,
-                                      p->rowsum, l->bias, y);
-        return rc == 0 ? 0 : (rc == SUBBIT_ENOMEM ? SUBBIT_ERR_NOMEM : SUBBIT_ERR_INTERNAL);
-    }
-    for (int64_t i = 0; i < m; i++)
-        for (int64_t o = 0; o < l->out; o++) {
-            const float *w = l->w + o * l->in, *xi = x + i * l->in;
-            double acc = 0;
-            for (int64_t j = 0; j < l->in; j++) acc += (double)xi[j] * (double)w[j];
-            float v = (float)acc;
-            if (l->bias) v = v + l->bias[o];
-            y[i * l->out + o] = v;
-        }
-    return 0;
-}
-
 /* -- LSTM ---------------------------------------------------------------------------------- */
 static lstm_state *lstm_states(const sbl_lstm *s, int n) {
     lstm_state *st = (lstm_state *)calloc((size_t)n + 1, sizeof(lstm_state));
