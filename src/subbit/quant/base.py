@@ -26,8 +26,16 @@ class WeightQuantizer(nn.Module):
     """
 
     method: ClassVar[str] = "base"
+    #: option fields also set as plain attributes (``q.tau``, ``q.impl``): the forward reads them
+    #: and a caller may switch one (``q.impl = "static"``) without rebuilding ``options``
+    option_attributes: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor") -> None:
+    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor",
+                 options: MethodOptions | Mapping[str, Any] | None = None, **kw: Any) -> None:
+        """Checks the arguments, parses ``options`` (a dataclass, a partial dict and/or keywords)
+        into ``self.options`` (see :meth:`parse_options`), copies :attr:`option_attributes`, then
+        calls :meth:`build`: the prologue every method shares. A method without an ``Options``
+        class may override ``__init__``, take ``**options`` and check them itself."""
         super().__init__()
         if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
             raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
@@ -39,6 +47,13 @@ class WeightQuantizer(nn.Module):
         self.granularity = granularity
         self.shape = tuple(weight.shape)
         self.register_buffer("converted", torch.zeros((), dtype=torch.bool))
+        self.options = self.parse_options(options, **kw)
+        for name in self.option_attributes:
+            setattr(self, name, getattr(self.options, name))
+        self.build(weight)
+
+    def build(self, weight: Tensor) -> None:
+        """Create the method's parameters and buffers from the float ``weight`` (options parsed)."""
 
     # the method's option dataclass (a subclass of MethodOptions); configs validate with it. A
     # method that keeps the base (no fields) takes ``**options`` and checks them itself

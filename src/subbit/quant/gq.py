@@ -43,7 +43,6 @@ does better: set ``options: {mu: 50}`` in a 2-bit rule).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,24 +171,13 @@ class GeneralQuantizer(WeightQuantizer):
     """
 
     Options = GQOptions
+    option_attributes = ("domain", "distance", "symmetric", "zero_centroid", "straight_through", "int8_codebook",
+                         "learn_scale", "learn_mu", "chunk_size", "impl")
 
-    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor",
-                 options: GQOptions | Mapping[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(weight, bits, granularity)
-        opts: GQOptions = self.parse_options(options, **kw)
-        self.options = opts
-        self.domain: str = opts.domain
-        self.distance: str = opts.distance
-        self.symmetric: bool = opts.symmetric
-        self.zero_centroid: bool = opts.zero_centroid
-        self.straight_through: bool = opts.straight_through
-        self.int8_codebook: bool = opts.int8_codebook
-        self.learn_scale: bool = opts.learn_scale
-        self.learn_mu: bool = opts.learn_mu
+    def build(self, weight: Tensor) -> None:
+        opts = self.options
         k, g = self.levels, self.num_groups
         self.window = min(k, opts.window)
-        self.chunk_size: int = opts.chunk_size
-        self.impl: str = opts.impl
 
         w = self.grouped(weight.detach().float())
         s = w.abs().amax(1)

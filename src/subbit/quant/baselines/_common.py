@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from subbit.quant.base import WeightQuantizer
+
 TINY = 1e-12
 
 
@@ -162,3 +164,15 @@ def lloyd_1d(x: Tensor, k: int, iters: int, init: Tensor | None = None) -> Tenso
             break
         c = new
     return c
+
+
+class CentroidQuantizer(WeightQuantizer):
+    """A method whose hard codebook is its ascending ``centroids`` buffer ``[G, K]`` (DKM,
+    S8BQAT): export takes each weight's nearest centroid."""
+
+    centroids: Tensor
+
+    @torch.no_grad()
+    def encode(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        idx = nearest_index(self.grouped(w), self.centroids)
+        return idx.reshape(w.shape), self.centroids.clone()

@@ -37,18 +37,16 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from subbit.quant.base import WeightQuantizer
 from subbit.quant.baselines._common import (
     TINY,
+    CentroidQuantizer,
     fast_softmax,
-    nearest_index,
     quantile_init,
     recompute,
 )
@@ -87,23 +85,16 @@ NEGLIGIBLE_LOGIT = 30.0  # a centroid whose logit trails the nearest by this wei
 
 
 @register_method("dkm")
-class DKMQuantizer(WeightQuantizer):
+class DKMQuantizer(CentroidQuantizer):
     """Soft k-means attention over all weights; options ``tau``, ``distance``, ``tau_scale``,
     ``iters``, ``window`` and ``chunk`` (see the module docstring)."""
 
     Options = DKMOptions
+    option_attributes = ("tau", "distance", "tau_scale", "iters", "chunk")
 
-    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor",
-                 options: DKMOptions | Mapping[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(weight, bits, granularity)
-        opts: DKMOptions = self.parse_options(options, **kw)
-        self.options = opts
-        self.tau: float = opts.tau
-        self.distance: str = opts.distance
-        self.tau_scale: str = opts.tau_scale
-        self.iters: int = opts.iters
-        self.window: int | str = opts.window if opts.window == "auto" else min(int(opts.window), self.levels)
-        self.chunk: int = opts.chunk
+    def build(self, weight: Tensor) -> None:
+        window = self.options.window
+        self.window: int | str = window if window == "auto" else min(int(window), self.levels)
         self.register_buffer("centroids", quantile_init(self.grouped(weight.detach()), self.levels))
 
     # -- pieces ------------------------------------------------------------------------
@@ -207,11 +198,6 @@ class DKMQuantizer(WeightQuantizer):
                 self.centroids.copy_(c.detach())
         parts = self._blocks(self._assign, wg, c, temp, self.window_size(c, temp), grad)
         return torch.cat(parts, dim=1).reshape(w.shape)
-
-    @torch.no_grad()
-    def encode(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        idx = nearest_index(self.grouped(w), self.centroids)
-        return idx.reshape(w.shape), self.centroids.clone()
 
     @torch.no_grad()
     def hardness(self, w: Tensor) -> float:

@@ -11,9 +11,7 @@ that runs through it only updates the unquantized parameters (biases, norms).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,19 +49,14 @@ class PTQQuantizer(WeightQuantizer):
     """Round-to-nearest uniform or k-means codebooks; options ``algo`` and ``iters`` (kmeans)."""
 
     Options = PTQOptions
+    option_attributes = ("algo", "iters")
 
-    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor",
-                 options: PTQOptions | Mapping[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(weight, bits, granularity)
-        opts: PTQOptions = self.parse_options(options, **kw)
-        self.options = opts
-        self.algo: str = opts.algo
-        self.iters: int = opts.iters
+    def build(self, weight: Tensor) -> None:
         wg = self.grouped(weight.detach().float())
         if self.algo == "uniform":
-            step = max_step(wg, bits)
+            step = max_step(wg, self.bits)
             self.register_buffer("step", step)
-            codebook = step[:, None] * int_levels(bits)[None, :]
+            codebook = step[:, None] * int_levels(self.bits)[None, :]
         else:
             codebook = lloyd_1d(wg, self.levels, self.iters)
         self.register_buffer("codebook", codebook.to(weight.dtype))

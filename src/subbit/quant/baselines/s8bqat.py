@@ -27,15 +27,13 @@ Defaults: ``mu = 5`` (GQ's default, so both methods start from the same grid) an
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from subbit.quant.base import WeightQuantizer
-from subbit.quant.baselines._common import TINY, nearest_index
+from subbit.quant.baselines._common import TINY, CentroidQuantizer
 from subbit.quant.mulaw import expand
 from subbit.quant.options import MethodOptions
 from subbit.quant.registry import register_method
@@ -104,19 +102,14 @@ class _SumPenalty(torch.autograd.Function):
 
 
 @register_method("s8bqat")
-class S8BQATQuantizer(WeightQuantizer):
+class S8BQATQuantizer(CentroidQuantizer):
     """Fixed mu-law grid, MRACos regularizer; options ``mu`` (>= 0, default 5) and ``lam`` (> 0, per
     weight, default 1e-4)."""
 
     Options = S8BQATOptions
+    option_attributes = ("mu", "lam")
 
-    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor",
-                 options: S8BQATOptions | Mapping[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(weight, bits, granularity)
-        opts: S8BQATOptions = self.parse_options(options, **kw)
-        self.options = opts
-        self.mu: float = opts.mu
-        self.lam: float = opts.lam
+    def build(self, weight: Tensor) -> None:
         wg = self.grouped(weight.detach().float())
         s = wg.abs().amax(dim=1).clamp_min(TINY)
         v = torch.linspace(-1.0, 1.0, self.levels)
@@ -139,11 +132,6 @@ class S8BQATQuantizer(WeightQuantizer):
         backward keeps only ``w``, the centroids and one byte per weight."""
         wg = self.grouped(w)
         return self.lam * _SumPenalty.apply(wg, self.centroids.to(wg.dtype))
-
-    @torch.no_grad()
-    def encode(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        idx = nearest_index(self.grouped(w), self.centroids)
-        return idx.reshape(w.shape), self.centroids.clone()
 
     @torch.no_grad()
     def hardness(self, w: Tensor) -> float:

@@ -28,7 +28,6 @@ value :meth:`hard` gathers from the codebook.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,14 +106,10 @@ class UniformQuantizer(WeightQuantizer):
     ``init`` (LSQ step init: "mse" default, "lsq", "max")."""
 
     Options = UniformOptions
+    option_attributes = ("lsq", "init")
 
-    def __init__(self, weight: Tensor, bits: int, granularity: str = "tensor",
-                 options: UniformOptions | Mapping[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(weight, bits, granularity)
-        opts: UniformOptions = self.parse_options(options, **kw)
-        self.options = opts
-        self.lsq: bool = opts.lsq
-        self.init: str = opts.init
+    def build(self, weight: Tensor) -> None:
+        bits = self.bits
         self.register_buffer("levels_", int_levels(bits).to(weight.dtype))
         if self.lsq:
             init = initial_step(self.grouped(weight.detach()), bits, self.init)
