@@ -55,6 +55,9 @@ def test_quick_study_writes_the_contract_and_resumes_from_cells(tmp_path, monkey
     assert lo <= gq4["wer_heldout"] <= hi
     assert fp32["delta_vs_fp32_ci"] == [0.0, 0.0] and fp32["lossless"] is True
     assert isinstance(gq4["lossless"], bool)
+    # the same rule on seen voices: the control against itself is lossless there too
+    assert fp32["delta_seen_vs_fp32_ci"] == [0.0, 0.0] and fp32["lossless_seen"] is True
+    assert isinstance(gq4["lossless_seen"], bool)
     # what is served: the exported file streamed through the packed runtime, same utterances
     assert gq4["runtime_wer_heldout"] is not None and gq4["torch_wer_heldout_same_utts"] is not None
     claims = results["claims"]

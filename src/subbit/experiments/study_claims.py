@@ -16,6 +16,14 @@ def _fmt_ci(ci: Sequence[float] | None) -> str:
     return "-" if ci is None else f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
 
 
+def _seen(r: dict[str, Any]) -> str:
+    """The verdict is on held-out voices; the seen-voice reading goes next to it as evidence."""
+    if r.get("delta_seen_vs_fp32_ci") is None:
+        return ""
+    return (f"; seen voices {100 * r['wer_seen']:.2f}%, delta {_fmt_ci(r['delta_seen_vs_fp32_ci'])}, "
+            f"lossless there: {'yes' if r.get('lossless_seen') else 'no'}")
+
+
 def _by(rows: list[dict[str, Any]], arch: str, name: str) -> dict[str, Any] | None:
     for r in rows:
         if r["arch"] == arch and r["name"] == name and r.get("status") == "done" and r.get("wer_heldout") is not None:
@@ -39,7 +47,7 @@ def evaluate_claims(rows: list[dict[str, Any]], cfg: StudyConfig,
         else:
             claims.append(_claim(text, "reproduced" if r["lossless"] else "not reproduced",
                                  f"held-out WER {100 * r['wer_heldout']:.2f}%, delta vs fp32 {_fmt_ci(r['delta_vs_fp32_ci'])} "
-                                 f"points over seeds {r['seeds']}"))
+                                 f"points over seeds {r['seeds']}" + _seen(r)))
     # 2. lossless sub-5-bit Conformer > 6x smaller than fp32
     text = "A lossless sub-5-bit Conformer more than 6x smaller than fp32"
     conf = [r for r in rows if r["arch"] == "conformer" and r["method"] == "gq" and r.get("status") == "done"
@@ -52,7 +60,7 @@ def evaluate_claims(rows: list[dict[str, Any]], cfg: StudyConfig,
         ratio = (1 / best["size_vs_fp32"]) if best.get("size_vs_fp32") else float("nan")
         claims.append(_claim(text, "reproduced" if ok else "not reproduced",
                              f"{best['name']}: {best['bits_avg']:.2f} bits avg, {ratio:.1f}x smaller, delta "
-                             f"{_fmt_ci(best['delta_vs_fp32_ci'])}"))
+                             f"{_fmt_ci(best['delta_vs_fp32_ci'])}" + _seen(best)))
     # 3. some RNN-T layers at 1 bit without loss
     text = "Some RNN-T kernels quantized to 1 bit without loss"
     one = [r for r in (_by(rows, "rnnt", n) for n in ("gq3-hh1", "gq4-hh1")) if r is not None and r.get("lossless") is not None]
@@ -62,7 +70,8 @@ def evaluate_claims(rows: list[dict[str, Any]], cfg: StudyConfig,
         ok = [r for r in one if r["lossless"]]
         r = ok[0] if ok else one[0]
         claims.append(_claim(text, "reproduced" if ok else "not reproduced",
-                             f"{r['name']} ({r['bits_avg']:.2f} bits avg): delta {_fmt_ci(r['delta_vs_fp32_ci'])}"))
+                             f"{r['name']} ({r['bits_avg']:.2f} bits avg): delta {_fmt_ci(r['delta_vs_fp32_ci'])}"
+                             + _seen(r)))
     # 4. GQ at or below every other method at each depth <= 4 (bifocal has its own claim, below)
     compared = [a for a in cfg.archs if a != "bifocal"]
     for arch in compared:

@@ -67,7 +67,8 @@ def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str,
                                "cells_on_other_bases": other_base.get(name, 0)}
         if not cs:
             row.update({"status": "not run", "bits_avg": None, "size_bytes": None, "wer_seen": None, "wer_heldout": None,
-                        "wer_heldout_ci": None, "delta_vs_fp32_ci": None, "lossless": None})
+                        "wer_heldout_ci": None, "delta_vs_fp32_ci": None, "lossless": None,
+                        "delta_seen_vs_fp32_ci": None, "lossless_seen": None})
             rows.append(row)
             continue
         first = cs[0]["row"]
@@ -102,6 +103,10 @@ def build_rows(cfg: StudyConfig, arch: str, cells: list[Cell], corpus: str,
         ref = ctrl["test_heldout"]
         row["lossless"] = (None if row["delta_vs_fp32_ci"] is None or ref is None
                            else stats.is_lossless(tuple(row["delta_vs_fp32_ci"]), ref.wer))
+        # the same rule on seen voices, where the fp32 model is good: a second, stricter reading
+        ref_seen = ctrl["test_seen"]
+        row["lossless_seen"] = (None if row["delta_seen_vs_fp32_ci"] is None or ref_seen is None
+                                else stats.is_lossless(tuple(row["delta_seen_vs_fp32_ci"]), ref_seen.wer))
         serves = [c.get("serve") for c in cs if c.get("serve")]
         if serves:
             for key in ("weight_bytes", "p90_ms"):
