@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .rnnt import _check_feats
+from .rnnt import _check_feats, init_stacking
 from .transducer import State, lstm_run, stack_frames
 
 #: config keys of the bifocal encoder (the LSTM encoder's plus ``small_hidden``)
@@ -114,30 +114,12 @@ class BifocalEncoder(nn.Module):
                  stack2: int = 1, stack2_after: int = 0, dropout: float = 0.0,
                  chunk_frames: int | None = None) -> None:
         super().__init__()
-        if stack < 1 or stack2 < 1:
-            raise ValueError(f"stack and stack2 must be >= 1, got stack={stack}, stack2={stack2}")
-        if layers < 1:
-            raise ValueError(f"enc_layers must be >= 1, got {layers}")
         if not 1 <= small_hidden <= hidden:
             raise ValueError(f"small_hidden must be in 1..enc_hidden={hidden}, got {small_hidden}")
-        if stack2 > 1 and not 1 <= stack2_after < layers:
-            raise ValueError(f"stack2_after must be in 1..enc_layers-1={layers - 1}, got {stack2_after}")
-        self.n_mels, self.stack, self.stack2 = n_mels, stack, stack2
-        self.stack2_after = stack2_after if stack2 > 1 else -1
+        widths = init_stacking(self, n_mels, stack, layers, hidden, stack2, stack2_after, chunk_frames)
         self.hidden, self.small_hidden = hidden, small_hidden
         self.output_dim = out_dim
-        self.subsampling = stack * stack2
-        self.chunk_frames = chunk_frames or self.subsampling
-        if self.chunk_frames % self.subsampling:
-            raise ValueError(
-                f"chunk_frames={self.chunk_frames} must be a multiple of the subsampling {self.subsampling}")
-        self.layers = nn.ModuleList()
-        in_dim = n_mels * stack
-        for i in range(layers):
-            if i == self.stack2_after:
-                in_dim *= stack2
-            self.layers.append(BifocalLSTMLayer(in_dim, hidden, small_hidden))
-            in_dim = hidden
+        self.layers = nn.ModuleList(BifocalLSTMLayer(w, hidden, small_hidden) for w in widths)
         self.proj = nn.Linear(hidden, out_dim)
         self.dropout = nn.Dropout(dropout)
 

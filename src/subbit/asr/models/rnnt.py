@@ -23,31 +23,10 @@ class LSTMEncoder(nn.Module):
                  stack2: int = 1, stack2_after: int = 0, dropout: float = 0.0,
                  chunk_frames: int | None = None) -> None:
         super().__init__()
-        if stack < 1 or stack2 < 1:
-            raise ValueError(f"stack and stack2 must be >= 1, got stack={stack}, stack2={stack2}")
-        if layers < 1:
-            raise ValueError(f"enc_layers must be >= 1, got {layers}")
-        if stack2 > 1 and not 1 <= stack2_after < layers:
-            raise ValueError(f"stack2_after must be in 1..enc_layers-1={layers - 1}, got {stack2_after}")
-        self.n_mels = n_mels
-        self.stack = stack
-        self.stack2 = stack2
-        self.stack2_after = stack2_after if stack2 > 1 else -1
+        widths = init_stacking(self, n_mels, stack, layers, hidden, stack2, stack2_after, chunk_frames)
         self.hidden = hidden
         self.output_dim = out_dim
-        self.subsampling = stack * stack2
-        self.chunk_frames = chunk_frames or self.subsampling
-        if self.chunk_frames % self.subsampling:
-            raise ValueError(
-                f"chunk_frames={self.chunk_frames} must be a multiple of the subsampling {self.subsampling}"
-            )
-        self.lstms = nn.ModuleList()
-        in_dim = n_mels * stack
-        for i in range(layers):
-            if i == self.stack2_after:
-                in_dim *= stack2
-            self.lstms.append(nn.LSTM(in_dim, hidden, batch_first=True))
-            in_dim = hidden
+        self.lstms = nn.ModuleList(nn.LSTM(w, hidden, batch_first=True) for w in widths)
         self.proj = nn.Linear(hidden, out_dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -99,6 +78,32 @@ class LSTMEncoder(nn.Module):
         """End of stream: leftover frames (fewer than one stack) are dropped, as in ``forward``."""
         b = state["pending"].size(0)
         return self.proj.weight.new_zeros(b, 0, self.output_dim), state
+
+
+def init_stacking(enc: nn.Module, n_mels: int, stack: int, layers: int, hidden: int, stack2: int,
+                  stack2_after: int, chunk_frames: int | None) -> list[int]:  # fmt: skip
+    """Check and set the frame stacking of a recurrent encoder (``n_mels``, ``stack``, ``stack2``,
+    ``stack2_after`` = -1 without a second stacking, ``subsampling``, ``chunk_frames``); returns
+    the input width of each of its ``layers`` layers of ``hidden`` units."""
+    if stack < 1 or stack2 < 1:
+        raise ValueError(f"stack and stack2 must be >= 1, got stack={stack}, stack2={stack2}")
+    if layers < 1:
+        raise ValueError(f"enc_layers must be >= 1, got {layers}")
+    if stack2 > 1 and not 1 <= stack2_after < layers:
+        raise ValueError(f"stack2_after must be in 1..enc_layers-1={layers - 1}, got {stack2_after}")
+    enc.n_mels, enc.stack, enc.stack2 = n_mels, stack, stack2
+    enc.stack2_after = stack2_after if stack2 > 1 else -1
+    enc.subsampling = stack * stack2
+    enc.chunk_frames = chunk_frames or enc.subsampling
+    if enc.chunk_frames % enc.subsampling:
+        raise ValueError(f"chunk_frames={enc.chunk_frames} must be a multiple of the subsampling {enc.subsampling}")
+    widths, width = [], n_mels * stack
+    for i in range(layers):
+        if i == enc.stack2_after:
+            width *= stack2
+        widths.append(width)
+        width = hidden
+    return widths
 
 
 def _check_feats(feats: Tensor, n_mels: int) -> None:
