@@ -32,22 +32,29 @@ class ExportSummary:
     header_bytes: int
     tensors: list[TensorBytes] = field(default_factory=list)
 
+    def total(self, column: str, kind: str | None = None) -> int:
+        """Sum of one :class:`TensorBytes` column over the tensors (of one ``kind``, or all)."""
+        return sum(getattr(t, column) for t in self.tensors if kind is None or t.kind == kind)
+
     @property
     def theory_bytes(self) -> int:
         """sum ceil(N * b / 8) + codebooks + float tensors + tokenizer + header."""
-        return sum(t.theory for t in self.tensors) + self.header_bytes
+        return self.total("theory") + self.header_bytes
 
     @property
     def fp32_bytes(self) -> int:
-        return sum(t.fp32 for t in self.tensors)
+        """The same model with every tensor in fp32 (the tokenizer as stored)."""
+        return self.total("fp32")
 
     @property
     def int8_bytes(self) -> int:
-        return sum(t.int8 for t in self.tensors)
+        """The same model with its quantized weights at int8 per channel, floats in fp32."""
+        return self.total("int8")
 
     @property
     def quantized_bytes(self) -> int:
-        return sum(t.stored for t in self.tensors if t.kind == "quantized")
+        """Indices and codebooks of the quantized tensors, as stored."""
+        return self.total("stored", "quantized")
 
     def __str__(self) -> str:
         rows = [f"{'tensor':<44} {'kind':<9} {'bits':>4} {'params':>10} {'bytes':>10} {'fp32':>10} {'int8':>10}"]
@@ -55,7 +62,7 @@ class ExportSummary:
             bits = "-" if t.bits is None else str(t.bits)
             rows.append(f"{t.name[:44]:<44} {t.kind:<9} {bits:>4} {t.count:>10} {t.stored:>10} {t.fp32:>10} {t.int8:>10}")
         params = sum(t.count for t in self.tensors if t.kind != "tokenizer")
-        rows.append(f"{'total (tensors)':<44} {'':<9} {'':>4} {params:>10} {sum(t.stored for t in self.tensors):>10} "
+        rows.append(f"{'total (tensors)':<44} {'':<9} {'':>4} {params:>10} {self.total("stored"):>10} "
                     f"{self.fp32_bytes:>10} {self.int8_bytes:>10}")  # fmt: skip
         rows.append(
             f"file {self.path}: {self.file_bytes} bytes (header {self.header_bytes}; theory {self.theory_bytes}, "
