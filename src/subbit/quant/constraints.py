@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from subbit.quant.inventory import BITS, Kernel, parse_bits
+from subbit.quant.rules import check_regex_key
 
 
 def _matches(key: str, kernel: Kernel) -> bool:
@@ -45,11 +46,7 @@ class Constraints:
             for key, bits in table.items():
                 if not isinstance(key, str) or not key:
                     raise ValueError(f"{kind}: a constraint name must be a non-empty string, got {key!r}")
-                if key.startswith("re:"):
-                    try:
-                        re.compile(key[3:])
-                    except re.error as err:
-                        raise ValueError(f"{kind} {key!r}: invalid regular expression: {err}") from None
+                check_regex_key(key, f"{kind} {key!r}")
                 clean[key] = parse_bits(bits, f"{kind} {key!r}")
             setattr(self, kind, clean)
 

@@ -16,6 +16,7 @@ Hooks are module-level functions (no closures) so a deep copy refreshes its own 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from subbit.quant.base import WeightQuantizer
@@ -68,8 +69,6 @@ class _OffStep(torch.autograd.Function):
 
 
 def _distributed() -> bool:
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 

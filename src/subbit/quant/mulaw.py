@@ -56,6 +56,43 @@ def _reduce_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad.sum_to_size(shape) if len(shape) else grad.sum()
 
 
+def _odd_backward(ctx, g: Tensor, d_input, d_mu) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of an odd map ``sign(x) * f(|x|, mu)``: ``d_input(mu, |x|)`` is ``df/d|x|`` (the
+    odd map's derivative in ``x``), ``d_mu(mu, |x|)`` is ``df/dmu`` (times ``sign(x)`` here)."""
+    x, mu = ctx.saved_tensors
+    a = x.abs()
+    gx = gmu = None
+    if ctx.needs_input_grad[0]:
+        gx = _reduce_to(g * d_input(mu, a), x.shape)
+    if ctx.needs_input_grad[1]:
+        gmu = _reduce_to(g * (d_mu(mu, a) * torch.sign(x)), mu.shape)
+    return gx, gmu
+
+
+def _compand_dx(mu: Tensor, a: Tensor) -> Tensor:
+    return _branch(mu, lambda m: (m / torch.log1p(m)) / (1 + m * a), lambda: 1 + mu * (0.5 - a))
+
+
+def _compand_dmu(mu: Tensor, a: Tensor) -> Tensor:
+    def exact(m: Tensor) -> Tensor:
+        L = torch.log1p(m)
+        return a / ((1 + m * a) * L) - torch.log1p(m * a) / ((1 + m) * L * L)
+
+    return _branch(mu, exact, lambda: a * (1 - a) / 2)
+
+
+def _expand_dy(mu: Tensor, b: Tensor) -> Tensor:
+    return _branch(mu, lambda m: torch.exp(b * torch.log1p(m)).mul_(torch.log1p(m) / m), lambda: 1 + mu * (b - 0.5))
+
+
+def _expand_dmu(mu: Tensor, b: Tensor) -> Tensor:
+    def exact(m: Tensor) -> Tensor:
+        L = torch.log1p(m)
+        return b * torch.exp((b - 1) * L) / m - torch.expm1(b * L) / (m * m)
+
+    return _branch(mu, exact, lambda: b * (b - 1) / 2)
+
+
 class _Compand(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, mu: Tensor) -> Tensor:  # type: ignore[override]
@@ -66,21 +103,7 @@ class _Compand(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
-        x, mu = ctx.saved_tensors
-        a = x.abs()
-        gx = gmu = None
-        if ctx.needs_input_grad[0]:
-            dx = _branch(mu, lambda m: (m / torch.log1p(m)) / (1 + m * a), lambda: 1 + mu * (0.5 - a))
-            gx = _reduce_to(g * dx, x.shape)
-        if ctx.needs_input_grad[1]:
-
-            def exact(m: Tensor) -> Tensor:
-                L = torch.log1p(m)
-                return a / ((1 + m * a) * L) - torch.log1p(m * a) / ((1 + m) * L * L)
-
-            dmu = _branch(mu, exact, lambda: a * (1 - a) / 2) * torch.sign(x)
-            gmu = _reduce_to(g * dmu, mu.shape)
-        return gx, gmu
+        return _odd_backward(ctx, g, _compand_dx, _compand_dmu)
 
 
 class _Expand(torch.autograd.Function):
@@ -93,23 +116,7 @@ class _Expand(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
-        y, mu = ctx.saved_tensors
-        b = y.abs()
-        gy = gmu = None
-        if ctx.needs_input_grad[0]:
-            dy = _branch(
-                mu, lambda m: torch.exp(b * torch.log1p(m)).mul_(torch.log1p(m) / m), lambda: 1 + mu * (b - 0.5)
-            )
-            gy = _reduce_to(g * dy, y.shape)
-        if ctx.needs_input_grad[1]:
-
-            def exact(m: Tensor) -> Tensor:
-                L = torch.log1p(m)
-                return b * torch.exp((b - 1) * L) / m - torch.expm1(b * L) / (m * m)
-
-            dmu = _branch(mu, exact, lambda: b * (b - 1) / 2) * torch.sign(y)
-            gmu = _reduce_to(g * dmu, mu.shape)
-        return gy, gmu
+        return _odd_backward(ctx, g, _expand_dy, _expand_dmu)
 
 
 def compand(x: Tensor, mu: float | Tensor) -> Tensor:

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
+import yaml
 
 from subbit.quant.base import GRANULARITIES
 from subbit.quant.options import MethodOptions
+from subbit.quant.registry import get_method, known_methods
 
 CONFIG_VERSION = 1
 TYPE_KEYS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "Embedding", "LSTM", "GRU",
@@ -46,8 +49,6 @@ class LayerSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from subbit.quant.registry import get_method, known_methods
-
         if not isinstance(self.method, str) or self.method not in known_methods():
             raise ValueError(f"method: unknown quantization method {self.method!r}; known: {known_methods()}")
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
@@ -87,6 +88,15 @@ class LayerSpec:
         return cls(**filled)
 
 
+def check_regex_key(key: str, where: str) -> None:
+    """A ``re:`` key must hold a valid regular expression (others pass); ValueError names ``where``."""
+    if key.startswith("re:"):
+        try:
+            re.compile(key[3:])
+        except re.error as err:
+            raise ValueError(f"{where}: invalid regular expression: {err}") from None
+
+
 def _spec_or_none(value: Any, base: LayerSpec | None, where: str) -> LayerSpec | None:
     if value is None or isinstance(value, LayerSpec):
         return value
@@ -117,11 +127,7 @@ class QuantConfig:
                 raise ValueError(f"{where}: a rule key must be a non-empty string")
             if spec is not None and not isinstance(spec, LayerSpec):
                 raise ValueError(f"{where}: expected a LayerSpec or None, got {type(spec).__name__}")
-            if key.startswith("re:"):
-                try:
-                    re.compile(key[3:])
-                except re.error as err:
-                    raise ValueError(f"{where}: invalid regular expression: {err}") from None
+            check_regex_key(key, where)
 
     # -- matching ----------------------------------------------------------------------
     def match(self, module_name: str, module: nn.Module, param_name: str) -> tuple[str | None, LayerSpec | None]:
@@ -171,25 +177,21 @@ class QuantConfig:
 
     @classmethod
     def from_json(cls, text: str) -> QuantConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"QuantConfig JSON: {err}") from None
-        return cls.from_dict(data)
+        return cls._parse(text, json.loads, json.JSONDecodeError, "JSON")
 
     def to_yaml(self) -> str:
-        import yaml
-
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> QuantConfig:
-        import yaml
+        return cls._parse(text, yaml.safe_load, yaml.YAMLError, "YAML")
 
+    @classmethod
+    def _parse(cls, text: str, loads: Callable[[str], Any], error: type[Exception], kind: str) -> QuantConfig:
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ValueError(f"QuantConfig YAML: {err}") from None
+            data = loads(text)
+        except error as err:
+            raise ValueError(f"QuantConfig {kind}: {err}") from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
