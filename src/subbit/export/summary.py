@@ -62,7 +62,7 @@ class ExportSummary:
             bits = "-" if t.bits is None else str(t.bits)
             rows.append(f"{t.name[:44]:<44} {t.kind:<9} {bits:>4} {t.count:>10} {t.stored:>10} {t.fp32:>10} {t.int8:>10}")
         params = sum(t.count for t in self.tensors if t.kind != "tokenizer")
-        rows.append(f"{'total (tensors)':<44} {'':<9} {'':>4} {params:>10} {self.total("stored"):>10} "
+        rows.append(f"{'total (tensors)':<44} {'':<9} {'':>4} {params:>10} {self.total('stored'):>10} "
                     f"{self.fp32_bytes:>10} {self.int8_bytes:>10}")  # fmt: skip
         rows.append(
             f"file {self.path}: {self.file_bytes} bytes (header {self.header_bytes}; theory {self.theory_bytes}, "
