@@ -12,28 +12,14 @@ from torch import nn
 
 import subbit.quant as q
 from subbit.export import export_model, load_dequantized, load_packed
+from subbit.testing.dummies import dummy_tied_lm
 
 torch.set_num_threads(1)
 
 
-class TiedLM(nn.Module):
-    """Embedding tied to the output projection (the usual language-model tie), one Linear between."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(24, 16)
-        self.mix = nn.Linear(16, 16)
-        self.head = nn.Linear(16, 24, bias=False)
-        self.head.weight = self.emb.weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.tanh(self.mix(self.emb(x))))
-
-
 def converted_tied(granularity: str = "tensor") -> nn.Module:
-    torch.manual_seed(0)
-    model = q.prepare(TiedLM(), q.QuantConfig.from_dict({"default": {"method": "gq", "bits": 3,
-                                                                     "granularity": granularity}}))  # fmt: skip
+    cfg = q.QuantConfig.from_dict({"default": {"method": "gq", "bits": 3, "granularity": granularity}})
+    model = q.prepare(dummy_tied_lm(24, 16), cfg)
     assert q.prepare_info(model).tied == {"emb.weight": ["head.weight"]}
     return q.convert(model).eval()
 
@@ -54,7 +40,7 @@ def test_a_tied_model_loads_back_and_computes_what_the_converted_model_computes(
         path = tmp_path / f"tied-{granularity}.subbit"
         export_model(model, path, arch={"arch": "tied"})
         _, state = load_dequantized(path)
-        plain = TiedLM().eval()
+        plain = dummy_tied_lm(24, 16, seed=1).eval()
         result = plain.load_state_dict(state, strict=False)
         # the alias is the same Parameter in the float model: loading the first owner sets both
         assert result.missing_keys == ["head.weight"] and result.unexpected_keys == []

@@ -179,6 +179,28 @@ def dummy_net(*layers: tuple[str, torch.nn.Module], seed: int | None = 0) -> Dum
     return DummyNet(list(layers))
 
 
+class TiedLM(torch.nn.Module):
+    """Embedding tied to the output projection (the usual language-model tie), a Linear between."""
+
+    def __init__(self, vocab: int = 16, dim: int = 8) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, dim)
+        self.mix = torch.nn.Linear(dim, dim)
+        self.head = torch.nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mix(self.emb(x))))
+
+
+def dummy_tied_lm(vocab: int = 16, dim: int = 8, seed: int | None = 0) -> TiedLM:
+    """A :class:`TiedLM` (one Parameter owned by ``emb`` and ``head``), for tied-weight tests;
+    ``seed`` as in :func:`dummy_net`."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return TiedLM(vocab, dim)
+
+
 def dummy_transducer(arch: str = "rnnt", *, vocab_size: int = 12, n_mels: int = 80, quant: dict | None = None,
                      seed: int = 0, **overrides: object) -> torch.nn.Module:  # fmt: skip
     """The ``tiny`` preset of ``arch`` in eval mode; with ``quant`` (a QuantConfig dict) prepared and
