@@ -389,3 +389,18 @@ def test_sensitivity_json_round_trip(toy) -> None:
     assert back.delta == s.delta and back.method == s.method and back.granularity == s.granularity
     with pytest.raises(ValueError, match=re.escape("sensitivity 'a'")):
         Sensitivity.from_dict({"delta": {"a": {"9": 0.0}}})
+
+
+def test_the_parts_public_names_stay_importable_from_allocate() -> None:
+    import sys
+
+    from subbit.quant import constraints, inventory, knapsack, sensitivity
+
+    alloc = sys.modules["subbit.quant.allocate"]  # the package attribute is the function
+    parts = {"Constraints": constraints, "Infeasible": knapsack, "solve_choice": knapsack, "Kernel": inventory,
+             "kernels_of": inventory, "other_bytes": inventory, "BITS": inventory, "Sensitivity": sensitivity,
+             "measure_sensitivity": sensitivity, "quick_quantize": sensitivity, "kmeans_codebook": sensitivity,
+             "METHODS": sensitivity}
+    assert set(parts) <= set(alloc.__all__)
+    for name, module in parts.items():
+        assert getattr(alloc, name) is getattr(module, name), name
