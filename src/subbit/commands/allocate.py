@@ -15,20 +15,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from subbit.commands._options import add_json_out, add_no_progress, verb_parser
+
 #: bytes added to the measured header for what a trial export cannot know: the quantized run's
 #: path in the manifest (``source.run``) and a few digits of offsets and codebook names
 HEADER_SLACK = 1024
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "allocate",
+    p = verb_parser(
+        subparsers, "allocate", run,
         help="pick bits per kernel for a size budget (writes a rules file)",
-        description=(
-            "Measure every kernel's dev-loss increase at 1..8 bits (one kernel quantized at a time, quick "
-            "codebook fit; cached in RUN/sensitivity), choose the bit depths with the least predicted increase "
-            "within the budget (exact dynamic programme), and write rules for `subbit quantize --rules`."
-        ),
+        description="""Measure every kernel's dev-loss increase at 1..8 bits (one kernel quantized at a time,
+        quick codebook fit; cached in RUN/sensitivity), choose the bit depths with the least predicted increase
+        within the budget (exact dynamic programme), and write rules for `subbit quantize --rules`.""",
     )
     p.add_argument("run", metavar="RUN", help="fp32 run directory")
     budget = p.add_mutually_exclusive_group(required=True)
@@ -47,10 +47,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quant-method", default="gq", help="quantizer the rules name (default gq)")
     p.add_argument("--limit", type=int, default=64, help="dev utterances the loss is measured on")
     p.add_argument("--cache-dir", help="where measurements are cached (default RUN/sensitivity)")
-    p.add_argument("--json", dest="json_out", help="also write the allocation as JSON here")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_json_out(p, "also write the allocation as JSON here")
+    add_no_progress(p, "no progress bar")
     p.add_argument("--out", required=True, help="rules file to write (.yaml, .yml or .json)")
-    p.set_defaults(func=run)
 
 
 def file_overhead_bytes(loaded: Any, rules: dict[str, Any]) -> int:

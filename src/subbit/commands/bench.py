@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from subbit.commands._options import add_json_out, verb_parser
+
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
@@ -20,8 +22,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from subbit.bench import PRESETS
 
-    p = subparsers.add_parser(
-        "bench", help="streaming latency / memory: packed sub-8-bit vs fp32 and int8",
+    p = verb_parser(
+        subparsers, "bench", run, help="streaming latency / memory: packed sub-8-bit vs fp32 and int8",
         description="subbit bench: builds the preset with random weights, runs fp32 PyTorch, torch.ao int8, "
                     "onnxruntime int8 and the packed runtime at each bit depth (each in its own process), "
                     "batch-1 streaming; prints a table, writes JSON and a plot.",
@@ -43,10 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="decode load: emit one token every N encoder frames for every variant (same work; "
                         "random weights make free greedy emission arbitrary); 0 = plain greedy")
     p.add_argument("--workdir", default=None, help="keep the artifacts here (default: a temporary dir)")
-    p.add_argument("--json", dest="json_out", default=None, help="write the result JSON here")
+    add_json_out(p, "write the result JSON here")
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,20 +8,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from subbit.commands._options import add_json_out, add_no_progress, verb_parser
+
 DEFAULT_RECIPES = "fp32,qat8,s8bqat4,gq8,gq5,gq4,gq3,gq2,gq-mixed,dkm4,ptq4-uniform,ptq4-kmeans"
 
 
 def register(subparsers: Any) -> None:
     from subbit.experiments.ablations import ABLATIONS
 
-    p = subparsers.add_parser(
-        "compare",
+    p = verb_parser(
+        subparsers, "compare", run,
         help="train, quantize, evaluate and tabulate several methods from one fp32 model",
-        description=(
-            "Warm-start every recipe from the same fp32 run with the same budget, convert, evaluate WER on the "
-            "splits and measure the packed size; write OUT/results.{json,md} and WER-vs-size plots. "
-            "A killed run continues where it stopped. --list shows the recipes."
-        ),
+        description="""Warm-start every recipe from the same fp32 run with the same budget, convert, evaluate
+        WER on the splits and measure the packed size; write OUT/results.{json,md} and WER-vs-size plots. A
+        killed run continues where it stopped. --list shows the recipes.""",
     )
     p.add_argument("--list", action="store_true", help="print the recipes (and ablation variants) and exit")
     p.add_argument("--data", help="corpus directory (default: the fp32 run's)")
@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     which.add_argument("--recipes", help=f"comma-separated recipe names (default: {DEFAULT_RECIPES})")
     which.add_argument("--ablation", choices=ABLATIONS, help="run an ablation's variants instead of recipes")
     p.add_argument("--split", default="test_seen,test_heldout", help="comma-separated evaluation splits")
-    p.add_argument("--json", dest="json_out", help="also write the results JSON here")
+    add_json_out(p, "also write the results JSON here")
     p.add_argument("--eval-limit", type=int, help="evaluate the first N utterances of each split only")
     p.add_argument("--lr", type=float, default=5e-4, help="fine-tuning peak learning rate (all recipes)")
     p.add_argument("--warmup-steps", type=int, default=50)
@@ -55,8 +55,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-export", dest="export", action="store_false", help="theoretical sizes only, no .subbit")
     p.add_argument("--threads", type=int)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run)
+    add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:

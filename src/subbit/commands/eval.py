@@ -7,31 +7,31 @@ import json
 from pathlib import Path
 from typing import Any
 
+from subbit.commands._options import add_json_out, add_no_progress, add_which, verb_parser
+
 SPLITS = ("train", "dev", "test_seen", "test_heldout", "test_open")  # test_open: full corpus only
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "eval",
+    p = verb_parser(
+        subparsers, "eval", run,
         help="word error rate of a run on a corpus split",
         description="Decode DIR/SPLIT.jsonl with the run's model and score it with jiwer.",
     )
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--data", help="corpus directory (default: the one the run was trained on)")
     p.add_argument("--split", default="test_heldout", help=f"manifest name in DIR, e.g. {', '.join(SPLITS)}")
-    p.add_argument("--json", dest="json_out", help="write the result JSON here")
+    add_json_out(p, "write the result JSON here")
     p.add_argument("--method", choices=("greedy", "beam"), default="greedy")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--streaming", action="store_true", help="decode chunk by chunk through the encoder's step API")
     p.add_argument("--chunk-frames", type=int, help="feature frames per streaming chunk (default: the model's)")
     p.add_argument("--errors", help="per-utterance errors file (.tsv, or .jsonl), worst first")
     p.add_argument("--limit", type=int, help="first N utterances only")
-    p.add_argument("--which", choices=("final", "last", "best"), default="final",
-                   help="weights: final.pt (default; falls back to last) or a training checkpoint")
+    add_which(p, "weights: final.pt (default; falls back to last) or a training checkpoint")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run)
+    add_no_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:

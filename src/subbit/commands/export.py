@@ -7,21 +7,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from subbit.commands._options import add_json_out, add_which, verb_parser
+
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "export",
+    p = verb_parser(
+        subparsers, "export", run,
         help="write a run as a bit-packed .subbit file",
-        description="Pack a run's quantized weights (indices at their bit depth + codebooks), keep the other "
-        "tensors in float, add the tokenizer and the model config; print bytes per tensor vs fp32 and int8.",
+        description="""Pack a run's quantized weights (indices at their bit depth + codebooks), keep the other
+        tensors in float, add the tokenizer and the model config; print bytes per tensor vs fp32 and int8.""",
     )
     p.add_argument("run", metavar="RUN", help="run directory (made by `subbit train` / `subbit quantize`)")
     p.add_argument("--out", required=True, help="output file, e.g. model.subbit")
     p.add_argument("--fp16", action="store_true", help="store the unquantized float tensors in fp16")
-    p.add_argument("--which", choices=("final", "last", "best"), default="final",
-                   help="weights to export: final.pt (default, converted) or a training checkpoint")  # fmt: skip
-    p.add_argument("--json", dest="json_out", help="also write the size summary as JSON here")
-    p.set_defaults(func=run)
+    add_which(p, "weights to export: final.pt (default, converted) or a training checkpoint")
+    add_json_out(p, "also write the size summary as JSON here")
 
 
 def run(args: argparse.Namespace) -> int:

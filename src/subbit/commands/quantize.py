@@ -6,24 +6,23 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from subbit.commands._options import verb_parser
 from subbit.commands.train import add_schedule_options, config_from_args, resume_overrides, run_config
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "quantize",
+    p = verb_parser(
+        subparsers, "quantize", run,
         help="QAT fine-tune of an fp32 run with a rules file (GQ or a baseline)",
-        description=(
-            "Warm-start from the fp32 RUN, prepare the model with RULES (subbit.quant.QuantConfig), "
-            "fine-tune while the temperature anneals, and write the converted model to QRUN/final.pt."
-        ),
+        description="""Warm-start from the fp32 RUN, prepare the model with RULES (subbit.quant.QuantConfig),
+        fine-tune while the temperature anneals, and write the converted model to QRUN/final.pt.""",
     )
     p.add_argument("run", metavar="RUN", help="fp32 run directory (or a checkpoint inside it)")
     p.add_argument("--rules", required=True, help="quantization rules (.json or .yaml)")
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--data", help="corpus directory (default: the one RUN was trained on)")
     add_schedule_options(p)
-    p.set_defaults(func=run, warmup_steps=50, sortagrad_epochs=0)
+    p.set_defaults(warmup_steps=50, sortagrad_epochs=0)
 
 
 #: fine-tuning: a lower lr than from scratch (the default of --lr here; a resume keeps the stored one)

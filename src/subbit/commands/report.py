@@ -16,20 +16,20 @@ import math
 from pathlib import Path
 from typing import Any
 
+from subbit.commands._options import add_json_out, add_which, verb_parser
+
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "report",
+    p = verb_parser(
+        subparsers, "report", run,
         help="per-tensor bits, bytes and quantization state of a run or a .subbit file",
-        description="TARGET is a run directory (quantization report of its model) or a .subbit file "
-        "(its manifest); prints every tensor and the totals vs fp32 and int8.",
+        description="""TARGET is a run directory (quantization report of its model) or a .subbit file (its
+        manifest); prints every tensor and the totals vs fp32 and int8.""",
     )
     p.add_argument("target", metavar="TARGET", help="run directory or .subbit file")
-    p.add_argument("--which", choices=("final", "last", "best"), default="final",
-                   help="run weights: final.pt (default; falls back to last) or a training checkpoint")
-    p.add_argument("--json", dest="json_out", help="write the report as JSON here")
+    add_which(p, "run weights: final.pt (default; falls back to last) or a training checkpoint")
+    add_json_out(p, "write the report as JSON here")
     p.add_argument("--plot", help="write a PNG of bits and bytes per tensor here")
-    p.set_defaults(func=run)
 
 
 def _totals(tensors: list[dict[str, Any]], stored_total: int) -> dict[str, Any]:

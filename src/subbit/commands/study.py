@@ -7,20 +7,20 @@ import shlex
 import sys
 from typing import Any
 
+from subbit.commands._options import verb_parser
+
 
 def register(subparsers: Any) -> None:
     from subbit.experiments.study import ARCHS, SECTIONS
 
-    p = subparsers.add_parser(
-        "study",
+    p = verb_parser(
+        subparsers, "study", run,
         help="the paper's comparisons with seeds and confidence intervals: results.json, report.md, plots",
-        description=(
-            "Train one fp32 base per architecture, fine-tune every recipe of every section from it with the same "
-            "step budget (several seeds where a claim rests on the cell), evaluate WER on seen and held-out voices "
-            "with paired bootstrap intervals, stream each exported file through the packed runtime, and decide each "
-            "of the paper's claims. Resumes cell by cell: OUT/cells/ holds one small JSON per finished cell "
-            "(commit it); checkpoints go to --work."
-        ),
+        description="""Train one fp32 base per architecture, fine-tune every recipe of every section from it
+        with the same step budget (several seeds where a claim rests on the cell), evaluate WER on seen and
+        held-out voices with paired bootstrap intervals, stream each exported file through the packed runtime,
+        and decide each of the paper's claims. Resumes cell by cell: OUT/cells/ holds one small JSON per
+        finished cell (commit it); checkpoints go to --work.""",
     )
     p.add_argument("--out", required=True, help="results folder: cells/, results.json, report.md, plots")
     p.add_argument("--work", help="checkpoints and runs (default OUT/work; keep it out of git)")
@@ -44,7 +44,6 @@ def register(subparsers: Any) -> None:
                    help="write results.json/report.md from the cell files in OUT/cells; train nothing")
     p.add_argument("--threads", type=int, help="torch threads")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 from subbit.asr.recipes import AUGMENT_FROM_MINUTES, default_recipe, describe
 from subbit.asr.train import ARCHS, PRESETS, RESUME_OVERRIDES, TrainConfig, TrainingDiverged
+from subbit.commands._options import add_no_progress, verb_parser
 
 #: exit code of a run stopped by a NaN/inf loss
 EXIT_DIVERGED = 3
@@ -47,7 +48,7 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", dest="num_workers", type=int, default=0,
                    help="data-loading processes that prepare batches ahead (0 = in the training process)")
     p.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: stop as if killed
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_no_progress(p, "no progress bar")
     g = p.add_argument_group("quantization schedule (with --quant)")
     g.add_argument("--tau-start", type=float, default=1.0, help="relative softmax temperature at the start")
     g.add_argument("--tau-end", type=float, default=1e-3, help="relative temperature at the end of the anneal")
@@ -58,15 +59,13 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "train",
+    p = verb_parser(
+        subparsers, "train", run,
         help="train an RNN-T or Conformer transducer (fp32 or with --quant)",
-        description=(
-            "Train a transducer on a corpus directory (DIR/{train,dev}.jsonl) into a run directory. Options left "
-            "unset come from the default recipe (subbit.asr.recipes), per architecture and budget: "
-            f"{describe('rnnt', 10)} for a 10-minute budget; augmentation switches on from "
-            f"{AUGMENT_FROM_MINUTES:g} minutes."
-        ),
+        description=f"""Train a transducer on a corpus directory (DIR/{{train,dev}}.jsonl) into a run directory.
+        Options left unset come from the default recipe (subbit.asr.recipes), per architecture and budget:
+        {describe('rnnt', 10)} for a 10-minute budget; augmentation switches on from
+        {AUGMENT_FROM_MINUTES:g} minutes.""",
     )
     p.add_argument("--model", choices=ARCHS, default="rnnt")
     p.add_argument("--preset", choices=PRESETS, default="small")
@@ -79,7 +78,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model hyperparameter of the preset, e.g. dropout=0.3 (repeatable)")
     add_schedule_options(p)
-    p.set_defaults(func=run)
 
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:
