@@ -11,9 +11,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+import jiwer
 import torch
+from tqdm import tqdm
+
+from subbit.asr import decode
+from subbit.asr.data import screen_utterances
+from subbit.asr.dataset import make_loader
+from subbit.asr.features import LogMel, frames_needed
 
 
 @dataclass
@@ -28,6 +35,20 @@ class UttResult:
     insertions: int
 
 
+class _Total:
+    """A corpus count of :class:`EvalResult`: the sum of the per-utterance count of the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, result: None, owner: type | None = None) -> _Total: ...
+    @overload
+    def __get__(self, result: EvalResult, owner: type | None = None) -> int: ...
+    def __get__(self, result: EvalResult | None, owner: type | None = None) -> int | _Total:
+        return self if result is None else sum(getattr(u, self.name) for u in result.utts)
+
+
 @dataclass
 class EvalResult:
     """Corpus-level scores plus the per-utterance rows they were summed from."""
@@ -38,21 +59,10 @@ class EvalResult:
     run: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def substitutions(self) -> int:
-        return sum(u.substitutions for u in self.utts)
-
-    @property
-    def deletions(self) -> int:
-        return sum(u.deletions for u in self.utts)
-
-    @property
-    def insertions(self) -> int:
-        return sum(u.insertions for u in self.utts)
-
-    @property
-    def ref_words(self) -> int:
-        return sum(u.ref_words for u in self.utts)
+    substitutions = _Total()
+    deletions = _Total()
+    insertions = _Total()
+    ref_words = _Total()
 
     @property
     def wer(self) -> float:
@@ -92,8 +102,6 @@ class EvalResult:
 
 def score(ids: Sequence[str], refs: Sequence[str], hyps: Sequence[str]) -> list[UttResult]:
     """Per-utterance word errors (jiwer.process_words on each pair)."""
-    import jiwer
-
     if not len(ids) == len(refs) == len(hyps):
         raise ValueError(f"ids, refs and hyps differ in length: {len(ids)}, {len(refs)}, {len(hyps)}")
     rows = []
@@ -132,33 +140,18 @@ def _chunk_frames(model: torch.nn.Module, chunk_frames: int | None) -> int:
 
 
 @torch.inference_mode()
-def transcribe(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    utts: Sequence[Any],
-    *,
-    method: str = "greedy",
-    beam: int = 4,
-    streaming: bool = False,
-    chunk_frames: int | None = None,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    frontend: Any = None,
-    pathway_stats: dict[str, int] | None = None,
-) -> tuple[list[str], list[str], list[str]]:
-    """Decode ``utts``; returns (ids, refs, hyps) in the manifest's order.
+def transcribe(model: torch.nn.Module, tokenizer: Any, utts: Sequence[Any], *, method: str = "greedy", beam: int = 4,
+               streaming: bool = False, chunk_frames: int | None = None, batch_size: int = 16,
+               device: str | torch.device = "cpu", progress: bool = False, frontend: Any = None,
+               pathway_stats: dict[str, int] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Decode ``utts``; returns (ids, refs, hyps) in the manifest's order. The options are
+    :func:`evaluate`'s, which passes them on.
 
     ``frontend``: the run's LogMel (``LoadedRun.frontend``, with its global mean/std); the
     default is an un-normalised LogMel. A bifocal model runs the wake word of utterances with a
     ``wake_end`` on its small pathway (ground-truth keyword spotting) and adds its frame and MAC
     counts to ``pathway_stats``.
     """
-    from tqdm import tqdm
-
-    from subbit.asr import decode
-    from subbit.asr.dataset import make_loader
-
     if method not in ("greedy", "beam"):
         raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
     if streaming and method != "greedy":
@@ -227,9 +220,6 @@ def evaluate(
     Utterances whose audio is missing, empty, a directory, undecodable, NaN/Inf or shorter than
     one encoder frame (and manifest lines that were not UTF-8) are not scored: they are counted
     in the summary and listed in ``extra["skipped"]`` (the eval JSON) with the reason."""
-    from subbit.asr.data import screen_utterances
-    from subbit.asr.features import LogMel, frames_needed
-
     pre_skipped = list(getattr(utts, "skipped", []))
     if limit is not None:
         if limit < 1:
@@ -246,20 +236,9 @@ def evaluate(
         raise ValueError(f"nothing to evaluate (split {split or '?'}): all {len(skipped)} utterances skipped, e.g. "
                          f"{[s['id'] + ': ' + s['reason'] for s in skipped[:3]]}")  # fmt: skip
     pathway: dict[str, int] = {}
-    ids, refs, hyps = transcribe(
-        model,
-        tokenizer,
-        utts,
-        method=method,
-        beam=beam,
-        streaming=streaming,
-        chunk_frames=chunk_frames,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-        frontend=frontend,
-        pathway_stats=pathway,
-    )
+    ids, refs, hyps = transcribe(model, tokenizer, utts, method=method, beam=beam, streaming=streaming,
+                                 chunk_frames=chunk_frames, batch_size=batch_size, device=device, progress=progress,
+                                 frontend=frontend, pathway_stats=pathway)  # fmt: skip
     extra: dict[str, Any] = {"streaming": bool(streaming), "skipped_count": len(skipped), "skipped": skipped}
     if pathway:  # bifocal: frames per pathway and encoder MACs vs all-large (docs/models.md, 3b)
         n = pathway["frames_small"] + pathway["frames_large"]
