@@ -11,7 +11,9 @@ import pytest
 import soundfile as sf
 
 from subbit.asr.corpus import grammar, tts
-from subbit.asr.corpus.build import SPLITS, BuildOptions, build_corpus, is_cached, plan_voices
+from subbit.asr.corpus.build import build_corpus, is_cached
+from subbit.asr.corpus.options import SPLITS, BuildOptions
+from subbit.asr.corpus.plan import plan_voices
 from subbit.asr.data import read_manifest
 
 TINY = BuildOptions(seed=3, n_train=6, n_dev=2, n_test=2, n_espeak_train=3, engines=("espeak",))

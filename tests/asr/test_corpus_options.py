@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from subbit.asr.corpus import build, grammar, neural, tts
-from subbit.asr.corpus.build import BuildOptions
+from subbit.asr.corpus import build, grammar, neural, options, tts
+from subbit.asr.corpus.options import BuildOptions
+from subbit.asr.corpus.plan import plan_jobs, plan_voices
+from subbit.asr.corpus.synth import wake_part
 from subbit.asr.data import Utterance, read_manifest, write_manifest
 
 TINY = BuildOptions(seed=3, n_train=6, n_dev=2, n_test=2, n_espeak_train=3, engines=("espeak",))
@@ -67,7 +69,7 @@ def test_new_options_default_to_the_old_record():
 def test_full_corpus_defaults_have_big_test_splits_and_an_open_split():
     opts = BuildOptions.create(hours=3.0)
     assert opts.n_test >= 1000 and opts.open_split and opts.heldout_engine == "auto"
-    assert set(opts.engines) == set(build.ENGINES)
+    assert set(opts.engines) == set(options.ENGINES)
     quick = BuildOptions.create(quick=True)
     assert quick.n_test == 150 and not quick.open_split and quick.heldout_engine == ""
     assert BuildOptions.create(quick=True, engines=("espeak", "kokoro")).heldout_engine == "auto"
@@ -81,18 +83,18 @@ def test_bad_new_options_are_clear_errors(kw, match):
 
 
 def test_wake_word_moves_no_sentence_and_no_voice(tmp_path):
-    plain = build.plan_jobs(TINY, tmp_path, build.plan_voices(TINY))
+    plain = plan_jobs(TINY, tmp_path, plan_voices(TINY))
     opts = BuildOptions(**{**TINY.__dict__, "wake_word_share": 0.5})
-    woke = build.plan_jobs(opts, tmp_path, build.plan_voices(opts))
+    woke = plan_jobs(opts, tmp_path, plan_voices(opts))
     n_wake = 0
     for split in plain:
         for a, b in zip(plain[split], woke[split], strict=True):
             assert a.voice == b.voice and a.uid == b.uid
             if b.wake:
                 n_wake += 1
-                assert b.transcript.startswith(build.WAKE_WORD + " ")
+                assert b.transcript.startswith(options.WAKE_WORD + " ")
                 assert b.text == a.text.removeprefix("hey computer ")
-                assert build.WAKE_GAP_SAMPLES[0] <= b.gap <= build.WAKE_GAP_SAMPLES[1]
+                assert options.WAKE_GAP_SAMPLES[0] <= b.gap <= options.WAKE_GAP_SAMPLES[1]
                 assert b.path != a.path
             else:
                 assert (b.text, b.path) == (a.text, a.path)
@@ -100,33 +102,33 @@ def test_wake_word_moves_no_sentence_and_no_voice(tmp_path):
 
 
 def _wake_len(voice: tts.Voice) -> int:
-    return build.wake_part(voice).size
+    return wake_part(voice).size
 
 
 def test_wake_word_boundary_in_the_manifest_matches_the_audio(tmp_path):
     opts = BuildOptions(**{**TINY.__dict__, "wake_word_share": 0.6})
     summary = build.build_corpus(tmp_path, opts, jobs=1, progress=False)
     woke = plain = 0
-    for split in build.SPLITS:
+    for split in options.SPLITS:
         lines = [json.loads(x) for x in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
         assert summary["splits"][split]["wake_word"] == sum("wake_end" in x for x in lines)
         for u, rec in zip(read_manifest(tmp_path / f"{split}.jsonl"), lines, strict=True):
             audio, sr = sf.read(u.audio, dtype="int16")
             if u.wake_end is None:
                 plain += 1
-                assert not u.text.startswith(build.WAKE_WORD)
+                assert not u.text.startswith(options.WAKE_WORD)
                 continue
             woke += 1
             n = round(u.wake_end * sr)
             assert n == u.wake_end * sr  # sample-exact
-            assert u.text.startswith(build.WAKE_WORD + " ")
+            assert u.text.startswith(options.WAKE_WORD + " ")
             assert 0 < u.wake_end < u.duration
             # the wake word ends on a sound, then the gap is digital silence
             assert audio[n - 1] != 0
-            assert not np.any(audio[n : n + build.WAKE_GAP_SAMPLES[0]])
+            assert not np.any(audio[n : n + options.WAKE_GAP_SAMPLES[0]])
             # and its length is the wake word synthesised alone, in a process forked like the
             # builder's workers (so from the same espeak-ng state)
-            voice = next(j.voice for j in build.plan_jobs(opts, tmp_path, build.plan_voices(opts))[split] if j.uid == u.id)
+            voice = next(j.voice for j in plan_jobs(opts, tmp_path, plan_voices(opts))[split] if j.uid == u.id)
             with mp.get_context("fork").Pool(1, maxtasksperchild=1) as pool:
                 assert pool.apply(_wake_len, (voice,)) == n
     assert woke and plain
@@ -140,8 +142,8 @@ def test_open_split_separates_open_sentences_and_keeps_test_seen_learnable(tmp_p
     opts = BuildOptions(**{**TINY.__dict__, "n_train": 300, "n_dev": 20, "n_test": 40, "open_split": True,
                            "open_share": 0.3})
     with mock.patch.object(grammar, "fortune_sentences", lambda *a, **k: list(FORTUNES)):
-        plan = build.plan_jobs(opts, tmp_path, build.plan_voices(opts))
-    assert list(plan) == list(build.ALL_SPLITS)
+        plan = plan_jobs(opts, tmp_path, plan_voices(opts))
+    assert list(plan) == list(options.ALL_SPLITS)
     train = {j.text for j in plan["train"]}
     vocab = {w for t in train for w in t.split()}
     assert train & set(FORTUNES)  # train still hears open sentences
@@ -150,15 +152,15 @@ def test_open_split_separates_open_sentences_and_keeps_test_seen_learnable(tmp_p
         assert len(texts[split]) == len(set(texts[split])) == (20 if split == "dev" else 40)
         assert not set(texts[split]) & set(FORTUNES)
         assert all(set(t.split()) <= vocab for t in texts[split])
-    assert set(texts[build.OPEN_SPLIT]) == set(FORTUNES) - train  # fewer fortunes left than n_test
+    assert set(texts[options.OPEN_SPLIT]) == set(FORTUNES) - train  # fewer fortunes left than n_test
     for a in plan:
         for b in plan:
             if a != b and "train" not in (a, b):
                 assert not set(texts[a]) & set(texts[b])
             if a != b and a == "train":
                 assert not set(texts[b]) & train
-    seen_voices = {v for v, _ in build.plan_voices(opts)["seen"]}
-    assert {j.voice for j in plan[build.OPEN_SPLIT]} <= seen_voices
+    seen_voices = {v for v, _ in plan_voices(opts)["seen"]}
+    assert {j.voice for j in plan[options.OPEN_SPLIT]} <= seen_voices
 
 
 # ----------------------------------------------------------------------------- held-out voices
@@ -176,7 +178,7 @@ def test_heldout_holds_out_a_whole_engine_and_a_voice_of_every_multi_voice_engin
     for p in patches:
         p.start()
     try:
-        plan = build.plan_voices(BuildOptions.create(hours=1.0))
+        plan = plan_voices(BuildOptions.create(hours=1.0))
     finally:
         for p in patches:
             p.stop()
@@ -189,7 +191,7 @@ def test_heldout_holds_out_a_whole_engine_and_a_voice_of_every_multi_voice_engin
         assert any(e == engine for e, _ in held), engine
     kokoro_seen = {n for e, n in seen if e == "kokoro"}
     kokoro_held = {n for e, n in held if e == "kokoro"}
-    assert kokoro_held == set(build.KOKORO_HELDOUT)
+    assert kokoro_held == set(options.KOKORO_HELDOUT)
     assert any("+" in n for n in kokoro_seen)  # blends make new training speakers ...
     assert not {p for n in kokoro_seen for p in n.split("+")} & kokoro_held  # ... of training voices only
 
@@ -234,7 +236,7 @@ def test_piper_speaks_16k_deterministically():
 def test_augment_touches_only_training_audio_and_moves_nothing_else(tmp_path):
     opts = BuildOptions(**{**TINY.__dict__, "n_train": 60, "augment": ("pitch", "telephone"), "augment_share": 0.5})
     base = BuildOptions(**{**TINY.__dict__, "n_train": 60})
-    plain, aug = (build.plan_jobs(o, tmp_path, build.plan_voices(o)) for o in (base, opts))
+    plain, aug = (plan_jobs(o, tmp_path, plan_voices(o)) for o in (base, opts))
     for split in plain:
         for a, b in zip(plain[split], aug[split], strict=True):
             assert (a.uid, a.text, a.voice) == (b.uid, b.text, b.voice)
@@ -253,7 +255,7 @@ def test_augmented_build_keeps_lengths_and_wake_boundaries(tmp_path):
     build.build_corpus(tmp_path / "a", clean, jobs=1, progress=False)
     summary = build.build_corpus(tmp_path / "b", opts, jobs=1, progress=False)
     assert sum(summary["augmented_train"].values()) == TINY.n_train
-    for split in build.SPLITS:
+    for split in options.SPLITS:
         ua, ub = (read_manifest(tmp_path / d / f"{split}.jsonl") for d in ("a", "b"))
         for x, y in zip(ua, ub, strict=True):
             assert (x.text, x.duration, x.wake_end) == (y.text, y.duration, y.wake_end)

@@ -60,13 +60,13 @@ def _sha(obj: object) -> str:
 
 def fingerprint(setup: str, out: Path) -> dict:
     """Hashes of the quick plan (seed 0, default options) under ``setup``."""
-    from subbit.asr.corpus import build
+    from subbit.asr.corpus import build, options, plan as corpus_plan
     from subbit.asr.data import Utterance, write_manifest
 
     with _patched(setup):
-        opts = build.BuildOptions.create(quick=True)
-        voices = build.plan_voices(opts)
-        plan = build.plan_jobs(opts, out, voices)
+        opts = options.BuildOptions.create(quick=True)
+        voices = corpus_plan.plan_voices(opts)
+        plan = corpus_plan.plan_jobs(opts, out, voices)
         record = build._options_record(opts)
     rows = {s: [[j.uid, j.text, j.voice.to_dict(), os.path.basename(j.path)] for j in plan[s]]
             for s in ("train", "dev", "test_seen", "test_heldout")}
@@ -85,11 +85,11 @@ def fingerprint(setup: str, out: Path) -> dict:
 
 
 def first_espeak_jobs(out: Path) -> list:
-    from subbit.asr.corpus import build
+    from subbit.asr.corpus import options, plan as corpus_plan
 
     with _patched("espeak_only"):
-        opts = build.BuildOptions.create(quick=True)
-        plan = build.plan_jobs(opts, out, build.plan_voices(opts))
+        opts = options.BuildOptions.create(quick=True)
+        plan = corpus_plan.plan_jobs(opts, out, corpus_plan.plan_voices(opts))
     return plan["train"][:N_AUDIO]
 
 

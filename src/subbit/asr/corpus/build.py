@@ -34,31 +34,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from subbit.asr.corpus import grammar
-from subbit.asr.corpus.options import (
-    ALL_SPLITS,
-    CLASSIC_ENGINES,
-    ENGINES,
-    FESTIVAL_HELDOUT,
-    FLITE_HELDOUT,
-    FORMAT_VERSION,
-    HELDOUT_ACCENTS,
-    HELDOUT_ENGINE_ORDER,
-    HELDOUT_VARIANTS,
-    KOKORO_HELDOUT,
-    KOKORO_STRETCHES,
-    KOKORO_TRAIN_BLENDS,
-    MEAN_UTT_SECONDS,
-    OPEN_SPLIT,
-    SPLITS,
-    TRAIN_ACCENTS,
-    TRAIN_VARIANTS,
-    WAKE_GAP_SAMPLES,
-    WAKE_TRIM,
-    WAKE_WORD,
-    BuildOptions,
-)
-from subbit.asr.corpus.plan import heldout_engine, plan_jobs, plan_splits, plan_voices
-from subbit.asr.corpus.synth import run_task, tasks_by_voice, wake_part
+from subbit.asr.corpus.options import (ALL_SPLITS, FESTIVAL_HELDOUT, FLITE_HELDOUT, FORMAT_VERSION, HELDOUT_ACCENTS,
+                                       HELDOUT_VARIANTS, KOKORO_HELDOUT, OPEN_SPLIT, SPLITS, WAKE_GAP_SAMPLES,
+                                       WAKE_WORD, BuildOptions)
+from subbit.asr.corpus.plan import heldout_engine, plan_jobs, plan_voices
+from subbit.asr.corpus.synth import run_task, tasks_by_voice
 from subbit.asr.data import Utterance, atomic_write_text, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -225,10 +205,4 @@ def write_commands_view(src: str | os.PathLike, dst: str | os.PathLike,
     return kept
 
 
-__all__ = [
-    "ALL_SPLITS", "CLASSIC_ENGINES", "ENGINES", "FESTIVAL_HELDOUT", "FLITE_HELDOUT", "FORMAT_VERSION", "HELDOUT_ACCENTS",
-    "HELDOUT_ENGINE_ORDER", "HELDOUT_VARIANTS", "KOKORO_HELDOUT", "KOKORO_STRETCHES", "KOKORO_TRAIN_BLENDS",
-    "MEAN_UTT_SECONDS", "OPEN_SPLIT", "SPLITS", "TRAIN_ACCENTS", "TRAIN_VARIANTS", "WAKE_GAP_SAMPLES", "WAKE_TRIM",
-    "WAKE_WORD", "BuildOptions", "build_corpus", "heldout_engine", "is_cached", "plan_jobs", "plan_splits",
-    "plan_voices", "wake_part", "write_commands_view",
-]
+__all__ = ["BuildOptions", "build_corpus", "is_cached", "write_commands_view"]
