@@ -17,6 +17,16 @@ SESSION_FIELDS = ("resume", "stop_after", "progress", "device", "threads", "eval
 RESUME_OVERRIDES = ("lr", "steps")
 
 
+def _positive(default: int | None = None) -> Any:
+    """A field that must be a positive integer, or None (unset); checked in ``__post_init__``."""
+    return field(default=default, metadata={"check": "positive"})
+
+
+def _count(default: int) -> Any:
+    """A field that must be an integer >= 0 (0 usually means "never"); checked in ``__post_init__``."""
+    return field(default=default, metadata={"check": "count"})
+
+
 class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN/inf, or the loss exploded; the last good checkpoint was kept."""
 
@@ -30,15 +40,15 @@ class TrainConfig:
     model: str = "rnnt"
     preset: str = "small"
     minutes: float | None = None
-    steps: int | None = None
+    steps: int | None = _positive()
     quant: str | None = None
     init: str | None = None
     resume: bool = False
-    batch_size: int = 16
-    max_frames: int | None = None
+    batch_size: int = _positive(16)
+    max_frames: int | None = _positive()
     lr: float = 2e-3
     weight_decay: float = 1e-2
-    warmup_steps: int = 200
+    warmup_steps: int = _count(200)
     final_lr_ratio: float = 0.05
     grad_clip: float = 5.0
     tokenizer: str = "bpe"
@@ -46,22 +56,22 @@ class TrainConfig:
     device: str = "cpu"
     seed: int = 0
     augment: bool = True
-    sortagrad_epochs: int = 0
-    num_workers: int = 0
-    eval_every: int = 0
+    sortagrad_epochs: int = _count(0)
+    num_workers: int = _count(0)
+    eval_every: int = _count(0)
     eval_limit: int = 200
-    ckpt_every: int = 200
-    keep_every: int = 0
-    calib_steps: int = 20
+    ckpt_every: int = _count(200)
+    keep_every: int = _count(0)
+    calib_steps: int = _count(20)
     reestimate_every: int = 50  # QAT with a time budget: correct the total every N steps
     tau_start: float = 1.0
     tau_end: float = 1e-3
     anneal: str = "exp"
     anneal_end: float = 0.85
-    quant_every: int = 0
+    quant_every: int = _count(0)
     quant_mode: str = "project"
-    threads: int | None = None
-    stop_after: int | None = None
+    threads: int | None = _positive()
+    stop_after: int | None = _positive()
     progress: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)
     #: weight of the auxiliary CTC loss on the encoder (0 = off); training-only, see loop.write_final.
@@ -77,15 +87,12 @@ class TrainConfig:
             raise ValueError("give exactly one of minutes (time budget) or steps")
         if self.minutes is not None and not (self.minutes > 0 and math.isfinite(self.minutes)):
             raise ValueError(f"--minutes: must be a finite number > 0, got {self.minutes}")
-        for name in ("steps", "batch_size", "stop_after", "max_frames", "threads"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name}: must be a positive integer, got {v!r}")
-        for name in ("sortagrad_epochs", "num_workers", "eval_every", "ckpt_every", "keep_every", "quant_every",
-                     "warmup_steps", "calib_steps"):  # fmt: skip
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
+        for f in fields(self):
+            v, check = getattr(self, f.name), f.metadata.get("check")
+            if check == "positive" and v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{f.name}: must be a positive integer, got {v!r}")
+            if check == "count" and (not isinstance(v, int) or v < 0):
+                raise ValueError(f"{f.name}: must be an integer >= 0, got {v!r}")
         if isinstance(self.reestimate_every, bool) or not isinstance(self.reestimate_every, int) \
                 or self.reestimate_every < 1:
             raise ValueError(f"reestimate_every: must be a positive integer, got {self.reestimate_every!r}")
