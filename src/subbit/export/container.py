@@ -48,13 +48,13 @@ from subbit.sizes import find_affine
 _safetensors_bytes = safetensors_bytes
 
 __all__ = [
-    "ExportSummary", "PackedModel", "TensorBytes", "codebook_table",
-    "encode_quantized", "export_model", "load_dequantized", "load_packed", "parse_container", "read_container",
-    "seal_header", "write_packed",
+    "ExportSummary", "PackedModel", "TensorBytes", "codebook_table", "encode_quantized", "export_model",
+    "load_dequantized", "load_packed", "parse_container", "read_container", "seal_header", "write_packed",
 ]  # fmt: skip
 
 
 def _quantized_from_model(model: Any) -> list[Any]:
+    # local: the runtime loads files through subbit.export, which must not import torch
     from subbit.quant import quantized_tensors
 
     return list(quantized_tensors(model))
@@ -72,6 +72,7 @@ def _mu_of(quantizer: Any) -> float | list[float] | None:
 
 def encode_quantized(qt: Any) -> PackedTensor:
     """Pack one ``QuantizedTensor`` (name, module, param_name, quantizer, latent) via ``encode``."""
+    # local: the runtime loads files through subbit.export, which must not import torch
     import torch
 
     q = qt.quantizer
@@ -101,6 +102,7 @@ def _float_state(model: Any, quantized: list[Any]) -> dict[str, Any]:
     A tied kernel's quantizer sits under every owner in ``state_dict()`` (which does not drop
     shared modules), so every path to it is skipped, not only the first one ``named_modules`` gives.
     """
+    # local: the runtime loads files through subbit.export, which must not import torch
     from subbit.quant.base import WeightQuantizer
 
     qnames = {qt.name for qt in quantized}
@@ -127,6 +129,7 @@ def _original_name(key: str) -> str:
 
 
 def _float_record(t: Any, fp16: bool) -> tuple[str, np.ndarray]:
+    # local: the runtime loads files through subbit.export, which must not import torch
     import torch
 
     t = t.detach().cpu()

@@ -50,6 +50,7 @@ def load_dequantized(path: str | os.PathLike[str], *, codebook: str = "float") -
     ``codebook="float"`` gives the converted training model's weights exactly;
     ``codebook="int8"`` gives the deployed weights the kernels compute with (int8-rounded table).
     """
+    # local: the runtime loads files through subbit.export (load_packed), which must not import torch
     import torch
 
     if codebook not in ("float", "int8"):
