@@ -2,10 +2,10 @@
 file truncated, with a flipped header byte and with a flipped payload byte. Each run must end
 with no memory error and no leak (valgrind --error-exitcode), refused files with exit 1.
 
-The checked runs use the portable kernel path (SUBBIT_KERNEL=portable): valgrind has no AVX-512,
-and on the AVX2 path it reports uninitialised bytes flowing out of the shared AVX2 kernel (its
-scratch rows past kp are not zeroed; the results are still bit-identical to the reference, as
-tests/runtime/test_kernels.py checks). That run is printed for information, not counted.
+The checked runs use the portable kernel path (SUBBIT_KERNEL=portable): valgrind has no AVX-512.
+The AVX2 run is printed for information, not counted; it used to report uninitialised bytes (the
+tail load of the last activation row read the buffer's slack, times zero weights), which
+libsubbit's linear.c and the Python runtime's run_linear now zero.
 
     .venv/bin/python benchmarks/libsubbit_valgrind.py
 """

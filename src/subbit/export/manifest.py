@@ -240,8 +240,16 @@ def _mu(v: Any, where: str, groups: int) -> None:
     if isinstance(v, list) and len(v) != groups:
         raise _fail(where, f"a list of mu needs one value per group ({groups}), got {len(v)}")
     for x in vals:
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not _finite(x):
             raise _fail(where, f"expected null, a finite number or a list of them, got {x!r:.40}")
+
+
+def _finite(x: int | float) -> bool:
+    """math.isfinite, but an integer too large for a float is not finite (it would overflow)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def codebook_kind(q: dict[str, Any], where: str = "quantized tensor") -> str:

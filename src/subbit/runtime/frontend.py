@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from subbit.export.manifest import SubbitFormatError
+
 
 def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     """HTK mel scale."""
@@ -120,10 +122,6 @@ MAX_OVERLAP = 16
 
 
 def _features_error(msg: str) -> ValueError:
-    try:
-        from subbit.export.manifest import SubbitFormatError
-    except ImportError:  # pragma: no cover
-        return ValueError(msg)
     return SubbitFormatError(msg)
 
 
@@ -148,7 +146,10 @@ def _feature_vector(feats: dict, key: str, n_mels: int, positive: bool) -> np.nd
         raise _features_error(f"manifest extra.features.{key}: expected a list of n_mels={n_mels} numbers, got {got}")
     if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
         raise _features_error(f"manifest extra.features.{key}: every value must be a number")
-    arr = np.asarray(v, dtype=np.float64)
+    try:
+        arr = np.asarray(v, dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
+        raise _features_error(f"manifest extra.features.{key}: values must be finite") from None
     if not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 1e30) or (positive and np.any(arr <= 0)):
         raise _features_error(f"manifest extra.features.{key}: values must be finite{' and > 0' if positive else ''}")
     return arr.astype(np.float32)

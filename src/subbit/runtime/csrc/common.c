@@ -244,6 +244,9 @@ static int run_linear(int path, const float *x, int64_t m, subbit_weight *w, con
         free(w->scratch);
         return SUBBIT_ENOMEM;
     }
+    /* the slack past the last row is read by the AVX2 tail load (times zero weights): zero it so
+       the sums never touch uninitialised bytes (exact either way; clean under valgrind) */
+    memset(xq + (size_t)(m * w->kp), 0, (bytes + 63) / 64 * 64 - (size_t)(m * w->kp));
     for (int64_t i = 0; i < m; i++)
         sx[i] = path >= SUBBIT_AVX2 ? subbit_quantize_row_avx2(x + i * w->k, w->k, w->kp, xq + i * w->kp)
                                     : subbit_quantize_row(x + i * w->k, w->k, w->kp, xq + i * w->kp);
