@@ -78,6 +78,20 @@ def report_markdown(rows: list[dict[str, Any]], claims: list[dict[str, str]], me
     return "\n".join(lines) + "\n"
 
 
+def _finish(plt: Any, fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str,
+            **legend: Any) -> Path:
+    """Labels, grid, legend, save and close: the same last steps for every study plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(**legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(rows: list[dict[str, Any]], out: Path, archs: Sequence[str]) -> list[Path]:
     """WER (held-out) vs size per architecture, with the 95% interval as error bars."""
     import matplotlib
@@ -102,16 +116,8 @@ def write_plots(rows: list[dict[str, Any]], out: Path, archs: Sequence[str]) -> 
             for r, xi, yi in zip(ms, x, y):
                 ax.annotate(r["name"], (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
-        ax.set_xlabel("model size (KiB, log scale)")
-        ax.set_ylabel("held-out WER (%) with 95% CI")
-        ax.set_title(f"subbit study: {arch}, WER vs size")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = out / f"pareto-{arch}.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_finish(plt, fig, ax, out / f"pareto-{arch}.png", "model size (KiB, log scale)",
+                             "held-out WER (%) with 95% CI", f"subbit study: {arch}, WER vs size", fontsize=7))
     return paths
 
 
@@ -131,16 +137,8 @@ def write_curves(rows: list[dict[str, Any]], out: Path, archs: Sequence[str]) ->
         for r in rs:
             steps, wers = zip(*r["dev_curve"])
             ax.plot(steps, [100 * w for w in wers], marker=".", linewidth=1, label=r["name"])
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel("dev WER (%)")
-        ax.set_title(f"subbit study: {arch}, dev WER during fine-tuning")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        p = out / f"curves-{arch}.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_finish(plt, fig, ax, out / f"curves-{arch}.png", "fine-tuning step", "dev WER (%)",
+                             f"subbit study: {arch}, dev WER during fine-tuning", fontsize=6, ncol=2))
     return paths
 
 
