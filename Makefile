@@ -8,7 +8,7 @@ RUN    ?= runs/demo-rnnt
 MINUTES ?= 4
 QAT_MINUTES ?= 2
 
-.PHONY: install demo test test-fast test-paths system-deps voices clean libsubbit
+.PHONY: install demo test test-fast test-paths system-deps voices clean libsubbit runtime
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ install: $(VENV)/.installed libsubbit
 # the C runtime (build/libsubbit.so, .a, subbit-stream): plain cc + make, no Python
 libsubbit:
 	$(MAKE) -C libsubbit
+
+# the name issue 14 gives the same target
+runtime: libsubbit
 
 # Debian TTS voices and text for the embedded corpus. With root and apt-get they are installed;
 # otherwise one line says what is missing and what that changes (espeak-ng from PyPI always works).
