@@ -26,3 +26,12 @@ def test_feature_statistics_beyond_float_range_are_a_format_error(key: str) -> N
     with pytest.raises(SubbitFormatError, match=f"features.{key}"):
         frontend_from_manifest({"extra": {"features": bad}}, n_mels)
     assert frontend_from_manifest({"extra": {"features": ok}}, n_mels).n_mels == n_mels
+
+
+@pytest.mark.parametrize("wake_end", [HUGE, float("inf"), True, "1.0"])
+def test_a_wake_end_that_is_not_a_finite_number_is_a_value_error(wake_end) -> None:
+    from subbit.runtime.bifocal import wake_frames
+
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        wake_frames(wake_end)
+    assert wake_frames(1.0) == (16000 - 400) // 160 + 1

@@ -240,12 +240,15 @@ def _mu(v: Any, where: str, groups: int) -> None:
     if isinstance(v, list) and len(v) != groups:
         raise _fail(where, f"a list of mu needs one value per group ({groups}), got {len(v)}")
     for x in vals:
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not _finite(x):
+        if not is_finite_number(x):
             raise _fail(where, f"expected null, a finite number or a list of them, got {x!r:.40}")
 
 
-def _finite(x: int | float) -> bool:
-    """math.isfinite, but an integer too large for a float is not finite (it would overflow)."""
+def is_finite_number(x: Any) -> bool:
+    """A JSON number (int or float, not bool) that is finite as a float: an integer too large
+    for a float counts as not finite (``math.isfinite`` would raise OverflowError on it)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
     try:
         return math.isfinite(x)
     except OverflowError:

@@ -7,11 +7,11 @@ one a frame runs is given per feature frame (a keyword spotter's wake word runs 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
+from subbit.export.manifest import is_finite_number
 from subbit.runtime.arch import bad_arch, cfg_int, check_dims, take_stacks
 from subbit.runtime.encoders import StackedEncoder, State
 from subbit.runtime.layers import Array, PackedLSTM, WeightStore
@@ -20,7 +20,7 @@ from subbit.runtime.layers import Array, PackedLSTM, WeightStore
 def wake_frames(wake_end: float, sample_rate: int = 16000, n_fft: int = 400, hop: int = 160) -> int:
     """Feature frames whose whole window ``[t*hop, t*hop + n_fft)`` ends by ``wake_end`` seconds:
     the frames a keyword spotter's wake word covers (the bifocal encoder runs them small)."""
-    if not isinstance(wake_end, (int, float)) or isinstance(wake_end, bool) or not math.isfinite(wake_end):
+    if not is_finite_number(wake_end):
         raise ValueError(f"wake_end must be a finite number of seconds, got {wake_end!r:.40}")
     end = int(round(float(wake_end) * sample_rate))
     return 0 if end < n_fft else (end - n_fft) // hop + 1
