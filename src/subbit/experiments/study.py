@@ -366,8 +366,9 @@ def run_study(cfg: StudyConfig) -> StudyResult:
         cells, miss = plan(arch, cfg.quick, cfg.seeds, cfg.sections, auto_recipes(cfg, arch))
         missing += [f"{arch}:{m}" for m in miss]
         if "tuning" in cfg.sections:
-            if not cfg.report_only and (not cfg.only or tune_families(cfg.only)):
-                run_tuning(cfg, arch, data, corpus, tune_families(cfg.only))
+            families = tune_families(cfg.only)
+            if not cfg.report_only and (not cfg.only or families):
+                run_tuning(cfg, arch, data, corpus, families)
             decided, tuning[arch] = tuning_decisions(cfg, arch, corpus)
             cells = apply_tuning(cells, decided)
         if not cfg.report_only:

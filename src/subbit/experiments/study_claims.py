@@ -16,12 +16,16 @@ def _fmt_ci(ci: Sequence[float] | None) -> str:
     return "-" if ci is None else f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
 
 
+def yes_no(x: bool | None) -> str:
+    return "-" if x is None else ("yes" if x else "no")
+
+
 def _seen(r: dict[str, Any]) -> str:
     """The verdict is on held-out voices; the seen-voice reading goes next to it as evidence."""
     if r.get("delta_seen_vs_fp32_ci") is None:
         return ""
     return (f"; seen voices {100 * r['wer_seen']:.2f}%, delta {_fmt_ci(r['delta_seen_vs_fp32_ci'])}, "
-            f"lossless there: {'yes' if r.get('lossless_seen') else 'no'}")
+            f"lossless there: {yes_no(r.get('lossless_seen'))}")
 
 
 def _by(rows: list[dict[str, Any]], arch: str, name: str) -> dict[str, Any] | None:

@@ -7,17 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from subbit.experiments.study_claims import _fmt_ci
+from subbit.experiments.study_claims import _fmt_ci, yes_no
 from subbit.experiments.study_plan import SECTIONS
 
 
 # -- outputs ----------------------------------------------------------------------------------------
 def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
-
-
-def _yes_no(x: bool | None) -> str:
-    return "-" if x is None else ("yes" if x else "no")
 
 
 def report_markdown(rows: list[dict[str, Any]], claims: list[dict[str, str]], meta: dict[str, Any]) -> str:
@@ -48,9 +44,9 @@ def report_markdown(rows: list[dict[str, Any]], claims: list[dict[str, str]], me
                 bits = "-" if r.get("bits_avg") is None else f"{r['bits_avg']:.2f}"
                 kib = "-" if not size else f"{size / 1024:.1f}"
                 smaller = "-" if ratio is None else f"{ratio:.2f}"
-                lossless = _yes_no(r.get("lossless"))
+                lossless = yes_no(r.get("lossless"))
                 if r.get("lossless_seen") is not None:
-                    lossless += f" ({_yes_no(r['lossless_seen'])})"
+                    lossless += f" ({yes_no(r['lossless_seen'])})"
                 bpw = "-" if r.get("bits_per_weight") is None else f"{r['bits_per_weight']:.2f}"
                 lines.append(f"| {r['name']} | {bits} | {bpw} | {kib} | {smaller} | {len(r.get('seeds', []))} | "
                              f"{_pct(r.get('wer_seen'))} | {_fmt_ci(r.get('delta_seen_vs_fp32_ci'))} | {held} | "
