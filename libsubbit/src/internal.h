@@ -30,6 +30,7 @@ typedef struct {
 int sbl_fail(sbl_err *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 enum { DT_F32, DT_F16, DT_U8, DT_I64, DT_I32, DT_BOOL, DT_COUNT };
+extern const int sbl_dt_size[DT_COUNT]; /* bytes per element */
 
 /* One tensor of the file's table (validated). */
 typedef struct {
@@ -55,6 +56,8 @@ int sbl_container_read_file(const char *path, sbl_container *c, sbl_err *e);
 int sbl_container_read_memory(const uint8_t *buf, size_t size, sbl_container *c, sbl_err *e);
 void sbl_container_free(sbl_container *c);
 const sbl_entry *sbl_find(const sbl_container *c, const char *name);
+/* IEEE half to float (subnormals, infinities and NaN included) */
+float sbl_half_to_float(uint16_t h);
 
 /* A quantized weight ready for the kernels. */
 typedef struct {
