@@ -5,10 +5,19 @@ names, so a model exported from training runs here without any training code. St
 states are plain dicts of NumPy arrays; one utterance at a time (no batch dimension). The
 encoders live in :mod:`subbit.runtime.encoders` and :mod:`subbit.runtime.bifocal`, the arch
 checks in :mod:`subbit.runtime.arch`; their names are re-exported here.
+
+Backends: the NumPy layers below are always built (they are the reference, and what the
+streaming interface exposes); ``backend="auto"`` (the default) or ``"c"`` also loads the file
+into libsubbit (:mod:`subbit.runtime.native`), which :class:`StreamingSession` then runs.
+``"auto"`` takes the library for the architectures it runs (rnnt, conformer) with one thread
+(it runs a session on one thread) and NumPy otherwise (bifocal; a library that is missing, with
+one logged warning, or that refuses the file, with a warning naming the status); ``"numpy"`` never
+loads it; ``"c"`` raises where ``"auto"`` would fall back.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -19,7 +28,16 @@ from subbit.export.manifest import SubbitFormatError
 from subbit.runtime.arch import ARCH_LIMITS, bad_arch, cfg_int, check_dims  # noqa: F401 (ARCH_LIMITS: re-exported)
 from subbit.runtime.bifocal import BifocalEncoder, BifocalLayer, wake_frames  # noqa: F401 (re-exported)
 from subbit.runtime.encoders import ConformerEncoder, LSTMEncoder, State, StackedEncoder  # noqa: F401 (re-exported)
+from subbit.runtime import native
 from subbit.runtime.layers import Array, Embedding, PackedLSTM, WeightStore, packed_nbytes
+
+log = logging.getLogger(__name__)
+#: the model's ``backend`` choices (see the module docstring)
+BACKENDS = ("auto", "c", "numpy")
+#: the streaming interface of encoder, predictor and joiner (subbit.runtime.session)
+STREAMING_METHODS = (("init_state", "step", "flush"), ("init_state", "step"), ("project_enc", "project_pred", "join"))
+#: a model given as a path or the file's bytes, for libsubbit
+Source = str | os.PathLike[str] | bytes
 
 #: the old private name (libsubbit's build.c and the tests refer to it)
 _cfg_int = cfg_int
@@ -78,7 +96,7 @@ class PackedTransducer:
     """Encoder + predictor + joiner running on packed weights; ``from_file`` loads a ``.subbit``."""
 
     def __init__(self, store: WeightStore, config: dict[str, Any], tokenizer_bytes: bytes | None = None,
-                 manifest: dict[str, Any] | None = None) -> None:
+                 manifest: dict[str, Any] | None = None, native_model: native.NativeModel | None = None) -> None:
         arch = config.get("arch")
         if arch == "rnnt":
             self.encoder: LSTMEncoder | ConformerEncoder | BifocalEncoder = LSTMEncoder(store, config)
@@ -108,24 +126,48 @@ class PackedTransducer:
         unused = store.unused()
         if unused:
             raise ValueError(f"model file has tensors the {arch} runtime does not use: {unused[:8]}")
+        #: the same file loaded into libsubbit, or None (NumPy only)
+        self.native = native_model
+        self._built = (self.encoder, self.predictor, self.joiner)
+
+    @property
+    def backend(self) -> str:
+        """``"c"`` when libsubbit holds this model (sessions may run there), else ``"numpy"``."""
+        return "c" if self.native is not None else "numpy"
+
+    def layers_as_loaded(self) -> bool:
+        """True while encoder, predictor and joiner are the objects built from the file and no
+        method of theirs was replaced on the instance (a test wrapping ``joiner.join`` to log its
+        outputs): only then does libsubbit compute what they would."""
+        parts = (self.encoder, self.predictor, self.joiner)
+        return all(a is b for a, b in zip(parts, self._built)) and not any(
+            name in vars(part) for part, names in zip(parts, STREAMING_METHODS) for name in names)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], threads: int = 1) -> "PackedTransducer":
+    def from_file(cls, path: str | os.PathLike[str], threads: int = 1, backend: str = "auto") -> "PackedTransducer":
         """Load a ``.subbit`` file (validated by :func:`subbit.export.load_packed`).
 
-        ``threads``: large packed layers split their rows over this many threads."""
-        return cls.from_packed(load_packed(path), threads)
+        ``threads``: large packed layers split their rows over this many threads (NumPy backend).
+        ``backend``: ``"auto"``, ``"c"`` or ``"numpy"`` (module docstring)."""
+        return cls.from_packed(load_packed(path), threads, backend, source=path)
 
     @classmethod
-    def from_packed(cls, pm: Any, threads: int = 1) -> "PackedTransducer":
+    def from_packed(cls, pm: Any, threads: int = 1, backend: str = "auto", source: Source | None = None) -> "PackedTransducer":
+        """The runtime model of a loaded :class:`subbit.export.PackedModel`. libsubbit reads the
+        file itself, so it needs ``source`` (the path or bytes ``pm`` came from); without one
+        ``"auto"`` stays on NumPy."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         packed, floats, manifest, arch, tok = _unpack_model(pm)
         store = WeightStore(packed, floats, threads)
         try:
-            return cls(store, arch, tok, manifest)
+            model = cls(store, arch, tok, manifest)
         except SubbitFormatError:
             raise
         except ValueError as exc:  # a layer's own shape check: the file's arch and tensors disagree
             raise bad_arch(f"manifest arch / tensors disagree: {exc}") from None
+        model.native = _load_native(backend, str(arch.get("arch")), source, threads)
+        return model
 
     @property
     def weight_bytes(self) -> int:
@@ -138,6 +180,30 @@ def weight_bytes(store: WeightStore) -> int:
     decoded ones, float tensors."""
     total = sum(packed_nbytes(p) for p in store.packed.values()) + store.decoded_bytes
     return total + sum(int(a.nbytes) for a in store.floats.values())
+
+
+def _load_native(backend: str, arch: str, source: Source | None, threads: int) -> native.NativeModel | None:
+    """libsubbit's copy of the model for ``backend``, or None where NumPy runs it."""
+    if backend == "numpy":
+        return None
+    why = (f"libsubbit runs {' and '.join(native.ARCHS)}, not {arch}" if arch not in native.ARCHS
+           else "libsubbit needs the file: pass source= (a path or the bytes)" if source is None
+           else f"libsubbit runs a session on one thread, threads={threads} asked for" if threads != 1
+           else None)  # fmt: skip
+    if why is not None:
+        if backend == "c":
+            raise ValueError(f"backend='c': {why}")
+        log.debug("packed runtime on NumPy: %s", why)
+        return None
+    if backend == "c":
+        return native.NativeModel(source)
+    if not native.available():  # the library logged why, once
+        return None
+    try:
+        return native.NativeModel(source)
+    except native.LibsubbitError as exc:  # the Python loader took the file: the reference runs it
+        log.warning("libsubbit refused a file the Python runtime loads (%s): running it on NumPy", exc)
+        return None
 
 
 def _unpack_model(pm: Any) -> tuple[dict[str, Any], dict[str, Array], dict[str, Any], dict[str, Any], bytes | None]:

@@ -14,6 +14,17 @@ interface (NumPy in and out, batch 1):
 int8 and onnxruntime models in the same interface so every variant runs this very loop. Greedy
 decoding follows :func:`subbit.asr.decode.greedy_search`: predictor primed with blank, then per
 encoder frame up to ``max_symbols_per_frame`` argmax tokens until blank.
+
+Backends: ``backend="auto"`` (the default) runs the session in libsubbit
+(:class:`subbit.runtime.native.NativeSession`) when the model holds a libsubbit copy
+(:attr:`PackedTransducer.native`, see :mod:`subbit.runtime.models`) and nothing asks for the
+Python loop: a subclass that overrides its decoding (the benchmark's scheduled session), a
+``frontend`` of the caller's, ``max_symbols_per_frame`` other than the library's 3, or a model
+whose layers were wrapped. Otherwise, and with ``backend="numpy"``, the NumPy loop below runs
+(the reference). ``backend="c"`` raises where ``"auto"`` would take NumPy. Both give the same
+greedy tokens and transcripts (tests/runtime/test_native.py). The library decodes greedily only:
+any other search (beam) has to run on the NumPy layers; its features are its own, so
+:meth:`accept_features` needs the NumPy backend; it refuses non-finite samples (ValueError).
 """
 
 from __future__ import annotations
@@ -22,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from subbit.runtime import native
 from subbit.runtime.frontend import StreamingLogMel, frontend_from_manifest
-from subbit.runtime.models import wake_frames
+from subbit.runtime.models import BACKENDS, wake_frames
 from subbit.runtime.tokenizer import (  # noqa: F401 (check_tokenizer_blob and the limits: re-exported)
     TOKENIZER_MAX_DEPTH,
     TOKENIZER_MAX_HEADER,
@@ -34,33 +46,69 @@ from subbit.runtime.tokenizer import (  # noqa: F401 (check_tokenizer_blob and t
 
 #: the old private name (tests use it)
 _load_tokenizer = load_tokenizer
+#: the NumPy decoding loop's methods: a subclass overriding one keeps its sessions on NumPy
+DECODING_HOOKS = ("accept_features", "finalize_tokens", "_decode", "_decode_frame", "_emit")
 
 
 class StreamingSession:
     """Feed 16 kHz float32 audio in pieces of any size; get the transcript so far back."""
 
     def __init__(self, model: Any, max_symbols_per_frame: int = 3, tokenizer: Any | None = None,
-                 frontend: StreamingLogMel | None = None) -> None:
+                 frontend: StreamingLogMel | None = None, backend: str = "auto") -> None:
         if max_symbols_per_frame < 1:
             raise ValueError(f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model = model
         self.max_symbols = int(max_symbols_per_frame)
         self.blank = int(model.blank)
+        why = self._why_numpy(frontend is not None)
+        # built on both backends: the same manifest and tokenizer checks, and .frontend.hop for callers
         if frontend is None:
             frontend = frontend_from_manifest(getattr(model, "manifest", None), int(model.n_mels))
         self.frontend = frontend
+        # the library's id-to-text is the file's tokenizer: used unless a caller's tokenizer or text() is
+        self._library_text = tokenizer is None and type(self).text is StreamingSession.text
         if tokenizer is None and getattr(model, "tokenizer_bytes", None):
             tokenizer = load_tokenizer(model.tokenizer_bytes)
         self.tokenizer = tokenizer
+        if backend == "c" and why is not None:
+            raise ValueError(f"backend='c': {why}")
+        #: the libsubbit session doing the work, or None (the NumPy loop)
+        self.native: native.NativeSession | None = None
+        if backend != "numpy" and why is None:
+            self.native = model.native.session()
+        self.backend = "c" if self.native is not None else "numpy"
         self.reset()
+
+    def _why_numpy(self, custom_frontend: bool) -> str | None:
+        """Why this session cannot run in libsubbit, or None when it can."""
+        cls = type(self)
+        if getattr(self.model, "native", None) is None:
+            return "the model holds no libsubbit copy (PackedTransducer.from_file with backend 'auto' or 'c')"
+        if any(getattr(cls, name) is not getattr(StreamingSession, name) for name in DECODING_HOOKS):
+            return f"{cls.__name__} overrides the Python decoding loop"
+        if custom_frontend:
+            return "a caller's frontend (the library computes its features from the manifest)"
+        if self.max_symbols != native.MAX_SYMBOLS:
+            return f"the library decodes {native.MAX_SYMBOLS} symbols per frame, {self.max_symbols} asked for"
+        if not self.model.layers_as_loaded():
+            return "the model's layers were replaced or wrapped"
+        return None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the utterance: empty audio buffer, fresh encoder and predictor states."""
         self.frontend.reset()
-        self.enc_state = self.model.encoder.init_state()
-        out, self.pred_state = self.model.predictor.step(self.blank, self.model.predictor.init_state())
-        self.pred_p = self.model.joiner.project_pred(out)
+        if self.native is not None:  # the states live in the library
+            self.native.reset()
+            self.enc_state: Any = None
+            self.pred_state: Any = None
+            self.pred_p: Any = None
+        else:
+            self.enc_state = self.model.encoder.init_state()
+            out, self.pred_state = self.model.predictor.step(self.blank, self.model.predictor.init_state())
+            self.pred_p = self.model.joiner.project_pred(out)
         self.tokens: list[int] = []
         self.finished = False
 
@@ -80,12 +128,20 @@ class StreamingSession:
             raise ValueError(f"samples must be a 1-D float array (mono), got shape {x.shape}")
         if x.dtype.kind != "f":
             raise ValueError(f"samples must be float (e.g. float32 in [-1, 1]), got dtype {x.dtype}")
-        return self.text(self.accept_features(self.frontend.accept(x.astype(np.float32, copy=False))))
+        if self.native is None:
+            return self.text(self.accept_features(self.frontend.accept(x.astype(np.float32, copy=False))))
+        if self.finished:
+            raise ValueError("accept after finalize(); call reset() to start a new utterance")
+        self.native.accept(x)
+        self.tokens = self.native.tokens()
+        return self._transcript()
 
     def accept_features(self, feats: np.ndarray, pathway_mask: np.ndarray | None = None) -> list[int]:
         """Feed log-mel frames ``[t, n_mels]``; returns the tokens decoded so far.
 
         ``pathway_mask [t]`` (bifocal models only): True runs that frame on the small pathway."""
+        if self.native is not None:
+            raise ValueError("accept_features needs backend='numpy': libsubbit computes its own features from audio")
         if self.finished:
             raise ValueError("accept after finalize(); call reset() to start a new utterance")
         if feats.shape[0]:
@@ -97,12 +153,17 @@ class StreamingSession:
 
     def finalize(self) -> str:
         """End of utterance: run what the encoder still holds; returns the final transcript."""
-        return self.text(self.finalize_tokens())
+        tokens = self.finalize_tokens()
+        return self._transcript() if self.native is not None else self.text(tokens)
 
     def finalize_tokens(self) -> list[int]:
         if not self.finished:
-            enc, self.enc_state = self.model.encoder.flush(self.enc_state)
-            self._decode(enc)
+            if self.native is not None:
+                self.native.finalize()
+                self.tokens = self.native.tokens()
+            else:
+                enc, self.enc_state = self.model.encoder.flush(self.enc_state)
+                self._decode(enc)
             self.finished = True
         return list(self.tokens)
 
@@ -127,6 +188,11 @@ class StreamingSession:
         self.tokens.append(tok)
         out, self.pred_state = self.model.predictor.step(tok, self.pred_state)
         self.pred_p = self.model.joiner.project_pred(out)
+
+    def _transcript(self) -> str:
+        """The library's transcript, or the caller's tokenizer on the library's tokens."""
+        assert self.native is not None
+        return self.native.text() if self._library_text else self.text(self.tokens)
 
     def text(self, tokens: list[int]) -> str:
         """Transcript of ``tokens`` (token ids joined by spaces when the model has no tokenizer)."""
