@@ -31,7 +31,11 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
                    help="weight of an auxiliary CTC loss on the encoder output (training only: the head "
                         "is not in final.pt nor exported); it learns the alignment much faster, 0 = off")
     p.add_argument("--warmup-steps", type=int, help="default: the recipe's (200, at most 10%% of the run)")
-    p.add_argument("--grad-clip", type=float, default=5.0)
+    p.add_argument("--grad-clip", type=float, default=5.0,
+                   help="max L2 norm of the gradient (with --latent-clip: of every parameter but the latents)")
+    p.add_argument("--latent-clip", type=float, metavar="NORM",
+                   help="with --quant: clip each latent weight's gradient to NORM on its own (default: off, "
+                        "the latents are in the --grad-clip norm)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (under torchrun: one GPU per rank)")
     p.add_argument("--seed", type=int, default=0)
     aug = p.add_mutually_exclusive_group()

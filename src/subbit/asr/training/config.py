@@ -51,6 +51,9 @@ class TrainConfig:
     warmup_steps: int = _count(200)
     final_lr_ratio: float = 0.05
     grad_clip: float = 5.0
+    #: clip each quantized latent weight's gradient to this L2 norm on its own, and ``grad_clip``
+    #: the other parameters only (None: one global clip over all, the default; RESULTS.md 1.7)
+    latent_clip: float | None = None
     tokenizer: str = "bpe"
     vocab_size: int = 128
     device: str = "cpu"
@@ -100,6 +103,9 @@ class TrainConfig:
             raise ValueError(f"--lr: must be a finite number > 0, got {self.lr}")
         if not self.grad_clip > 0:
             raise ValueError(f"grad_clip: must be > 0, got {self.grad_clip}")
+        if self.latent_clip is not None and (isinstance(self.latent_clip, bool) or not isinstance(
+                self.latent_clip, (int, float)) or not (self.latent_clip > 0 and math.isfinite(self.latent_clip))):
+            raise ValueError(f"latent_clip: must be a finite number > 0 or None, got {self.latent_clip!r}")
         if not 0 <= self.final_lr_ratio <= 1:
             raise ValueError(f"final_lr_ratio: must be in [0, 1], got {self.final_lr_ratio}")
         if self.tokenizer not in ("bpe", "char"):

@@ -89,7 +89,7 @@ def train_step(s: Session, st: TrainState, batch: dict[str, Any], loss_hook: Los
     grad_norm = torch.tensor(float("nan"))
     if bad.item() == 0:
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = clip_gradients(model, cfg.grad_clip, cfg.latent_clip)
         bad += 0.0 if torch.isfinite(grad_norm).item() else 1.0
         dist.all_reduce_(bad, "max")
     if bad.item() > 0:
@@ -111,6 +111,22 @@ def train_step(s: Session, st: TrainState, batch: dict[str, Any], loss_hook: Los
     st.session_steps += 1
     dt = time.perf_counter() - t0
     return StepStats(mean_loss, lr, float(grad_norm.item()), stats[1].item() * s.frame_sec, dt)
+
+
+def clip_gradients(model: nn.Module, grad_clip: float, latent_clip: float | None = None) -> torch.Tensor:
+    """Clip the step's gradients in place; returns the L2 norm of all of them before clipping.
+
+    Default (``latent_clip`` None): one global norm ``grad_clip`` over every parameter. With
+    ``latent_clip``: each quantized latent weight's gradient is clipped to it on its own
+    (:func:`subbit.quant.clip_latent_grad_norm_`) and ``grad_clip`` bounds the other parameters
+    only, so the latents' growth late in GQ's anneal no longer shrinks every other step."""
+    if latent_clip is None:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    latent_norm = sq.clip_latent_grad_norm_(model, latent_clip)
+    latents = {id(qt.latent) for qt in sq.quantized_tensors(model)}
+    others = [p for p in model.parameters() if id(p) not in latents]
+    other_norm = torch.nn.utils.clip_grad_norm_(others, grad_clip)
+    return torch.linalg.vector_norm(torch.stack([latent_norm.to(other_norm), other_norm]))
 
 
 def _stop(s: Session, st: TrainState, what: str, loss: float) -> None:
