@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 #: GQ scheduler / training-loop knobs a recipe may set (names of TrainConfig fields)
-SCHEDULE_KEYS = ("tau_start", "tau_end", "anneal", "anneal_end", "quant_every", "quant_mode")
+SCHEDULE_KEYS = ("tau_start", "tau_end", "anneal", "anneal_end", "quant_every", "quant_mode", "latent_clip")
 
 
 @dataclass(frozen=True)
