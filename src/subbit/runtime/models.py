@@ -186,7 +186,7 @@ def _load_native(backend: str, arch: str, source: Source | None, threads: int) -
     """libsubbit's copy of the model for ``backend``, or None where NumPy runs it."""
     if backend == "numpy":
         return None
-    why = (f"libsubbit runs {' and '.join(native.ARCHS)}, not {arch}" if arch not in native.ARCHS
+    why = (f"the package runs {' and '.join(native.ARCHS)} in libsubbit, not {arch}" if arch not in native.ARCHS
            else "libsubbit needs the file: pass source= (a path or the bytes)" if source is None
            else f"libsubbit runs a session on one thread, threads={threads} asked for" if threads != 1
            else None)  # fmt: skip

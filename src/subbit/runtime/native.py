@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 #: the ``SUBBIT_ABI_VERSION`` of the header this binding follows
 ABI_VERSION = 1
-#: architectures the library runs (it refuses the others with SUBBIT_ERR_UNSUPPORTED)
+#: architectures the package hands to the library (a Bifocal model also needs its wake-word end
+#: passed on, which this binding does not do yet: bifocal stays on NumPy)
 ARCHS = ("rnnt", "conformer")
 #: greedy decoding's symbols per encoder frame, fixed in libsubbit/src/session.c (MAX_SYMBOLS)
 MAX_SYMBOLS = 3
@@ -100,11 +101,12 @@ def library_path() -> Path | None:
     return next((p for p in library_candidates() if p.is_file()), None)
 
 
-def library() -> ctypes.CDLL | None:
-    """libsubbit with its signatures set, opened once; None (one warning) when unusable."""
+def library(reload: bool = False) -> ctypes.CDLL | None:
+    """libsubbit with its signatures set, opened once; None (one warning) when unusable.
+    ``reload``: look again (a library built after the first look, as the tests do)."""
     global _lib, _lib_tried
     with _lock:
-        if _lib_tried:
+        if _lib_tried and not reload:
             return _lib
         _lib_tried = True
         lib = open_library(library_path(), SIGNATURES, log,
@@ -152,13 +154,18 @@ class ModelInfo:
 
 class NativeModel:
     """A ``.subbit`` file loaded and fully validated by libsubbit; ``source`` is a path or the
-    file's bytes. Free it with :meth:`close` (or ``with``); it also goes with its last reference,
-    and never before a session made from it (each session holds its model)."""
+    file's bytes. Free it with :meth:`close` (or ``with``); it also goes with its last reference.
+    The C model is freed only after every session made from it (the API's order): a count of
+    the model object and its open sessions, not the order in which the garbage collector
+    finalizes a cycle, decides when."""
 
     def __init__(self, source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> None:
         self._lib = _require()
         self._ptr = ctypes.c_void_p()
         self._sessions: weakref.WeakSet[NativeSession] = weakref.WeakSet()
+        self._holders = 0  # this object while open + each open session
+        self._count_lock = threading.RLock()
+        self._closed = False
         err = ctypes.create_string_buffer(_ERRLEN)
         if isinstance(source, (bytes, bytearray, memoryview)):
             blob = bytes(source)
@@ -166,6 +173,7 @@ class NativeModel:
         else:
             rc = self._lib.subbit_model_load_file(os.fsencode(source), ctypes.byref(self._ptr), err, _ERRLEN)
         _raise(self._lib, rc, err.value.decode(errors="replace"))
+        self._holders = 1
         raw = _Info()
         _raise(self._lib, self._lib.subbit_model_get_info(self._ptr, ctypes.byref(raw)), "model info")
         self.info = ModelInfo(raw.arch.decode(), raw.sample_rate, raw.n_mels, raw.vocab_size, raw.blank,
@@ -175,9 +183,22 @@ class NativeModel:
     @property
     def handle(self) -> int:
         """The ``subbit_model *`` address; ValueError once closed."""
-        if not self._ptr:
+        if self._closed or not self._ptr:
             raise ValueError("the libsubbit model is closed")
         return int(self._ptr.value or 0)
+
+    def _hold(self) -> None:
+        with self._count_lock:
+            self._holders += 1
+
+    def _release(self) -> None:
+        # re-entrant lock and integer work only inside: a finalizer the collector runs here may release too
+        with self._count_lock:
+            self._holders -= 1
+            last = self._holders == 0
+        if last and self._ptr:
+            ptr, self._ptr = self._ptr, ctypes.c_void_p()
+            self._lib.subbit_model_free(ptr)
 
     def session(self, on_logits: Callable[[np.ndarray], None] | None = None) -> "NativeSession":
         return NativeSession(self, on_logits)
@@ -193,12 +214,12 @@ class NativeModel:
         return out.value.decode()
 
     def close(self) -> None:
-        """Free the model, closing its live sessions first (the API frees sessions before models)."""
-        if getattr(self, "_ptr", None):
+        """Free the model, closing its open sessions first (the API frees sessions before models)."""
+        if getattr(self, "_ptr", None) and not self._closed:
             for s in list(self._sessions):
                 s.close()
-            self._lib.subbit_model_free(self._ptr)
-            self._ptr = ctypes.c_void_p()
+            self._closed = True
+            self._release()
 
     def __enter__(self) -> "NativeModel":
         return self
@@ -224,6 +245,7 @@ class NativeSession:
         err = ctypes.create_string_buffer(_ERRLEN)
         _raise(self._lib, self._lib.subbit_session_create(model.handle, ctypes.byref(self._ptr), err, _ERRLEN),
                err.value.decode(errors="replace"))  # fmt: skip
+        model._hold()
         model._sessions.add(self)
         self._callback: object = None
         self._callback_error: list[BaseException] = []
@@ -285,8 +307,9 @@ class NativeSession:
 
     def close(self) -> None:
         if getattr(self, "_ptr", None):
-            self._lib.subbit_session_free(self._ptr)
-            self._ptr = ctypes.c_void_p()
+            ptr, self._ptr = self._ptr, ctypes.c_void_p()
+            self._lib.subbit_session_free(ptr)
+            self.model._release()
 
     def __enter__(self) -> "NativeSession":
         return self
