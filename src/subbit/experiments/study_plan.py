@@ -47,6 +47,7 @@ def _gq(bits: int, **options: Any) -> dict[str, Any]:
 #: 10x (4 bits) and 50-150x (2 bits). 1.0 barely binds at the start (as the global clip 5.0,
 #: which the total 5.4 just exceeds there) and bounds every tensor once the anneal grows it;
 #: all 11 together stay within sqrt(11) = 3.3, under the global 5.0 left to the other parameters.
+#: (The centroids' gradients grow too, 10 -> 250 at 2 bits, and stay in that global clip.)
 LATENT_CLIP = 1.0
 
 
