@@ -150,7 +150,8 @@ def plan(arch: str, quick: bool, seeds: int = 3, sections: Sequence[str] = SECTI
         tq = [f"gq4-tq{t}-{m}" for m in ("project", "forward") for t in (1, 10, 100, 1000)]
         wanted += [(n, one, "quant-frequency") for n in tq if n != "gq4-tq1-forward"]
         if arch == "rnnt":  # the split gradient clip (latents per tensor) vs gq4/gq2 at the same seeds
-            wanted += [(n, multi, "quant-frequency") for n in ("gq4-lclip", "gq2-lclip")]
+            # gq2 at every seed too: the 2-bit pair needs its control at the same seeds
+            wanted += [(n, multi, "quant-frequency") for n in ("gq4-lclip", "gq2-lclip", "gq2")]
     cells: dict[str, Cell] = {}
     missing: list[str] = []
     for name, sds, section in wanted:
