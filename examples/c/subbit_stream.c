@@ -1,12 +1,17 @@
 /* subbit-stream: transcribe a 16-bit PCM WAV file with libsubbit, streaming it in chunks.
  *
- *   subbit-stream [--chunk SAMPLES] [--repeats N] [--warmup N] [--timings] [--json] MODEL.subbit AUDIO.wav
+ *   subbit-stream [--chunk SAMPLES] [--repeats N] [--warmup N] [--wake-end SECONDS] [--timings] [--json]
+ *                 MODEL.subbit AUDIO.wav
+ *
+ * --wake-end (Bifocal models): a keyword spotter's wake-word end in seconds from the start of the
+ * file; the frames inside it run on the small pathway (subbit_session_set_wake_end).
  *
  * Prints the partial transcript after every chunk with --timings (with the chunk's time), and
  * the final transcript as the last line. --json prints one JSON object instead (per-chunk
  * milliseconds, p50/p90, peak RSS) for benchmarks/libsubbit_latency.py; --warmup passes are not timed.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +104,16 @@ static double pct(const double *v, size_t n, double q) {
     return i + 1 < n ? v[i] + (v[i + 1] - v[i]) * fr : v[i];
 }
 
+/* a fresh utterance; with a wake-word end (seconds, not NaN) as the Python session rounds it */
+static int start(subbit_session *s, double wake_end, int rate) {
+    int rc = subbit_session_reset(s);
+    double at = nearbyint(wake_end * rate); /* clamped: a cast out of int64's range is undefined */
+    at = at > 4e18 ? 4e18 : at < -4e18 ? -4e18 : at;
+    if (!rc && !isnan(wake_end)) rc = subbit_session_set_wake_end(s, (int64_t)at);
+    if (rc) fprintf(stderr, "subbit-stream: %s: %s\n", subbit_status_name(rc), subbit_session_error(s));
+    return rc;
+}
+
 static void json_str(const char *s) {
     putchar('"');
     for (; *s; s++) {
@@ -113,11 +128,17 @@ static void json_str(const char *s) {
 int main(int argc, char **argv) {
     long chunk = 0, repeats = 1, warmup = 0;
     int timings = 0, json = 0;
+    double wake_end = NAN; /* seconds; NaN: none */
     const char *model_path = NULL, *wav_path = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--chunk") && i + 1 < argc) chunk = strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--repeats") && i + 1 < argc) repeats = strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = strtol(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--wake-end") && i + 1 < argc) {
+            char *end;
+            wake_end = strtod(argv[++i], &end);
+            if (*end || !isfinite(wake_end)) model_path = NULL, i = argc;
+        }
         else if (!strcmp(argv[i], "--timings")) timings = 1;
         else if (!strcmp(argv[i], "--json")) json = 1;
         else if (!model_path) model_path = argv[i];
@@ -125,7 +146,8 @@ int main(int argc, char **argv) {
         else model_path = NULL, i = argc;
     }
     if (!model_path || !wav_path || repeats < 1 || chunk < 0 || warmup < 0) {
-        fprintf(stderr, "usage: subbit-stream [--chunk SAMPLES] [--repeats N] [--warmup N] [--timings] [--json] MODEL.subbit AUDIO.wav\n");
+        fprintf(stderr, "usage: subbit-stream [--chunk SAMPLES] [--repeats N] [--warmup N] [--wake-end SECONDS] [--timings] [--json] "
+                        "MODEL.subbit AUDIO.wav\n");
         return 2;
     }
     char err[512];
@@ -158,7 +180,7 @@ int main(int argc, char **argv) {
     double *upl = (double *)malloc(sizeof(double) * (size_t)repeats);
     if (!ms || !upl) return 1;
     for (long r = 0; r < warmup; r++) {
-        subbit_session_reset(s);
+        if (start(s, wake_end, info.sample_rate)) return 1;
         for (size_t off = 0; off < n; off += (size_t)chunk)
             if ((rc = subbit_session_accept_int16(s, pcm + off, n - off < (size_t)chunk ? n - off : (size_t)chunk))) {
                 fprintf(stderr, "subbit-stream: %s: %s\n", subbit_status_name(rc), subbit_session_error(s));
@@ -167,7 +189,7 @@ int main(int argc, char **argv) {
     }
     size_t k = 0;
     for (long r = 0; r < repeats; r++) {
-        subbit_session_reset(s);
+        if (start(s, wake_end, info.sample_rate)) return 1;
         double last = 0;
         for (size_t off = 0; off < n; off += (size_t)chunk) {
             size_t len = n - off < (size_t)chunk ? n - off : (size_t)chunk;

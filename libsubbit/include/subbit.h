@@ -53,7 +53,7 @@ typedef struct subbit_session subbit_session;
 
 /* Facts about a loaded model (filled by subbit_model_get_info). */
 typedef struct {
-    const char *arch;      /* "rnnt" or "conformer" */
+    const char *arch;      /* "rnnt", "conformer" or "bifocal" */
     int sample_rate;       /* Hz the frontend expects */
     int n_mels;
     int vocab_size;        /* joiner outputs, blank included */
@@ -95,6 +95,17 @@ SUBBIT_API int subbit_session_accept_float(subbit_session *session, const float 
 SUBBIT_API int subbit_session_accept_int16(subbit_session *session, const int16_t *samples, size_t n);
 /* End of utterance: decode what the encoder still holds. Further audio needs a reset. */
 SUBBIT_API int subbit_session_finalize(subbit_session *session);
+
+/* Bifocal models (arch "bifocal") only: a keyword spotter's wake-word end, as a sample index
+ * from the start of the utterance (since create or reset), at the model's sample rate. Feature
+ * frames whose whole window [t * hop, t * hop + n_fft) ends by it run on the small pathway; a
+ * stacked frame runs small only if all its frames do (docs/models.md, section 3b). 0 or less:
+ * every frame large (the default; reset restores it). The Python runtime's
+ * StreamingSession.set_wake_end(seconds) is sample = round(seconds * sample_rate), rounded half
+ * to even. May be called at any time; it applies to the frames not yet encoded. Other models:
+ * SUBBIT_ERR_UNSUPPORTED. Added in libsubbit 1 without an ABI change (check with dlsym when
+ * linking against an older library is possible). */
+SUBBIT_API int subbit_session_set_wake_end(subbit_session *session, int64_t sample);
 
 /* Transcript so far (final after finalize), UTF-8, NUL-terminated; valid until the next call on
  * this session. Without a tokenizer in the file: token ids joined by spaces. NULL on no memory. */

@@ -99,7 +99,7 @@ void subbit_model_free(subbit_model *m) {
 
 int subbit_model_get_info(const subbit_model *m, subbit_model_info *info) {
     if (!m || !info) return SUBBIT_ERR_ARGUMENT;
-    info->arch = m->conformer ? "conformer" : "rnnt";
+    info->arch = m->conformer ? "conformer" : m->enc.small ? "bifocal" : "rnnt";
     info->sample_rate = m->fe.sample_rate;
     info->n_mels = m->n_mels;
     info->vocab_size = m->vocab_size;

@@ -1,4 +1,4 @@
-/* The transducer (LSTM RNN-T, streaming Conformer) from a validated container: the checks of
+/* The transducer (LSTM RNN-T, streaming Conformer, Bifocal RNN-T) from a validated container: the checks of
  * subbit.runtime.models (ARCH_LIMITS, layer widths against the config, unused tensors refused)
  * before any weight table is allocated. The encoders are built in build_lstm.c and
  * build_conformer.c, the tensors read in weights.c; here the predictor, the joiner, the model. */
@@ -54,13 +54,15 @@ int sbl_build_model(subbit_model *m, sbl_err *e) {
     const sj_node *kind = sj_get(arch, "arch");
     int is_rnnt = kind && kind->type == SJ_STRING && kind->len == 4 && !memcmp(kind->s, "rnnt", 4);
     int is_conf = kind && kind->type == SJ_STRING && kind->len == 9 && !memcmp(kind->s, "conformer", 9);
-    if (!is_rnnt && !is_conf) return sbl_fail(e, SUBBIT_ERR_UNSUPPORTED, "manifest arch: field 'arch' must be 'rnnt' or 'conformer'");
+    int is_bf = kind && kind->type == SJ_STRING && kind->len == 7 && !memcmp(kind->s, "bifocal", 7);
+    if (!is_rnnt && !is_conf && !is_bf)
+        return sbl_fail(e, SUBBIT_ERR_UNSUPPORTED, "manifest arch: field 'arch' must be 'rnnt', 'conformer' or 'bifocal'");
     m->conformer = is_conf;
     m->cap_packed = (int)sj_get(m->file.manifest, "quantized")->len * 2 + 1; /* a tensor may be read twice */
     m->packed_all = (sbl_packed *)calloc((size_t)m->cap_packed, sizeof(sbl_packed));
     x.used = (char *)calloc(m->file.n_entries + 1, 1);
     if (!m->packed_all || !x.used) { free(x.used); return sbl_fail(e, SUBBIT_ERR_NOMEM, "out of memory"); }
-    int rc = is_conf ? sbl_build_conformer(&x) : sbl_build_lstm_encoder(&x);
+    int rc = is_conf ? sbl_build_conformer(&x) : sbl_build_lstm_encoder(&x, is_bf);
     if (!rc) rc = build_predictor(&x);
     if (!rc) rc = sbl_linear_load(&x, "joiner.enc_proj", &m->join.enc_proj);
     if (!rc) rc = sbl_linear_load(&x, "joiner.pred_proj", &m->join.pred_proj);
@@ -82,7 +84,8 @@ int sbl_build_model(subbit_model *m, sbl_err *e) {
     if (!rc) {
         for (size_t i = 0; i < m->file.n_entries; i++) {
             if (x.used[i] || !strcmp(m->file.entries[i].name, "__tokenizer__")) continue;
-            rc = sbl_fail(e, SUBBIT_ERR_FORMAT, "model file has tensors the %s runtime does not use: %.80s", is_conf ? "conformer" : "rnnt", m->file.entries[i].name);
+            rc = sbl_fail(e, SUBBIT_ERR_FORMAT, "model file has tensors the %s runtime does not use: %.80s", is_conf ? "conformer" : is_bf ? "bifocal" : "rnnt",
+                         m->file.entries[i].name);
             break;
         }
     }
@@ -111,6 +114,14 @@ static void free_lstms(sbl_lstm *s, int n) {
 void sbl_free_model_parts(subbit_model *m) {
     sbl_conformer_free(&m->conf);
     free_lstms(m->enc.lstm, m->enc.n_lstm);
+    free_lstms(m->enc.small, m->enc.n_lstm);
+    for (int i = 0; m->enc.maps && i < m->enc.n_lstm; i++) {
+        free_linear(&m->enc.maps[i].down_h);
+        free_linear(&m->enc.maps[i].down_c);
+        free_linear(&m->enc.maps[i].up_h);
+        free_linear(&m->enc.maps[i].up_c);
+    }
+    free(m->enc.maps);
     free_linear(&m->enc.proj);
     free_lstms(m->pred.lstm, m->pred.n_lstm);
     free(m->pred.table);

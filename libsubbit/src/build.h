@@ -41,7 +41,10 @@ int sbl_lstm_load(sbl_bctx *x, const char *prefix, sbl_lstm *s, int64_t in_width
 /* widest activation row of an LSTM into *w */
 int sbl_lstm_widths(const sbl_lstm *s, int64_t *w);
 
-int sbl_build_lstm_encoder(sbl_bctx *x);
+/* the encoder of arch "rnnt" (encoder.lstms.*) or, with bifocal, of arch "bifocal" (encoder.layers.*) */
+int sbl_build_lstm_encoder(sbl_bctx *x, int bifocal);
+/* Bifocal layer i (encoder.layers.i: large, small, down_h/_c, up_h/_c) on rows of width in_width */
+int sbl_build_bifocal_layer(sbl_bctx *x, int i, int64_t in_width);
 int sbl_build_conformer(sbl_bctx *x);
 
 #endif

@@ -1,5 +1,6 @@
 /* LSTM layers (nn.LSTM: both biases folded into the input projection, optional projection) and
- * the LSTM encoder of subbit.runtime.encoders.LSTMEncoder: stacking, layers, projection. */
+ * the encoder of subbit.runtime.encoders.StackedEncoder: stacking, layers (LSTMs, or Bifocal
+ * layers from build_bifocal.c), projection. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -66,7 +67,7 @@ int sbl_lstm_widths(const sbl_lstm *s, int64_t *w) {
     return 0;
 }
 
-int sbl_build_lstm_encoder(sbl_bctx *x) {
+int sbl_build_lstm_encoder(sbl_bctx *x, int bifocal) {
     sbl_encoder *E = &x->m->enc;
     int layers;
     if (sbl_arch_int(x, "n_mels", 0, 0, 1, 512, &E->n_mels) || sbl_arch_int(x, "stack", 0, 0, 1, 64, &E->stack) ||
@@ -79,18 +80,23 @@ int sbl_build_lstm_encoder(sbl_bctx *x) {
             return sbl_fail(x->e, SUBBIT_ERR_LIMIT, "manifest arch.stack2_after: %d outside [0, enc_layers - 1 = %d]", E->stack2_after, layers - 1);
     }
     E->lstm = (sbl_lstm *)calloc((size_t)layers, sizeof(sbl_lstm));
-    if (!E->lstm) return sbl_fail(x->e, SUBBIT_ERR_NOMEM, "out of memory");
+    if (bifocal) {
+        E->small = (sbl_lstm *)calloc((size_t)layers, sizeof(sbl_lstm));
+        E->maps = (sbl_bifocal_maps *)calloc((size_t)layers, sizeof(sbl_bifocal_maps));
+    }
     E->n_lstm = layers;
+    if (!E->lstm || (bifocal && (!E->small || !E->maps))) return sbl_fail(x->e, SUBBIT_ERR_NOMEM, "out of memory");
     int64_t width = (int64_t)E->n_mels * E->stack;
     E->max_width = width;
     for (int i = 0; i < layers; i++) {
         char p[64];
         snprintf(p, sizeof p, "encoder.lstms.%d", i);
         if (i == E->stack2_after) width *= E->stack2;
-        if (sbl_lstm_load(x, p, &E->lstm[i], width)) return x->e->code;
+        if (bifocal ? sbl_build_bifocal_layer(x, i, width) : sbl_lstm_load(x, p, &E->lstm[i], width)) return x->e->code;
         width = E->lstm[i].layers[E->lstm[i].n_layers - 1].out_size;
         E->max_width = max64(E->max_width, width * E->stack2);
         sbl_lstm_widths(&E->lstm[i], &E->max_width);
+        if (bifocal) sbl_lstm_widths(&E->small[i], &E->max_width);
     }
     if (sbl_linear_load(x, "encoder.proj", &E->proj) || sbl_dims(x, "encoder.proj input size", E->proj.in, width)) return x->e->code;
     E->output_dim = E->proj.out;
@@ -99,6 +105,12 @@ int sbl_build_lstm_encoder(sbl_bctx *x) {
     int cf;
     if (sbl_arch_int(x, "chunk_frames", 1, 0, 0, 1 << 16, &cf)) return x->e->code;
     E->chunk_frames = cf ? cf : E->subsampling;
+    if (bifocal) { /* BifocalEncoder: the config's small_hidden is the first layer's */
+        int sh;
+        if (sbl_arch_int(x, "small_hidden", 0, 0, 1, 1 << 16, &sh) ||
+            sbl_dims(x, "manifest arch.small_hidden", E->small[0].layers[0].hidden, sh))
+            return x->e->code;
+    }
     return 0;
 }
 

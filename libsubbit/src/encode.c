@@ -1,5 +1,5 @@
 /* Log-mel frames through the encoder of a session: the LSTM encoder's two stackings and layers
- * (models.LSTMEncoder.step), or the Conformer's whole chunks (ConformerEncoder.step / flush);
+ * (models.LSTMEncoder.step; Bifocal layers with their pathway masks, BifocalEncoder.step), or the Conformer's whole chunks (ConformerEncoder.step / flush);
  * the encoder frames they complete go to greedy decoding. */
 #include <stdlib.h>
 #include <string.h>
@@ -15,9 +15,23 @@ int sbl_encoder_step(subbit_session *s, const float *feats, int64_t F) {
     int rc = 0;
     int64_t W = E->max_width > 4 ? E->max_width : 4;
     int64_t gate_w = 0;
-    for (int i = 0; i < E->n_lstm; i++)
+    for (int i = 0; i < E->n_lstm; i++) {
         for (int k = 0; k < E->lstm[i].n_layers; k++) gate_w = gate_w > E->lstm[i].layers[k].ih.out ? gate_w : E->lstm[i].layers[k].ih.out;
+        if (E->small) gate_w = gate_w > E->small[i].layers[0].ih.out ? gate_w : E->small[i].layers[0].ih.out;
+    }
     int64_t rows = T + E->stack2; /* pending2 rows join the first stacked layer */
+    /* Bifocal: the pathway of each new frame (BifocalEncoder.step: pos + t < small_until), then
+     * of each stacked frame (mk), then after the second stacking (mk2) */
+    unsigned char *fresh = NULL, *mk = NULL, *mk2 = NULL;
+    if (E->small) {
+        fresh = (unsigned char *)malloc((size_t)(F + 2 * rows + 1));
+        if (!fresh) return sbl_serr(s, SUBBIT_ERR_NOMEM, "out of memory in the encoder");
+        mk = fresh + F;
+        mk2 = mk + rows;
+        for (int64_t t = 0; t < F; t++) fresh[t] = s->pos + t < s->small_until;
+        s->pos += F;
+        sbl_stack_masks(s->pending_mask, s->n_pending, fresh, F, E->stack, mk);
+    }
     float *a = (float *)malloc(sizeof(float) * (size_t)(rows * W * E->stack2 + 1));
     float *b = (float *)malloc(sizeof(float) * (size_t)(rows * W * E->stack2 + 1));
     float *tmp = (float *)malloc(sizeof(float) * (size_t)(rows * W + 1));
@@ -46,6 +60,10 @@ int sbl_encoder_step(subbit_session *s, const float *feats, int64_t F) {
         if (i == E->stack2_after) {
             /* [pending2 ++ x] -> [n2][stack2 * width] */
             int64_t all = s->n_pending2 + T, n2 = all / E->stack2;
+            if (mk) {
+                sbl_stack_masks(s->pending2_mask, s->n_pending2, mk, T, E->stack2, mk2);
+                mk = mk2;
+            }
             for (int64_t r = 0; r < n2 * E->stack2; r++) {
                 const float *src = r < s->n_pending2 ? s->pending2 + r * width : x + (r - s->n_pending2) * width;
                 memcpy(y + r * width, src, sizeof(float) * (size_t)width);
@@ -64,7 +82,9 @@ int sbl_encoder_step(subbit_session *s, const float *feats, int64_t F) {
             y = t;
         }
         if (T == 0) goto out;
-        if ((rc = sbl_lstm_run(&E->lstm[i], &s->enc_state[i], m->path, x, T, y, tmp, gi, hh, hh + gate_w))) {
+        rc = mk ? sbl_bifocal_run(s, i, x, mk, T, y, tmp, gi, hh, hh + gate_w)
+                : sbl_lstm_run(&E->lstm[i], &s->enc_state[i], m->path, x, T, y, tmp, gi, hh, hh + gate_w);
+        if (rc) {
             sbl_serr(s, rc, "encoder: kernel error");
             goto out;
         }
@@ -81,6 +101,7 @@ out:
     free(tmp);
     free(gi);
     free(hh);
+    free(fresh);
     return rc;
 }
 

@@ -87,9 +87,18 @@ typedef struct {
     int n_layers;
 } sbl_lstm;
 
+/* the four bias-free state maps of one Bifocal layer (subbit.runtime.bifocal.BifocalLayer) */
+typedef struct {
+    sbl_linear down_h, down_c; /* large -> small: [S][H] */
+    sbl_linear up_h, up_c;     /* small -> large: [H][S] */
+} sbl_bifocal_maps;
+
+/* the LSTM encoder (arch "rnnt") or the Bifocal one (arch "bifocal": small != NULL) */
 typedef struct {
     int n_mels, stack, stack2, stack2_after, n_lstm;
-    sbl_lstm *lstm;
+    sbl_lstm *lstm;          /* [n_lstm]: the LSTMs, or the Bifocal large pathways */
+    sbl_lstm *small;         /* [n_lstm] Bifocal small pathways (one layer each), or NULL */
+    sbl_bifocal_maps *maps;  /* [n_lstm] Bifocal state maps, or NULL */
     sbl_linear proj;
     int64_t output_dim;
     int chunk_frames, subsampling;

@@ -1,4 +1,4 @@
-/* One utterance stream: samples -> log-mel frames -> LSTM or Conformer encoder -> greedy decoding,
+/* One utterance stream: samples -> log-mel frames -> LSTM, Bifocal or Conformer encoder -> greedy decoding,
  * the same float32 operations in the same order as subbit.runtime (models.py, layers.py,
  * session.py); quantized matmuls go through the shared packed kernels (bit-identical on every
  * ISA path). tanh/sigmoid come from vmath.h and log from libm, so results match NumPy to an ulp or
@@ -31,6 +31,11 @@ int subbit_session_reset(subbit_session *s) {
     s->finished = 0;
     s->err[0] = 0;
     sbl_states_zero(s->enc_state, m->enc.lstm, m->enc.n_lstm);
+    if (s->small_state) { /* Bifocal: all large, no wake word (BifocalEncoder.init_state) */
+        sbl_states_zero(s->small_state, m->enc.small, m->enc.n_lstm);
+        memset(s->bf_small, 0, (size_t)m->enc.n_lstm);
+        s->pos = s->small_until = 0;
+    }
     if (s->conf) sbl_conf_state_reset(s->conf, &m->conf);
     sbl_states_zero(s->pred_state, m->pred.lstm, m->pred.n_lstm);
     int rc = sbl_predictor_step(s, m->blank);
@@ -45,6 +50,10 @@ void subbit_session_free(subbit_session *s) {
     free(s->pending);
     free(s->pending2);
     sbl_states_free(s->enc_state, m->enc.lstm, m->enc.n_lstm);
+    sbl_states_free(s->small_state, m->enc.small, m->enc.n_lstm);
+    free(s->bf_small);
+    free(s->pending_mask);
+    free(s->pending2_mask);
     sbl_conf_state_free(s->conf, &m->conf);
     sbl_states_free(s->pred_state, m->pred.lstm, m->pred.n_lstm);
     free(s->pred_p);
@@ -91,6 +100,17 @@ int subbit_session_create(const subbit_model *m, subbit_session **out, char *err
         return SUBBIT_ERR_NOMEM;
     }
     s->enc_state = sbl_lstm_states(E->lstm, E->n_lstm);
+    if (E->small) {
+        s->small_state = sbl_lstm_states(E->small, E->n_lstm);
+        s->bf_small = (unsigned char *)calloc((size_t)E->n_lstm, 1);
+        s->pending_mask = (unsigned char *)calloc((size_t)E->stack, 1);
+        s->pending2_mask = (unsigned char *)calloc((size_t)E->stack2, 1);
+        if (!sbl_states_ok(s->small_state, E->small, E->n_lstm) || !s->bf_small || !s->pending_mask || !s->pending2_mask) {
+            subbit_session_free(s);
+            copy_err(err, errlen, "out of memory for a session");
+            return SUBBIT_ERR_NOMEM;
+        }
+    }
     s->pred_state = sbl_lstm_states(P->lstm, P->n_lstm);
     s->pred_p = (float *)malloc(sizeof(float) * (size_t)J);
     s->pred_tmp_a = (float *)malloc(sizeof(float) * (size_t)pw);
@@ -190,5 +210,16 @@ int subbit_session_set_logits_callback(subbit_session *s, subbit_logits_fn fn, v
     if (!s) return SUBBIT_ERR_ARGUMENT;
     s->cb = fn;
     s->cb_user = user;
+    return 0;
+}
+
+int subbit_session_set_wake_end(subbit_session *s, int64_t sample) {
+    if (!s) return SUBBIT_ERR_ARGUMENT;
+    s->err[0] = 0;
+    if (!s->m->enc.small)
+        return sbl_serr(s, SUBBIT_ERR_UNSUPPORTED, "this model has no per-frame pathway choice (only arch 'bifocal' takes a wake-word end)");
+    /* subbit.runtime.bifocal.wake_frames: frames whose whole window [t hop, t hop + n_fft) ends by sample */
+    const sbl_frontend *fe = &s->m->fe;
+    s->small_until = sample < fe->n_fft ? 0 : (sample - fe->n_fft) / fe->hop + 1;
     return 0;
 }

@@ -25,7 +25,11 @@ struct subbit_session {
     float *pending2;     /* [stack2][width before layer stack2_after] */
     int n_pending2;
     int64_t width2;
-    lstm_state *enc_state, *pred_state;
+    lstm_state *enc_state, *pred_state; /* enc_state: the LSTMs, or the Bifocal large pathways */
+    lstm_state *small_state;             /* Bifocal: the small pathways (NULL otherwise) */
+    unsigned char *bf_small;             /* Bifocal: per layer, its last frame ran small */
+    unsigned char *pending_mask, *pending2_mask; /* Bifocal: pathway of the pending frames (1 small) */
+    int64_t pos, small_until;            /* Bifocal: frames seen; frames before small_until run small */
     sbl_conf_state *conf;  /* Conformer encoder caches (NULL for the LSTM encoder) */
     float *pred_p;       /* [J] */
     float *pred_tmp_a, *pred_tmp_b, *pred_gates, *pred_hh, *pred_out; /* predictor scratch */
@@ -59,5 +63,13 @@ int sbl_decode(subbit_session *s, const float *enc, int64_t T);
 int sbl_encoder_step(subbit_session *s, const float *feats, int64_t F);
 /* the same for the Conformer (flush: the partial last chunk) */
 int sbl_conformer_step(subbit_session *s, const float *feats, int64_t F, int flush);
+
+/* Bifocal: out[t] = pathway of stack t of [pending (np) ++ fresh (n)] in stacks of k (small only
+ * if all its frames are); the frames short of a stack move to pending[0..); returns the stacks */
+int64_t sbl_stack_masks(unsigned char *pending, int64_t np, const unsigned char *fresh, int64_t n, int64_t k,
+                        unsigned char *out);
+/* Bifocal layer i over x [T][in] with pathways small [T] into y [T][H]; scratch as sbl_lstm_run */
+int sbl_bifocal_run(subbit_session *s, int i, const float *x, const unsigned char *small, int64_t T, float *y,
+                    float *tmp, float *gi, float *hh, float *hraw);
 
 #endif
