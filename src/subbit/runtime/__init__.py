@@ -7,6 +7,9 @@ Public API (imported lazily, so ``subbit.runtime.kernels`` stays importable on i
     session = StreamingSession(model)
     partial = session.accept_audio(samples_16k_float32)   # any chunk size
     text = session.finalize()
+
+``backend="auto"`` (the default) runs RNN-T and Conformer sessions in libsubbit, the C runtime
+(:mod:`subbit.runtime.native`), and the rest on the NumPy layers; ``"numpy"`` is the reference.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ _EXPORTS = {
     "FloatLinear": "subbit.runtime.layers",
     "PackedLSTM": "subbit.runtime.layers",
     "WeightStore": "subbit.runtime.layers",
+    "NativeModel": "subbit.runtime.native",
+    "NativeSession": "subbit.runtime.native",
+    "LibsubbitError": "subbit.runtime.native",
 }
 
 
