@@ -108,17 +108,65 @@ def test_from_packed_needs_the_source_for_the_library(char_model: Path) -> None:
         PackedTransducer.from_packed(pm, backend="cuda")
 
 
-def test_auto_falls_back_to_numpy_for_bifocal(tmp_path: Path) -> None:
-    path = dummy_subbit_file(tmp_path, "bifocal")
-    model = PackedTransducer.from_file(path)
-    assert model.backend == "numpy"
+@pytest.fixture(scope="module")
+def bifocal_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return dummy_subbit_file(tmp_path_factory.mktemp("bifocal"), "bifocal", blank_bias=0.2)
+
+
+@pytest.mark.parametrize("wake", [0.0, 0.73, 5.0], ids=["all-large", "inside", "all-small"])
+@pytest.mark.parametrize("sizes", [[401], RANDOM_SIZES], ids=["401", "random"])
+def test_bifocal_c_backend_equals_the_numpy_reference(bifocal_model: Path, wake: float, sizes: list[int]) -> None:
+    """The wake-word end reaches the library: tokens and partials match NumPy on both sides of it."""
+    x, pieces = audio(2.0), None
+    pieces = chunked(x, sizes)
+    model = PackedTransducer.from_file(bifocal_model)
+    assert model.backend == "c"
     s = StreamingSession(model)
-    assert s.backend == "numpy" and isinstance(s.enc_state, dict)
-    s.set_wake_end(0.3)  # the pathway choice still works: it is the NumPy session
-    with pytest.raises(ValueError, match="not bifocal"):
-        PackedTransducer.from_file(path, backend="c")
-    with pytest.raises(ValueError, match="no libsubbit copy"):
-        StreamingSession(model, backend="c")
+    assert s.backend == "c"
+    s.set_wake_end(wake)
+    partials = [s.accept_audio(p) for p in pieces]
+    text = s.finalize()
+    ref = StreamingSession(PackedTransducer.from_file(bifocal_model, backend="numpy"))
+    ref.set_wake_end(wake)
+    assert partials == [ref.accept_audio(p) for p in pieces]
+    assert text == ref.finalize() and s.tokens == ref.tokens and len(s.tokens) > 3
+
+
+def test_bifocal_wake_end_changes_the_c_result_and_reset_restores_it(bifocal_model: Path) -> None:
+    """A check that the pathway choice is not silently ignored: small and large pathways decode
+    differently on this model, and reset() goes back to every frame large."""
+    x = audio(2.0)
+    s = StreamingSession(PackedTransducer.from_file(bifocal_model, backend="c"))
+
+    def run(wake: float | None) -> list[int]:
+        s.reset()
+        if wake is not None:
+            s.set_wake_end(wake)
+        s.accept_audio(x)
+        s.finalize()
+        return list(s.tokens)
+
+    large, small = run(None), run(5.0)
+    assert large != small
+    assert run(None) == large and run(0.0) == large
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            s.set_wake_end(bad)
+    s.reset()
+    s.set_wake_end(1e300)  # past any audio: clamped for int64, still "every frame small"
+    s.accept_audio(x)
+    s.finalize()
+    assert s.tokens == small
+
+
+def test_wake_end_is_refused_by_models_without_a_pathway_choice(char_model: Path) -> None:
+    s = StreamingSession(PackedTransducer.from_file(char_model, backend="c"))
+    with pytest.raises(ValueError, match="pathway choice"):
+        s.set_wake_end(0.5)
+    with pytest.raises(native.LibsubbitError, match="UNSUPPORTED"):
+        s.native.set_wake_end(8000)  # the library refuses it too
+    with pytest.raises(TypeError):
+        s.native.set_wake_end(0.5)  # type: ignore[arg-type]
 
 
 def test_sessions_that_need_the_python_loop_stay_on_numpy(char_model: Path) -> None:

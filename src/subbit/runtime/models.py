@@ -9,8 +9,8 @@ checks in :mod:`subbit.runtime.arch`; their names are re-exported here.
 Backends: the NumPy layers below are always built (they are the reference, and what the
 streaming interface exposes); ``backend="auto"`` (the default) or ``"c"`` also loads the file
 into libsubbit (:mod:`subbit.runtime.native`), which :class:`StreamingSession` then runs.
-``"auto"`` takes the library for the architectures it runs (rnnt, conformer) with one thread
-(it runs a session on one thread) and NumPy otherwise (bifocal; a library that is missing, with
+``"auto"`` takes the library for the architectures it runs (rnnt, conformer, bifocal) with one
+thread (it runs a session on one thread) and NumPy otherwise (a library that is missing, with
 one logged warning, or that refuses the file, with a warning naming the status); ``"numpy"`` never
 loads it; ``"c"`` raises where ``"auto"`` would fall back.
 """

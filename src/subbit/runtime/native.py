@@ -31,9 +31,12 @@ log = logging.getLogger(__name__)
 
 #: the ``SUBBIT_ABI_VERSION`` of the header this binding follows
 ABI_VERSION = 1
-#: architectures the package hands to the library (a Bifocal model also needs its wake-word end
-#: passed on, which this binding does not do yet: bifocal stays on NumPy)
-ARCHS = ("rnnt", "conformer")
+#: architectures the package hands to the library (a Bifocal session takes its wake-word end
+#: through :meth:`NativeSession.set_wake_end`)
+ARCHS = ("rnnt", "conformer", "bifocal")
+#: the largest wake-word end passed on, in samples: any end past the audio means "every frame
+#: small", so larger values (Python ints have no bound) are clamped to what int64_t holds
+MAX_WAKE_SAMPLE = 2**63 - 1
 #: greedy decoding's symbols per encoder frame, fixed in libsubbit/src/session.c (MAX_SYMBOLS)
 MAX_SYMBOLS = 3
 #: ``subbit_model_info.kernel_path`` -> the name ``SUBBIT_KERNEL`` takes
@@ -69,6 +72,7 @@ SIGNATURES: Signatures = {
     "subbit_session_tokens": ([_VP, ctypes.POINTER(_I32P)], _SZ),
     "subbit_session_error": ([_VP], _CP),
     "subbit_session_set_logits_callback": ([_VP, _VP, _VP], _INT),
+    "subbit_session_set_wake_end": ([_VP, ctypes.c_int64], _INT),
 }
 
 
@@ -283,6 +287,15 @@ class NativeSession:
             raise ValueError(f"samples must be float or int16, got dtype {x.dtype}")
         x = np.ascontiguousarray(x)
         self._check(fn(self._live(), x.ctypes.data if x.size else None, x.size))
+
+    def set_wake_end(self, sample: int) -> None:
+        """Bifocal models: the wake word ends at ``sample`` (from the utterance's start); the frames
+        inside it run on the small pathway, the rest large. 0 or less: every frame large (what
+        :meth:`reset` restores). Other models raise :class:`LibsubbitError` (``SUBBIT_ERR_UNSUPPORTED``)."""
+        if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)):
+            raise TypeError(f"sample must be an integer sample index, got {type(sample).__name__}")
+        v = max(-MAX_WAKE_SAMPLE, min(int(sample), MAX_WAKE_SAMPLE))
+        self._check(self._lib.subbit_session_set_wake_end(self._live(), ctypes.c_int64(v)))
 
     def finalize(self) -> None:
         """End of utterance: decode what the encoder still holds (audio after it needs :meth:`reset`)."""
