@@ -16,9 +16,16 @@ $(VENV)/.installed: pyproject.toml setup.py
 	# torch is pinned in pyproject.toml (local CPU wheel); install it first, alone
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,bench]'
+	touch $@ $(VENV)/.extensions
+
+# the compiled extensions of the editable install, rebuilt in place when their C sources change
+# (pip install -e compiles them once; without this a checkout's tests would load a stale copy)
+EXT_SOURCES := $(wildcard libsubbit/src/*.[ch] libsubbit/include/*.h src/subbit/runtime/csrc/*.[ch] src/subbit/quant/csrc/*.[ch])
+$(VENV)/.extensions: $(VENV)/.installed $(EXT_SOURCES)
+	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
-install: $(VENV)/.installed libsubbit
+install: $(VENV)/.installed $(VENV)/.extensions libsubbit
 
 # the C runtime (build/libsubbit.so, .a, subbit-stream): plain cc + make, no Python
 libsubbit:

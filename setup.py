@@ -16,7 +16,7 @@ KERNEL_FLAGS = ["-O3", "-std=c11", "-fno-strict-aliasing"]
 # changes no float result without -ffast-math): -ffp-contract=off keeps a*b+c two roundings, as
 # NumPy computes it, for parity with the Python runtime; only the API is exported. The AVX2 /
 # AVX-512 kernels are compiled through target pragmas and chosen at run time, so no -march.
-LIBSUBBIT_FLAGS = ["-O3", "-std=c11", "-fvisibility=hidden", "-ffp-contract=off", "-fno-strict-aliasing"]
+LIBSUBBIT_FLAGS = ["-O3", "-std=c11", "-pthread", "-fvisibility=hidden", "-ffp-contract=off", "-fno-strict-aliasing"]
 
 
 def _sources(*folders: Path) -> list[str]:
@@ -30,7 +30,8 @@ ext_modules = [
     Extension("subbit.quant._native", sources=_sources(Path("src/subbit/quant/csrc")), extra_compile_args=KERNEL_FLAGS),
     # libsubbit, the C streaming runtime with the kernels compiled in (subbit.runtime.native)
     Extension("subbit.runtime._libsubbit", sources=_sources(Path("libsubbit/src"), KERNELS),
-              include_dirs=["libsubbit/include", str(KERNELS)], extra_compile_args=LIBSUBBIT_FLAGS, libraries=["m"]),
+              include_dirs=["libsubbit/include", str(KERNELS)], extra_compile_args=LIBSUBBIT_FLAGS,
+              extra_link_args=["-pthread"], libraries=["m"]),
 ]
 ext_modules = [e for e in ext_modules if e.sources]
 

@@ -1,7 +1,9 @@
 /* subbit-stream: transcribe a 16-bit PCM WAV file with libsubbit, streaming it in chunks.
  *
- *   subbit-stream [--chunk SAMPLES] [--repeats N] [--warmup N] [--wake-end SECONDS] [--timings] [--json]
- *                 MODEL.subbit AUDIO.wav
+ *   subbit-stream [--chunk SAMPLES] [--repeats N] [--warmup N] [--wake-end SECONDS] [--threads N]
+ *                 [--timings] [--json] MODEL.subbit AUDIO.wav
+ *
+ * --threads: worker threads for the session's matmuls (subbit_session_set_threads; default 1).
  *
  * --wake-end (Bifocal models): a keyword spotter's wake-word end in seconds from the start of the
  * file; the frames inside it run on the small pathway (subbit_session_set_wake_end).
@@ -126,7 +128,7 @@ static void json_str(const char *s) {
 }
 
 int main(int argc, char **argv) {
-    long chunk = 0, repeats = 1, warmup = 0;
+    long chunk = 0, repeats = 1, warmup = 0, threads = 1;
     int timings = 0, json = 0;
     double wake_end = NAN; /* seconds; NaN: none */
     const char *model_path = NULL, *wav_path = NULL;
@@ -139,15 +141,17 @@ int main(int argc, char **argv) {
             wake_end = strtod(argv[++i], &end);
             if (*end || !isfinite(wake_end)) model_path = NULL, i = argc;
         }
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--timings")) timings = 1;
         else if (!strcmp(argv[i], "--json")) json = 1;
         else if (!model_path) model_path = argv[i];
         else if (!wav_path) wav_path = argv[i];
         else model_path = NULL, i = argc;
     }
-    if (!model_path || !wav_path || repeats < 1 || chunk < 0 || warmup < 0) {
-        fprintf(stderr, "usage: subbit-stream [--chunk SAMPLES] [--repeats N] [--warmup N] [--wake-end SECONDS] [--timings] [--json] "
-                        "MODEL.subbit AUDIO.wav\n");
+    if (!model_path || !wav_path || repeats < 1 || chunk < 0 || warmup < 0 || threads < 1 || threads > SUBBIT_MAX_THREADS) {
+        fprintf(stderr, "usage: subbit-stream [--chunk SAMPLES] [--repeats N] [--warmup N] [--wake-end SECONDS] [--threads 1..%d] "
+                        "[--timings] [--json] ", SUBBIT_MAX_THREADS);
+        fprintf(stderr, "MODEL.subbit AUDIO.wav\n");
         return 2;
     }
     char err[512];
@@ -173,6 +177,10 @@ int main(int argc, char **argv) {
     subbit_session *s;
     if ((rc = subbit_session_create(m, &s, err, sizeof err))) {
         fprintf(stderr, "subbit-stream: %s: %s\n", subbit_status_name(rc), err);
+        return 1;
+    }
+    if ((rc = subbit_session_set_threads(s, (int)threads))) {
+        fprintf(stderr, "subbit-stream: %s: %s\n", subbit_status_name(rc), subbit_session_error(s));
         return 1;
     }
     size_t n_chunks = (n + (size_t)chunk - 1) / (size_t)chunk;
@@ -214,9 +222,9 @@ int main(int argc, char **argv) {
     qsort(upl, (size_t)repeats, sizeof(double), cmp_d);
     if (json) {
         printf("{\"p50_ms\": %.6f, \"p90_ms\": %.6f, \"upl_ms\": %.6f, \"n_chunks\": %zu, \"chunk_samples\": %ld, "
-               "\"tokens\": %zu, \"peak_rss_bytes\": %lld, \"weight_bytes\": %llu, \"kernel_path\": %d, \"load_ms\": %.3f, \"text\": ",
+               "\"tokens\": %zu, \"peak_rss_bytes\": %lld, \"weight_bytes\": %llu, \"kernel_path\": %d, \"threads\": %ld, \"load_ms\": %.3f, \"text\": ",
                pct(ms, k, 50), pct(ms, k, 90), pct(upl, (size_t)repeats, 50), n_chunks, chunk, n_tok,
-               peak, (unsigned long long)info.weight_bytes, info.kernel_path, load_ms);
+               peak, (unsigned long long)info.weight_bytes, info.kernel_path, threads, load_ms);
         json_str(text ? text : "");
         printf("}\n");
     } else {

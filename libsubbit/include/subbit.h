@@ -96,6 +96,17 @@ SUBBIT_API int subbit_session_accept_int16(subbit_session *session, const int16_
 /* End of utterance: decode what the encoder still holds. Further audio needs a reset. */
 SUBBIT_API int subbit_session_finalize(subbit_session *session);
 
+/* Worker threads for this session's matmuls, 1..SUBBIT_MAX_THREADS (1, the default: none).
+ * Each large matmul's output rows are split into equal parts, one per thread, the calling
+ * thread doing one; results are bit-identical for any count. The workers belong to the session
+ * (freed with it), spin briefly after each matmul and then sleep. Calling it again replaces them.
+ * Added in libsubbit 1 without an ABI change (check with dlsym when linking against an older
+ * library is possible). */
+#define SUBBIT_MAX_THREADS 16
+SUBBIT_API int subbit_session_set_threads(subbit_session *session, int n);
+/* The session's thread count (0 for NULL). */
+SUBBIT_API int subbit_session_get_threads(const subbit_session *session);
+
 /* Bifocal models (arch "bifocal") only: a keyword spotter's wake-word end, as a sample index
  * from the start of the utterance (since create or reset), at the model's sample rate. Feature
  * frames whose whole window [t * hop, t * hop + n_fft) ends by it run on the small pathway; a

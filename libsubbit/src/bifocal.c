@@ -27,7 +27,7 @@ int sbl_bifocal_run(subbit_session *s, int i, const float *x, const unsigned cha
     const sbl_bifocal_maps *M = &E->maps[i];
     lstm_state *L = &s->enc_state[i], *S = &s->small_state[i];
     const int64_t in = E->lstm[i].layers[0].ih.in, H = E->lstm[i].layers[0].out_size;
-    const int p = m->path;
+    const sbl_exec *p = &s->ex;
     int rc = 0;
     for (int64_t a = 0, e; a < T && !rc; a = e) {
         for (e = a + 1; e < T && small[e] == small[a];) e++;

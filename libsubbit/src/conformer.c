@@ -90,12 +90,12 @@ static void layer_norm(const sbl_ln *ln, const float *x, int64_t T, int64_t n, f
 }
 
 /* x += 0.5 * FFN(x); t1 [T][d], t2 [T][ff] scratch */
-static int ffn_half(const sbl_ff *f, int path, float *x, int64_t T, int64_t d, float *t1, float *t2) {
+static int ffn_half(const sbl_ff *f, const sbl_exec *ex, float *x, int64_t T, int64_t d, float *t1, float *t2) {
     layer_norm(&f->norm, x, T, d, t1);
-    int rc = sbl_linear_apply(&f->lin1, path, t1, T, t2);
+    int rc = sbl_linear_apply(&f->lin1, ex, t1, T, t2);
     if (rc) return rc;
-    sbl_vsilu(path, t2, t2, T * f->lin1.out);
-    if ((rc = sbl_linear_apply(&f->lin2, path, t2, T, t1))) return rc;
+    sbl_vsilu(ex->path, t2, t2, T * f->lin1.out);
+    if ((rc = sbl_linear_apply(&f->lin2, ex, t2, T, t1))) return rc;
     for (int64_t i = 0; i < T * d; i++) x[i] = x[i] + 0.5f * t1[i];
     return 0;
 }
@@ -103,13 +103,13 @@ static int ffn_half(const sbl_ff *f, int path, float *x, int64_t T, int64_t d, f
 static int64_t floordiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 /* x += MHSA(LN x) with the block's key/value cache (layers.ChunkedSelfAttention) */
-static int attention(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_state *st, int bi, int path, float *x,
+static int attention(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_state *st, int bi, const sbl_exec *ex, float *x,
                      int64_t T, float *t1, float *q, float *kall, float *vall, float *o, float *sc) {
     const int64_t d = c->d, H = c->heads, dh = c->dh, tc = st->tc[bi], tk = tc + T;
     layer_norm(&B->attn_norm, x, T, d, t1);
-    int rc = sbl_linear_apply(&B->q, path, t1, T, q);
-    if (!rc) rc = sbl_linear_apply(&B->k, path, t1, T, kall + tc * d);
-    if (!rc) rc = sbl_linear_apply(&B->v, path, t1, T, vall + tc * d);
+    int rc = sbl_linear_apply(&B->q, ex, t1, T, q);
+    if (!rc) rc = sbl_linear_apply(&B->k, ex, t1, T, kall + tc * d);
+    if (!rc) rc = sbl_linear_apply(&B->v, ex, t1, T, vall + tc * d);
     if (rc) return rc;
     memcpy(kall, st->k[bi], sizeof(float) * (size_t)(tc * d));
     memcpy(vall, st->v[bi], sizeof(float) * (size_t)(tc * d));
@@ -136,7 +136,7 @@ static int attention(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_state
                 mx = s > mx ? s : mx;
             }
             for (int64_t j = 0; j < tk; j++) sc[j] = sc[j] - mx;
-            sbl_vexp(path, sc, sc, tk);
+            sbl_vexp(ex->path, sc, sc, tk);
             double sum = 0;
             for (int64_t j = 0; j < tk; j++) sum += sc[j];
             const float fs = (float)sum;
@@ -148,7 +148,7 @@ static int attention(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_state
                 orow[e] = (float)acc;
             }
         }
-    if ((rc = sbl_linear_apply(&B->out, path, o, T, t1))) return rc;
+    if ((rc = sbl_linear_apply(&B->out, ex, o, T, t1))) return rc;
     for (int64_t i = 0; i < T * d; i++) x[i] = x[i] + t1[i];
     /* keep the last left * chunk keys and values */
     const int64_t keep = left * chunk, n = tk < keep ? tk : keep;
@@ -159,14 +159,14 @@ static int attention(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_state
 }
 
 /* x += ConvModule(x) (layers.CausalConvModule); y [(k-1+T)][d], a [T][2d] scratch */
-static int conv_module(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_state *st, int bi, int path, float *x,
+static int conv_module(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_state *st, int bi, const sbl_exec *ex, float *x,
                        int64_t T, float *t1, float *a, float *y) {
     const int64_t d = c->d, K = c->kernel;
     layer_norm(&B->conv_norm, x, T, d, t1);
-    int rc = sbl_linear_apply(&B->pw1, path, t1, T, a);
+    int rc = sbl_linear_apply(&B->pw1, ex, t1, T, a);
     if (rc) return rc;
     memcpy(y, st->conv[bi], sizeof(float) * (size_t)((K - 1) * d));
-    for (int64_t t = 0; t < T; t++) sbl_vglu(path, a + t * 2 * d, a + t * 2 * d + d, y + (K - 1 + t) * d, d);
+    for (int64_t t = 0; t < T; t++) sbl_vglu(ex->path, a + t * 2 * d, a + t * 2 * d + d, y + (K - 1 + t) * d, d);
     memcpy(st->conv[bi], y + T * d, sizeof(float) * (size_t)((K - 1) * d)); /* the last k-1 rows */
     for (int64_t t = 0; t < T; t++)
         for (int64_t j = 0; j < d; j++) {
@@ -176,13 +176,13 @@ static int conv_module(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_sta
             a[t * d + j] = acc;
         }
     layer_norm(&B->conv_norm2, a, T, d, t1);
-    sbl_vsilu(path, t1, t1, T * d);
-    if ((rc = sbl_linear_apply(&B->pw2, path, t1, T, a))) return rc;
+    sbl_vsilu(ex->path, t1, t1, T * d);
+    if ((rc = sbl_linear_apply(&B->pw2, ex, t1, T, a))) return rc;
     for (int64_t i = 0; i < T * d; i++) x[i] = x[i] + a[i];
     return 0;
 }
 
-int sbl_conf_advance(const sbl_conformer *c, sbl_conf_state *st, int path, const float *frames, int64_t n, float *enc) {
+int sbl_conf_advance(const sbl_conformer *c, sbl_conf_state *st, const sbl_exec *ex, const float *frames, int64_t n, float *enc) {
     const int64_t T = n / c->stack, d = c->d, keep = (int64_t)c->left * c->chunk, tk = keep + T;
     const int64_t ffw = c->ff_width > 2 * d ? c->ff_width : 2 * d;
     float *t1 = (float *)malloc(sizeof(float) * (size_t)(T * d + 1));
@@ -195,13 +195,13 @@ int sbl_conf_advance(const sbl_conformer *c, sbl_conf_state *st, int path, const
     int rc = 0;
     if (!t1 || !t2 || !q || !kall || !vall || !sc || !y) rc = SUBBIT_ERR_NOMEM;
     /* stacking [n][n_mels] -> [T][stack * n_mels] is the same memory read row-major */
-    if (!rc) rc = sbl_linear_apply(&c->inp, path, frames, T, enc);
+    if (!rc) rc = sbl_linear_apply(&c->inp, ex, frames, T, enc);
     for (int b = 0; b < c->n_blocks && !rc; b++) {
         const sbl_cblock *B = &c->blocks[b];
-        rc = ffn_half(&B->ff1, path, enc, T, d, t1, t2);
-        if (!rc) rc = attention(c, B, st, b, path, enc, T, t1, q, kall, vall, t2, sc);
-        if (!rc) rc = conv_module(c, B, st, b, path, enc, T, t1, t2, y);
-        if (!rc) rc = ffn_half(&B->ff2, path, enc, T, d, t1, t2);
+        rc = ffn_half(&B->ff1, ex, enc, T, d, t1, t2);
+        if (!rc) rc = attention(c, B, st, b, ex, enc, T, t1, q, kall, vall, t2, sc);
+        if (!rc) rc = conv_module(c, B, st, b, ex, enc, T, t1, t2, y);
+        if (!rc) rc = ffn_half(&B->ff2, ex, enc, T, d, t1, t2);
         if (!rc) {
             layer_norm(&B->out_norm, enc, T, d, t1);
             memcpy(enc, t1, sizeof(float) * (size_t)(T * d));

@@ -28,14 +28,14 @@ int sbl_predictor_step(subbit_session *s, int token) {
     }
     float *cur = x, *nxt = s->pred_tmp_b;
     for (int i = 0; i < P->n_lstm; i++) {
-        int rc = sbl_lstm_run(&P->lstm[i], &s->pred_state[i], m->path, cur, 1, nxt, s->pred_out, s->pred_gates, s->pred_hh,
+        int rc = sbl_lstm_run(&P->lstm[i], &s->pred_state[i], &s->ex, cur, 1, nxt, s->pred_out, s->pred_gates, s->pred_hh,
                           s->pred_out + P->max_width);
         if (rc) return sbl_serr(s, rc, "predictor: kernel error");
         float *t = cur;
         cur = nxt;
         nxt = t;
     }
-    if (sbl_linear_apply(&m->join.pred_proj, m->path, cur, 1, s->pred_p)) return sbl_serr(s, SUBBIT_ERR_INTERNAL, "joiner: kernel error");
+    if (sbl_linear_apply(&m->join.pred_proj, &s->ex, cur, 1, s->pred_p)) return sbl_serr(s, SUBBIT_ERR_INTERNAL, "joiner: kernel error");
     return 0;
 }
 
@@ -66,12 +66,12 @@ int sbl_decode(subbit_session *s, const float *enc, int64_t T) {
     const int V = m->vocab_size;
     float *ep = (float *)malloc(sizeof(float) * (size_t)(T * J));
     if (!ep) return sbl_serr(s, SUBBIT_ERR_NOMEM, "out of memory");
-    int rc = sbl_linear_apply(&m->join.enc_proj, m->path, enc, T, ep);
+    int rc = sbl_linear_apply(&m->join.enc_proj, &s->ex, enc, T, ep);
     for (int64_t t = 0; t < T && !rc; t++) {
         for (int k = 0; k < MAX_SYMBOLS; k++) {
             for (int64_t j = 0; j < J; j++) s->join_h[j] = ep[t * J + j] + s->pred_p[j];
             sbl_vtanh(m->path, s->join_h, s->join_h, J);
-            if ((rc = sbl_linear_apply(&m->join.out, m->path, s->join_h, 1, s->logits))) break;
+            if ((rc = sbl_linear_apply(&m->join.out, &s->ex, s->join_h, 1, s->logits))) break;
             if (s->cb) s->cb(s->logits, V, s->cb_user);
             int tok = argmax(s->logits, V);
             if (tok == m->blank) break;

@@ -83,7 +83,7 @@ int sbl_encoder_step(subbit_session *s, const float *feats, int64_t F) {
         }
         if (T == 0) goto out;
         rc = mk ? sbl_bifocal_run(s, i, x, mk, T, y, tmp, gi, hh, hh + gate_w)
-                : sbl_lstm_run(&E->lstm[i], &s->enc_state[i], m->path, x, T, y, tmp, gi, hh, hh + gate_w);
+                : sbl_lstm_run(&E->lstm[i], &s->enc_state[i], &s->ex, x, T, y, tmp, gi, hh, hh + gate_w);
         if (rc) {
             sbl_serr(s, rc, "encoder: kernel error");
             goto out;
@@ -93,7 +93,7 @@ int sbl_encoder_step(subbit_session *s, const float *feats, int64_t F) {
         x = y;
         y = t;
     }
-    if ((rc = sbl_linear_apply(&E->proj, m->path, x, T, y))) { sbl_serr(s, rc, "encoder: kernel error"); goto out; }
+    if ((rc = sbl_linear_apply(&E->proj, &s->ex, x, T, y))) { sbl_serr(s, rc, "encoder: kernel error"); goto out; }
     rc = sbl_decode(s, y, T);
 out:
     free(a);
@@ -128,7 +128,7 @@ int sbl_conformer_step(subbit_session *s, const float *feats, int64_t F, int flu
         if (used) memcpy(x + from_pending * nm, feats, sizeof(float) * (size_t)(used * nm));
         if (left) memcpy(s->pending, feats + used * nm, sizeof(float) * (size_t)(left * nm));
         s->n_pending = (int)left;
-        rc = sbl_conf_advance(C, s->conf, m->path, x, n, enc);
+        rc = sbl_conf_advance(C, s->conf, &s->ex, x, n, enc);
         if (rc) sbl_serr(s, rc, "encoder: kernel error");
         else rc = sbl_decode(s, enc, n / C->stack);
     }

@@ -7,6 +7,7 @@
 
 #include "../include/subbit.h"
 #include "json.h"
+#include "pool.h"
 
 /* limits (docs/format.md "Limits"), the same numbers as subbit.export.container / manifest */
 #define SBL_MAX_FILE (16ULL << 30)
@@ -197,10 +198,10 @@ sbl_conf_state *sbl_conf_state_new(const sbl_conformer *c);
 void sbl_conf_state_reset(sbl_conf_state *st, const sbl_conformer *c);
 void sbl_conf_state_free(sbl_conf_state *st, const sbl_conformer *c);
 /* frames [n][n_mels] (n a multiple of stack) -> enc [n / stack][d]; returns a status */
-int sbl_conf_advance(const sbl_conformer *c, sbl_conf_state *st, int path, const float *frames, int64_t n, float *enc);
+int sbl_conf_advance(const sbl_conformer *c, sbl_conf_state *st, const sbl_exec *ex, const float *frames, int64_t n, float *enc);
 void sbl_conformer_free(sbl_conformer *c);
 
 /* y[m][out] = x[m][in] W^T + b */
-int sbl_linear_apply(const sbl_linear *l, int path, const float *x, int64_t m, float *y);
+int sbl_linear_apply(const sbl_linear *l, const sbl_exec *ex, const float *x, int64_t m, float *y);
 
 #endif

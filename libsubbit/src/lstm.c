@@ -54,26 +54,26 @@ void sbl_states_free(lstm_state *st, const sbl_lstm *s, int n) {
 }
 
 /* x [T][in] -> y [T][out_size]; gi: [T][4H] scratch, hh: [4H] scratch */
-static int lstm_layer(const sbl_lstm_layer *L, int path, const float *x, int64_t T, float *h, float *c, float *gi,
+static int lstm_layer(const sbl_lstm_layer *L, const sbl_exec *ex, const float *x, int64_t T, float *h, float *c, float *gi,
                       float *hh, float *hraw, float *y) {
-    int rc = sbl_linear_apply(&L->ih, path, x, T, gi);
+    int rc = sbl_linear_apply(&L->ih, ex, x, T, gi);
     const int64_t H = L->hidden;
     for (int64_t t = 0; t < T && !rc; t++) {
-        if ((rc = sbl_linear_apply(&L->hh, path, h, 1, hh))) break;
+        if ((rc = sbl_linear_apply(&L->hh, ex, h, 1, hh))) break;
         float *g = gi + t * 4 * H;
         for (int64_t j = 0; j < 4 * H; j++) g[j] = g[j] + hh[j];
         /* gates i, f, g, o: sigmoid over i and f, tanh over g, sigmoid over o, in place */
-        sbl_vsigmoid(path, g, g, 2 * H);
-        sbl_vtanh(path, g + 2 * H, g + 2 * H, H);
-        sbl_vsigmoid(path, g + 3 * H, g + 3 * H, H);
+        sbl_vsigmoid(ex->path, g, g, 2 * H);
+        sbl_vtanh(ex->path, g + 2 * H, g + 2 * H, H);
+        sbl_vsigmoid(ex->path, g + 3 * H, g + 3 * H, H);
         for (int64_t j = 0; j < H; j++) {
             float a = g[H + j] * c[j], b = g[j] * g[2 * H + j];
             c[j] = a + b;
         }
-        sbl_vtanh(path, c, hraw, H);
+        sbl_vtanh(ex->path, c, hraw, H);
         for (int64_t j = 0; j < H; j++) hraw[j] = g[3 * H + j] * hraw[j];
         if (L->proj.out) {
-            if ((rc = sbl_linear_apply(&L->proj, path, hraw, 1, h))) break;
+            if ((rc = sbl_linear_apply(&L->proj, ex, hraw, 1, h))) break;
         } else {
             memcpy(h, hraw, sizeof(float) * (size_t)H);
         }
@@ -84,12 +84,12 @@ static int lstm_layer(const sbl_lstm_layer *L, int path, const float *x, int64_t
 
 /* one nn.LSTM (possibly several layers) over T rows into y; tmp [T][max width] holds the
  * layers in between (a layer reads all of its input before writing, so in place is safe) */
-int sbl_lstm_run(const sbl_lstm *s, lstm_state *st, int path, const float *x, int64_t T, float *y, float *tmp,
+int sbl_lstm_run(const sbl_lstm *s, lstm_state *st, const sbl_exec *ex, const float *x, int64_t T, float *y, float *tmp,
                     float *gi, float *hh, float *hraw) {
     const float *in = x;
     for (int k = 0; k < s->n_layers; k++) {
         float *out = k == s->n_layers - 1 ? y : tmp;
-        int rc = lstm_layer(&s->layers[k], path, in, T, st->h[k], st->c[k], gi, hh, hraw, out);
+        int rc = lstm_layer(&s->layers[k], ex, in, T, st->h[k], st->c[k], gi, hh, hraw, out);
         if (rc) return rc;
         in = out;
     }

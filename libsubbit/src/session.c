@@ -66,6 +66,7 @@ void subbit_session_free(subbit_session *s) {
     free(s->join_h);
     free(s->tokens);
     free(s->text);
+    sbl_pool_free(s->ex.pool);
     free(s);
 }
 
@@ -80,6 +81,7 @@ int subbit_session_create(const subbit_model *m, subbit_session **out, char *err
     subbit_session *s = (subbit_session *)calloc(1, sizeof *s);
     if (!s) { copy_err(err, errlen, "out of memory"); return SUBBIT_ERR_NOMEM; }
     s->m = m;
+    s->ex.path = m->path;
     const sbl_encoder *E = &m->enc;
     const sbl_predictor *P = &m->pred;
     int64_t w2 = E->n_mels * E->stack;
@@ -212,6 +214,24 @@ int subbit_session_set_logits_callback(subbit_session *s, subbit_logits_fn fn, v
     s->cb_user = user;
     return 0;
 }
+
+int subbit_session_set_threads(subbit_session *s, int n) {
+    if (!s) return SUBBIT_ERR_ARGUMENT;
+    s->err[0] = 0;
+    if (n < 1 || n > SUBBIT_MAX_THREADS)
+        return sbl_serr(s, SUBBIT_ERR_ARGUMENT, "threads must be in 1..%d, got %d", SUBBIT_MAX_THREADS, n);
+    if (n == sbl_pool_threads(s->ex.pool)) return 0;
+    sbl_pool *p = NULL;
+    if (n > 1) {
+        int rc = sbl_pool_new(n, &p);
+        if (rc) return sbl_serr(s, rc, "could not start %d worker threads", n - 1);
+    }
+    sbl_pool_free(s->ex.pool);
+    s->ex.pool = p;
+    return 0;
+}
+
+int subbit_session_get_threads(const subbit_session *s) { return s ? sbl_pool_threads(s->ex.pool) : 0; }
 
 int subbit_session_set_wake_end(subbit_session *s, int64_t sample) {
     if (!s) return SUBBIT_ERR_ARGUMENT;

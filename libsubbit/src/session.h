@@ -41,6 +41,7 @@ struct subbit_session {
     char err[320];
     subbit_logits_fn cb;
     void *cb_user;
+    sbl_exec ex;         /* kernel path and worker threads (subbit_session_set_threads) */
 };
 
 int sbl_serr(subbit_session *s, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -51,7 +52,7 @@ int sbl_states_ok(const lstm_state *st, const sbl_lstm *s, int n);
 void sbl_states_zero(lstm_state *st, const sbl_lstm *s, int n);
 void sbl_states_free(lstm_state *st, const sbl_lstm *s, int n);
 /* one nn.LSTM over T rows of x into y; tmp [T][max width], gi [T][4H], hh [4H], hraw [H] scratch */
-int sbl_lstm_run(const sbl_lstm *s, lstm_state *st, int path, const float *x, int64_t T, float *y, float *tmp,
+int sbl_lstm_run(const sbl_lstm *s, lstm_state *st, const sbl_exec *ex, const float *x, int64_t T, float *y, float *tmp,
                  float *gi, float *hh, float *hraw);
 
 /* embed token, run the predictor, project it for the joiner (into s->pred_p) */

@@ -9,8 +9,8 @@ checks in :mod:`subbit.runtime.arch`; their names are re-exported here.
 Backends: the NumPy layers below are always built (they are the reference, and what the
 streaming interface exposes); ``backend="auto"`` (the default) or ``"c"`` also loads the file
 into libsubbit (:mod:`subbit.runtime.native`), which :class:`StreamingSession` then runs.
-``"auto"`` takes the library for the architectures it runs (rnnt, conformer, bifocal) with one
-thread (it runs a session on one thread) and NumPy otherwise (a library that is missing, with
+``"auto"`` takes the library for the architectures it runs (rnnt, conformer, bifocal; ``threads``
+becomes each session's worker count) and NumPy otherwise (a library that is missing, with
 one logged warning, or that refuses the file, with a warning naming the status); ``"numpy"`` never
 loads it; ``"c"`` raises where ``"auto"`` would fall back.
 """
@@ -147,7 +147,8 @@ class PackedTransducer:
     def from_file(cls, path: str | os.PathLike[str], threads: int = 1, backend: str = "auto") -> "PackedTransducer":
         """Load a ``.subbit`` file (validated by :func:`subbit.export.load_packed`).
 
-        ``threads``: large packed layers split their rows over this many threads (NumPy backend).
+        ``threads``: large packed layers split their rows over this many threads (both backends;
+        libsubbit's sessions get that many worker threads).
         ``backend``: ``"auto"``, ``"c"`` or ``"numpy"`` (module docstring)."""
         return cls.from_packed(load_packed(path), threads, backend, source=path)
 
@@ -188,7 +189,6 @@ def _load_native(backend: str, arch: str, source: Source | None, threads: int) -
         return None
     why = (f"the package runs {' and '.join(native.ARCHS)} in libsubbit, not {arch}" if arch not in native.ARCHS
            else "libsubbit needs the file: pass source= (a path or the bytes)" if source is None
-           else f"libsubbit runs a session on one thread, threads={threads} asked for" if threads != 1
            else None)  # fmt: skip
     if why is not None:
         if backend == "c":
@@ -196,11 +196,11 @@ def _load_native(backend: str, arch: str, source: Source | None, threads: int) -
         log.debug("packed runtime on NumPy: %s", why)
         return None
     if backend == "c":
-        return native.NativeModel(source)
+        return native.NativeModel(source, threads)
     if not native.available():  # the library logged why, once
         return None
     try:
-        return native.NativeModel(source)
+        return native.NativeModel(source, threads)
     except native.LibsubbitError as exc:  # the Python loader took the file: the reference runs it
         log.warning("libsubbit refused a file the Python runtime loads (%s): running it on NumPy", exc)
         return None

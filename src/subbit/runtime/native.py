@@ -39,6 +39,8 @@ ARCHS = ("rnnt", "conformer", "bifocal")
 MAX_WAKE_SAMPLE = 2**63 - 1
 #: greedy decoding's symbols per encoder frame, fixed in libsubbit/src/session.c (MAX_SYMBOLS)
 MAX_SYMBOLS = 3
+#: ``SUBBIT_MAX_THREADS`` of subbit.h: the most worker threads one session takes
+MAX_THREADS = 16
 #: ``subbit_model_info.kernel_path`` -> the name ``SUBBIT_KERNEL`` takes
 KERNEL_PATHS = {1: "portable", 2: "avx2", 3: "avx512"}
 _ERRLEN = 512
@@ -73,6 +75,8 @@ SIGNATURES: Signatures = {
     "subbit_session_error": ([_VP], _CP),
     "subbit_session_set_logits_callback": ([_VP, _VP, _VP], _INT),
     "subbit_session_set_wake_end": ([_VP, ctypes.c_int64], _INT),
+    "subbit_session_set_threads": ([_VP, _INT], _INT),
+    "subbit_session_get_threads": ([_VP], _INT),
 }
 
 
@@ -156,14 +160,23 @@ class ModelInfo:
     weight_bytes: int
 
 
+def check_threads(threads: object) -> int:
+    """``threads`` as an int in 1..:data:`MAX_THREADS`, or ValueError."""
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= int(threads) <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer in 1..{MAX_THREADS}, got {threads!r:.40}")
+    return int(threads)
+
+
 class NativeModel:
     """A ``.subbit`` file loaded and fully validated by libsubbit; ``source`` is a path or the
-    file's bytes. Free it with :meth:`close` (or ``with``); it also goes with its last reference.
+    file's bytes; ``threads``: worker threads of each session made from it (rows of every large
+    matmul split over them; bit-identical results for any count). Free it with :meth:`close` (or ``with``); it also goes with its last reference.
     The C model is freed only after every session made from it (the API's order): a count of
     the model object and its open sessions, not the order in which the garbage collector
     finalizes a cycle, decides when."""
 
-    def __init__(self, source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> None:
+    def __init__(self, source: str | os.PathLike[str] | bytes | bytearray | memoryview, threads: int = 1) -> None:
+        self.threads = check_threads(threads)  # what each new session starts with
         self._lib = _require()
         self._ptr = ctypes.c_void_p()
         self._sessions: weakref.WeakSet[NativeSession] = weakref.WeakSet()
@@ -254,6 +267,16 @@ class NativeSession:
         self._callback: object = None
         self._callback_error: list[BaseException] = []
         self.set_logits_callback(on_logits)
+        if model.threads != 1:
+            self.set_threads(model.threads)
+
+    def set_threads(self, threads: int) -> None:
+        """Worker threads for this session's matmuls (1: none); replaces the ones it had."""
+        self._check(self._lib.subbit_session_set_threads(self._live(), check_threads(threads)))
+
+    @property
+    def threads(self) -> int:
+        return int(self._lib.subbit_session_get_threads(self._live()))
 
     def set_logits_callback(self, on_logits: Callable[[np.ndarray], None] | None) -> None:
         """Install (or with None remove) the per-decision logits hook."""

@@ -237,17 +237,18 @@ def dummy_run(run_dir: str | Path, arch: str = "rnnt", quant: dict | None = None
 
 def dummy_subbit_file(out_dir: str | Path, arch: str = "rnnt", *, bits: int = 4, rules: dict | None = None,
                       tokenizer_bytes: bytes | None = None, blank_bias: float | None = None, vocab_size: int = 12,
-                      seed: int = 0) -> Path:  # fmt: skip
+                      seed: int = 0, **overrides: object) -> Path:  # fmt: skip
     """``OUT_DIR/ARCH.subbit``: the tiny ``arch`` transducer (80 mels) at ``bits``-bit GQ (``rules``
     as in a QuantConfig), exported. ``blank_bias``: the joiner's logits are sharpened (x3) and the
-    blank's bias raised by it first, so greedy decoding emits a few tokens and ties are rare."""
+    blank's bias raised by it first, so greedy decoding emits a few tokens and ties are rare.
+    ``overrides``: preset hyperparameters to change (wider layers, say)."""
     # local: the corpus helpers above must stay usable without the rest of subbit
     import subbit.quant as sq
     from subbit.asr.models import build_model
     from subbit.export import export_model
 
     torch.manual_seed(seed)
-    model = build_model(arch, "tiny", vocab_size=vocab_size).eval()
+    model = build_model(arch, "tiny", vocab_size=vocab_size, **overrides).eval()
     if blank_bias is not None:
         with torch.no_grad():
             model.joiner.out.weight.mul_(3.0)

@@ -1,0 +1,139 @@
+/* Worker threads of one session (pool.h). A hand-off bumps a generation counter; workers spin on
+ * it for a short while (the next matmul of the same frame comes within microseconds), then sleep
+ * on a condition variable (between chunks of audio). The caller runs part 0 itself and spins
+ * until the others are done: the parts are equal shares, so the wait is short. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "internal.h"
+#include "pool.h"
+
+/* about 10-50 us of pause instructions, depending on the CPU */
+#define SPINS 20000
+
+struct sbl_pool {
+    int n, started;
+    pthread_t th[SBL_MAX_THREADS];
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int sleepers;              /* under mu */
+    _Atomic uint64_t gen;      /* jobs handed off */
+    _Atomic int done;          /* workers finished with the current job */
+    _Atomic int stop;
+    sbl_task_fn fn;
+    void *arg;
+};
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+typedef struct {
+    sbl_pool *p;
+    int part;
+} worker_arg;
+
+static void *worker(void *a) {
+    sbl_pool *p = ((worker_arg *)a)->p;
+    const int part = ((worker_arg *)a)->part;
+    free(a);
+    uint64_t seen = 0;
+    for (;;) {
+        uint64_t g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen &&
+               !atomic_load_explicit(&p->stop, memory_order_acquire)) {
+            if (++spins < SPINS) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&p->mu);
+            p->sleepers++;
+            while (atomic_load_explicit(&p->gen, memory_order_acquire) == seen &&
+                   !atomic_load_explicit(&p->stop, memory_order_acquire))
+                pthread_cond_wait(&p->cv, &p->mu);
+            p->sleepers--;
+            pthread_mutex_unlock(&p->mu);
+            spins = 0;
+        }
+        if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
+        seen = g;
+        p->fn(p->arg, part, p->n);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+    }
+}
+
+static void stop_all(sbl_pool *p) {
+    pthread_mutex_lock(&p->mu);
+    atomic_store_explicit(&p->stop, 1, memory_order_release);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->started; i++) pthread_join(p->th[i], NULL);
+}
+
+int sbl_pool_new(int nthreads, sbl_pool **out) {
+    *out = NULL;
+    if (nthreads < 2 || nthreads > SBL_MAX_THREADS) return SUBBIT_ERR_ARGUMENT;
+    sbl_pool *p = (sbl_pool *)calloc(1, sizeof *p);
+    if (!p) return SUBBIT_ERR_NOMEM;
+    p->n = nthreads;
+    if (pthread_mutex_init(&p->mu, NULL)) {
+        free(p);
+        return SUBBIT_ERR_NOMEM;
+    }
+    if (pthread_cond_init(&p->cv, NULL)) {
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        return SUBBIT_ERR_NOMEM;
+    }
+    for (int i = 1; i < nthreads; i++) {
+        worker_arg *a = (worker_arg *)malloc(sizeof *a);
+        if (a) {
+            a->p = p;
+            a->part = i;
+        }
+        if (!a || pthread_create(&p->th[p->started], NULL, worker, a)) {
+            free(a);
+            sbl_pool_free(p);
+            return SUBBIT_ERR_NOMEM;
+        }
+        p->started++;
+    }
+    *out = p;
+    return 0;
+}
+
+void sbl_pool_free(sbl_pool *p) {
+    if (!p) return;
+    stop_all(p);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+int sbl_pool_threads(const sbl_pool *p) { return p ? p->n : 1; }
+
+void sbl_pool_run(sbl_pool *p, sbl_task_fn fn, void *arg) {
+    if (!p) {
+        fn(arg, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->arg = arg;
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    if (p->sleepers) pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    fn(arg, 0, p->n);
+    int spins = 0;
+    while (atomic_load_explicit(&p->done, memory_order_acquire) < p->n - 1)
+        if (++spins < SPINS) cpu_relax();
+        else sched_yield();
+}
