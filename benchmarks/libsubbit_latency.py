@@ -37,7 +37,8 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
 
 def run_c(model: Path, wav_path: Path, repeats: int, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [str(ROOT / "build" / "subbit-stream"), "--json", "--warmup", "1", "--repeats", str(repeats), str(model), str(wav_path)]
+    cmd = [str(ROOT / "build" / "subbit-stream"), "--json", "--warmup", "1", "--repeats", str(repeats),
+           "--threads", str(threads), str(model), str(wav_path)]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     row.pop("text", None)

@@ -17,7 +17,8 @@
 #include "pool.h"
 
 /* Row splits: a multiple of 16 rows per part (the kernels' 4-row groups stay whole), and only
- * for matmuls big enough that a hand-off (a few hundred ns) is small beside the work. Each
+ * for matmuls big enough (rows x columns x activation rows) that a hand-off (a few hundred ns)
+ * is small beside the work. Each
  * output row is computed exactly as on one thread (integer sums, the same epilogue), so any
  * thread count gives bit-identical results. */
 #define SPLIT_ROWS 16
@@ -30,9 +31,10 @@ static void part_rows(int64_t n, int part, int nparts, int64_t *r0, int64_t *r1)
     *r1 = *r0 + per < n ? *r0 + per : n;
 }
 
-static int split_parts(const sbl_exec *ex, int64_t n, int64_t k) {
+/* the work of a matmul is rows x columns x activation rows: a chunk of frames counts m times */
+static int split_parts(const sbl_exec *ex, int64_t n, int64_t k, int64_t m) {
     int parts = ex && ex->pool ? sbl_pool_threads(ex->pool) : 1;
-    if (parts > 1 && (n < 2 * SPLIT_ROWS || n * k < SPLIT_MIN_WEIGHTS)) parts = 1;
+    if (parts > 1 && (n < 2 * SPLIT_ROWS || n * k * m < SPLIT_MIN_WEIGHTS)) parts = 1;
     return parts;
 }
 
@@ -141,7 +143,7 @@ static int packed_apply(const sbl_packed *p, const float *bias, const sbl_exec *
         sx[i] = path >= SUBBIT_AVX2 ? subbit_quantize_row_avx2(x + i * w.k, w.k, w.kp, xq + i * w.kp)
                                     : subbit_quantize_row(x + i * w.k, w.k, w.kp, xq + i * w.kp);
     packed_job j = {.w = &w, .bias = bias, .path = path, .xq = xq, .xq_bytes = bytes, .sx = sx, .m = m, .y = y};
-    const int parts = split_parts(ex, w.n, w.kp);
+    const int parts = split_parts(ex, w.n, w.kp, m);
     int rc = 0;
     if (parts > 1) {
         sbl_pool_run(ex->pool, packed_task, &j);
@@ -185,7 +187,7 @@ int sbl_linear_apply(const sbl_linear *l, const sbl_exec *ex, const float *x, in
     if (m == 0) return 0;
     if (l->pw) return packed_apply(l->pw, l->bias, ex, x, m, y);
     float_job j = {.l = l, .x = x, .m = m, .y = y};
-    if (split_parts(ex, l->out, l->in) > 1)
+    if (split_parts(ex, l->out, l->in, m) > 1)
         sbl_pool_run(ex->pool, float_task, &j);
     else
         float_rows(&j, 0, l->out);

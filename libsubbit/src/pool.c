@@ -1,7 +1,9 @@
 /* Worker threads of one session (pool.h). A hand-off bumps a generation counter; workers spin on
  * it for a short while (the next matmul of the same frame comes within microseconds), then sleep
- * on a condition variable (between chunks of audio). The caller runs part 0 itself and spins
- * until the others are done: the parts are equal shares, so the wait is short. */
+ * on a condition variable (between chunks of audio). Parts are claimed from a shared counter, by
+ * the workers and by the caller alike: when the machine is oversubscribed and a worker is not
+ * scheduled, the caller does its part instead of waiting a scheduler time slice for it. The
+ * caller waits only for parts a worker has claimed and not yet finished. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -20,7 +22,8 @@ struct sbl_pool {
     pthread_cond_t cv;
     int sleepers;              /* under mu */
     _Atomic uint64_t gen;      /* jobs handed off */
-    _Atomic int done;          /* workers finished with the current job */
+    _Atomic int next;          /* the next part of the current job to claim */
+    _Atomic int done;          /* parts of the current job finished */
     _Atomic int stop;
     sbl_task_fn fn;
     void *arg;
@@ -36,12 +39,21 @@ static inline void cpu_relax(void) {
 
 typedef struct {
     sbl_pool *p;
-    int part;
 } worker_arg;
+
+/* Claim and run parts of the current job until none is left. fn and arg are written before
+ * next is reset (release), and read after a claim that saw the reset (acquire). */
+static void run_parts(sbl_pool *p) {
+    for (;;) {
+        int k = atomic_fetch_add_explicit(&p->next, 1, memory_order_acq_rel);
+        if (k >= p->n) return;
+        p->fn(p->arg, k, p->n);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+    }
+}
 
 static void *worker(void *a) {
     sbl_pool *p = ((worker_arg *)a)->p;
-    const int part = ((worker_arg *)a)->part;
     free(a);
     uint64_t seen = 0;
     for (;;) {
@@ -64,8 +76,7 @@ static void *worker(void *a) {
         }
         if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
         seen = g;
-        p->fn(p->arg, part, p->n);
-        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        run_parts(p);
     }
 }
 
@@ -96,7 +107,6 @@ int sbl_pool_new(int nthreads, sbl_pool **out) {
         worker_arg *a = (worker_arg *)malloc(sizeof *a);
         if (a) {
             a->p = p;
-            a->part = i;
         }
         if (!a || pthread_create(&p->th[p->started], NULL, worker, a)) {
             free(a);
@@ -127,13 +137,14 @@ void sbl_pool_run(sbl_pool *p, sbl_task_fn fn, void *arg) {
     p->fn = fn;
     p->arg = arg;
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->next, 0, memory_order_release);
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
     if (p->sleepers) pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    fn(arg, 0, p->n);
+    run_parts(p);
     int spins = 0;
-    while (atomic_load_explicit(&p->done, memory_order_acquire) < p->n - 1)
+    while (atomic_load_explicit(&p->done, memory_order_acquire) < p->n)
         if (++spins < SPINS) cpu_relax();
         else sched_yield();
 }

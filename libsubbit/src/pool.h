@@ -11,14 +11,14 @@
 #define SBL_MAX_THREADS SUBBIT_MAX_THREADS
 
 typedef struct sbl_pool sbl_pool;
-/* part in [0, nparts): which share of the work to do */
+/* part in [0, nparts): which share of the work to do (any thread may run any part) */
 typedef void (*sbl_task_fn)(void *arg, int part, int nparts);
 
 /* nthreads in 2..SBL_MAX_THREADS; returns 0 or a SUBBIT_ERR_* status (*out NULL then) */
 int sbl_pool_new(int nthreads, sbl_pool **out);
 void sbl_pool_free(sbl_pool *p);
 int sbl_pool_threads(const sbl_pool *p);
-/* fn(arg, part, n) for every part, the caller doing part 0; returns when all are done */
+/* fn(arg, part, n) once for every part, on the workers and the caller; returns when all are done */
 void sbl_pool_run(sbl_pool *p, sbl_task_fn fn, void *arg);
 
 /* What a layer needs to run its matmuls: the kernel path and (or NULL for one thread) a pool. */

@@ -4,8 +4,17 @@ A variant is described by a small JSON-able dict (:class:`VariantSpec`); ``pytho
 subbit.bench.latency SPEC.json`` builds it, streams ``seconds`` of audio through a
 :class:`subbit.runtime.session.StreamingSession` in chunks of the model's encoder chunk, and
 prints one JSON result line. One process per variant keeps ``ru_maxrss`` honest and lets the
-thread count be fixed before numpy/torch/onnxruntime start their pools. The subbit and
-onnxruntime variants never import torch.
+thread count be fixed before numpy/torch/onnxruntime start their pools. The subbit, libsubbit
+and onnxruntime variants never import torch.
+
+Method ``libsubbit`` is the C runtime on its own: the file loaded by
+:class:`subbit.runtime.native.NativeModel` (no Python copy of the weights) and streamed through a
+``NativeSession`` in chunks of the library's ``chunk_samples``; it decodes greedily
+(``token_every`` must be 0). Method ``subbit`` is the package's ``StreamingSession``, which runs
+in libsubbit or NumPy (the row's ``backend`` says which: a scheduled decoding keeps it on NumPy).
+``extra["blank_bias"]`` raises the blank logit's bias of the float variants rebuilt here, as the
+parent did before exporting the other variants (the size sweep uses it so that greedy decoding
+does the same work in every variant).
 
 Metrics (all wall clock, ``time.perf_counter``):
 
@@ -37,7 +46,7 @@ class VariantSpec:
     """What one benchmark subprocess runs."""
 
     name: str
-    method: str  # "fp32" | "torch-int8" | "ort-int8" | "subbit"
+    method: str  # "fp32" | "torch-int8" | "ort-int8" | "subbit" | "libsubbit"
     bits: int
     threads: int
     seconds: float
@@ -189,8 +198,41 @@ def _paired_times(fa: Any, fb: Any, repeats: int) -> tuple[np.ndarray, np.ndarra
 
 
 # -- the subprocess side -----------------------------------------------------------------------
+class NativeStream:
+    """A libsubbit session in :func:`time_stream`'s interface (decoding runs in C, greedy)."""
+
+    def __init__(self, model: Any) -> None:
+        self.session = model.session()
+
+    def reset(self) -> None:
+        self.session.reset()
+
+    def accept_audio(self, samples: np.ndarray) -> None:
+        self.session.accept(samples)
+
+    def finalize_tokens(self) -> list[int]:
+        self.session.finalize()
+        return self.session.tokens()
+
+
+def apply_blank_bias(model: Any, bias: float) -> None:
+    """Add ``bias`` to the blank's output bias of a float transducer's joiner (in place)."""
+    if bias:
+        # local: only the float variants (and the parent building them) come here
+        import torch
+
+        with torch.no_grad():
+            model.joiner.out.bias[int(model.config["blank"])] += float(bias)
+
+
 def _build_model(spec: VariantSpec) -> tuple[Any, int, int]:
     """(streaming model in the runtime interface, resident weight bytes, vocabulary size)."""
+    if spec.method == "libsubbit":
+        # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
+        from subbit.runtime import native
+
+        nm = native.NativeModel(spec.path, threads=spec.threads)  # each session's worker threads
+        return nm, nm.info.weight_bytes, nm.info.vocab_size
     if spec.method == "subbit":
         # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
         from subbit.runtime.models import PackedTransducer
@@ -217,11 +259,12 @@ def _build_model(spec: VariantSpec) -> tuple[Any, int, int]:
         torch.manual_seed(spec.seed)
         cfg = json.loads(Path(spec.path).read_text())
         model = build_from_config(cfg).eval()
+        apply_blank_bias(model, float(spec.extra.get("blank_bias") or 0.0))
         vocab = int(cfg["vocab_size"])
         if spec.method == "torch-int8":
             return torch_int8_streaming_model(model), torch_weight_bytes(model, int8=True), vocab
         return TorchStreamingModel(model), torch_weight_bytes(model), vocab
-    raise ValueError(f"variant method must be fp32, torch-int8, ort-int8 or subbit, got {spec.method!r}")
+    raise ValueError(f"variant method must be fp32, torch-int8, ort-int8, subbit or libsubbit, got {spec.method!r}")
 
 
 def run_variant(spec: VariantSpec) -> dict[str, Any]:
@@ -234,13 +277,18 @@ def run_variant(spec: VariantSpec) -> dict[str, Any]:
     model, weight_bytes, vocab_size = _build_model(spec)
     load_s = time.perf_counter() - t0
     token_every = int(spec.extra.get("token_every", 0))
-    if token_every > 0:
-        session = scheduled_session_class()(model, token_every, vocab_size)
+    if spec.method == "libsubbit":
+        if token_every > 0 or spec.extra.get("chunk_frames"):
+            raise ValueError("libsubbit decodes greedily in its own chunks: token_every must be 0, no chunk_frames")
+        session: Any = NativeStream(model)
+        chunk_samples = int(model.info.chunk_samples)
     else:
-        session = StreamingSession(model)
-    chunk_frames = int(spec.extra.get("chunk_frames") or model.encoder.chunk_frames)
-    hop = session.frontend.hop
-    chunk_samples = chunk_frames * hop
+        if token_every > 0:
+            session = scheduled_session_class()(model, token_every, vocab_size)
+        else:
+            session = StreamingSession(model)
+        chunk_frames = int(spec.extra.get("chunk_frames") or model.encoder.chunk_frames)
+        chunk_samples = chunk_frames * session.frontend.hop
     audio = synth_audio(spec.seconds, seed=spec.seed)
     warm = audio[: max(chunk_samples, int(spec.warmup_s * 16000))]
     time_stream(session, warm, chunk_samples, repeats=1)
@@ -262,7 +310,11 @@ def run_variant(spec: VariantSpec) -> dict[str, Any]:
         # local: a variant subprocess loads only its own backend (the ORT and packed ones run without torch)
         from subbit.runtime import kernels
 
-        row["kernel_path"] = kernels.default_path()
+        row["backend"] = session.backend
+        row["kernel_path"] = model.native.info.kernel_path if session.backend == "c" else kernels.default_path()
+    elif spec.method == "libsubbit":
+        row["backend"] = "c"
+        row["kernel_path"] = model.info.kernel_path
     return row
 
 
