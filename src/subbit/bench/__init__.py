@@ -53,6 +53,7 @@ class BenchOptions:
     matvec_size: int = 4096
     token_every: int = 3
     rounds: int = 1
+    libsubbit: bool = False  # also rows "libsubbit-Nbit": the C session alone (its own threads), greedy
     workdir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -163,12 +164,16 @@ def _specs(opts: BenchOptions, workdir: Path, progress: bool) -> list[Any]:
             if not (reuse and path.is_file()):
                 export_gq(model, int(bits), path)
             jobs.append((f"subbit-{bits}bit", "subbit", int(bits), str(path)))
+            if opts.libsubbit:
+                jobs.append((f"libsubbit-{bits}bit", "libsubbit", int(bits), str(path)))
     specs = []
     for threads in opts.threads:
         for name, method, bits, path in jobs:
+            extra = {"token_every": opts.token_every, **opts.extra}
+            if method == "libsubbit":
+                extra["token_every"] = 0  # the library decodes greedily
             specs.append(VariantSpec(name=name, method=method, bits=bits, threads=threads, seconds=opts.seconds,
-                                     path=path, seed=opts.seed, repeats=opts.repeats,
-                                     extra={"token_every": opts.token_every, **opts.extra}))
+                                     path=path, seed=opts.seed, repeats=opts.repeats, extra=extra))
     return specs
 
 
