@@ -102,10 +102,77 @@ static int ffn_half(const sbl_ff *f, const sbl_exec *ex, float *x, int64_t T, in
 
 static int64_t floordiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-/* x += MHSA(LN x) with the block's key/value cache (layers.ChunkedSelfAttention) */
+/* One head's scores, softmax and weighted values: what a thread of attention() runs, heads
+ * [part * H / nparts, (part + 1) * H / nparts). Every head is computed as on one thread. */
+typedef struct {
+    const sbl_conformer *c;
+    const sbl_cblock *B;
+    const float *q, *kall, *vall;
+    float *o;
+    int64_t T, tc, pos;
+    float scale;
+    int path;
+    int rc[SBL_MAX_THREADS];
+} attn_job;
+
+static void attn_heads(void *arg, int part, int nparts) {
+    attn_job *j = (attn_job *)arg;
+    const sbl_conformer *c = j->c;
+    const sbl_cblock *B = j->B;
+    const int64_t d = c->d, H = c->heads, dh = c->dh, T = j->T, tc = j->tc, tk = tc + T;
+    const int64_t pos = j->pos, chunk = c->chunk, left = c->left;
+    const int64_t h0 = H * part / nparts, h1 = H * (part + 1) / nparts;
+    if (h1 <= h0) {
+        j->rc[part] = 0;
+        return;
+    }
+    float *sc = (float *)malloc(sizeof(float) * (size_t)(tk + 1));
+    if (!sc) {
+        j->rc[part] = SUBBIT_ERR_NOMEM;
+        return;
+    }
+    for (int64_t h = h0; h < h1; h++)
+        for (int64_t i = 0; i < T; i++) {
+            const int64_t qp = pos + i, qc = floordiv(qp, chunk);
+            const float *qr = j->q + i * d + h * dh;
+            float mx = -FLT_MAX;
+            for (int64_t k = 0; k < tk; k++) {
+                const int64_t kp = pos - tc + k, kc = floordiv(kp, chunk);
+                const float *kr = j->kall + k * d + h * dh;
+                double acc = 0;
+                for (int64_t e = 0; e < dh; e++) acc += (double)qr[e] * (double)kr[e];
+                float sv = (float)acc * j->scale;
+                if (B->rel_bias) {
+                    int64_t rel = qp - kp + chunk - 1;
+                    rel = rel < 0 ? 0 : (rel > c->num_rel - 1 ? c->num_rel - 1 : rel);
+                    sv = sv + B->rel_bias[rel * H + h];
+                }
+                if (!(kc <= qc && kc >= qc - left)) sv = -FLT_MAX; /* np.finfo(float32).min */
+                sc[k] = sv;
+                mx = sv > mx ? sv : mx;
+            }
+            for (int64_t k = 0; k < tk; k++) sc[k] = sc[k] - mx;
+            sbl_vexp(j->path, sc, sc, tk);
+            double sum = 0;
+            for (int64_t k = 0; k < tk; k++) sum += sc[k];
+            const float fs = (float)sum;
+            for (int64_t k = 0; k < tk; k++) sc[k] = sc[k] / fs;
+            float *orow = j->o + i * d + h * dh;
+            for (int64_t e = 0; e < dh; e++) {
+                double acc = 0;
+                for (int64_t k = 0; k < tk; k++) acc += (double)sc[k] * (double)j->vall[k * d + h * dh + e];
+                orow[e] = (float)acc;
+            }
+        }
+    free(sc);
+    j->rc[part] = 0;
+}
+
+/* x += MHSA(LN x) with the block's key/value cache (layers.ChunkedSelfAttention); the heads are
+ * split over the session's worker threads */
 static int attention(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_state *st, int bi, const sbl_exec *ex, float *x,
-                     int64_t T, float *t1, float *q, float *kall, float *vall, float *o, float *sc) {
-    const int64_t d = c->d, H = c->heads, dh = c->dh, tc = st->tc[bi], tk = tc + T;
+                     int64_t T, float *t1, float *q, float *kall, float *vall, float *o) {
+    const int64_t d = c->d, tc = st->tc[bi], tk = tc + T;
     layer_norm(&B->attn_norm, x, T, d, t1);
     int rc = sbl_linear_apply(&B->q, ex, t1, T, q);
     if (!rc) rc = sbl_linear_apply(&B->k, ex, t1, T, kall + tc * d);
@@ -113,45 +180,19 @@ static int attention(const sbl_conformer *c, const sbl_cblock *B, sbl_conf_state
     if (rc) return rc;
     memcpy(kall, st->k[bi], sizeof(float) * (size_t)(tc * d));
     memcpy(vall, st->v[bi], sizeof(float) * (size_t)(tc * d));
-    const float scale = (float)(1.0 / sqrt((double)dh));
-    const int64_t pos = st->pos, chunk = c->chunk, left = c->left;
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t i = 0; i < T; i++) {
-            const int64_t qp = pos + i, qc = floordiv(qp, chunk);
-            const float *qr = q + i * d + h * dh;
-            float mx = -FLT_MAX;
-            for (int64_t j = 0; j < tk; j++) {
-                const int64_t kp = pos - tc + j, kc = floordiv(kp, chunk);
-                const float *kr = kall + j * d + h * dh;
-                double acc = 0;
-                for (int64_t e = 0; e < dh; e++) acc += (double)qr[e] * (double)kr[e];
-                float s = (float)acc * scale;
-                if (B->rel_bias) {
-                    int64_t rel = qp - kp + chunk - 1;
-                    rel = rel < 0 ? 0 : (rel > c->num_rel - 1 ? c->num_rel - 1 : rel);
-                    s = s + B->rel_bias[rel * H + h];
-                }
-                if (!(kc <= qc && kc >= qc - left)) s = -FLT_MAX; /* np.finfo(float32).min */
-                sc[j] = s;
-                mx = s > mx ? s : mx;
-            }
-            for (int64_t j = 0; j < tk; j++) sc[j] = sc[j] - mx;
-            sbl_vexp(ex->path, sc, sc, tk);
-            double sum = 0;
-            for (int64_t j = 0; j < tk; j++) sum += sc[j];
-            const float fs = (float)sum;
-            for (int64_t j = 0; j < tk; j++) sc[j] = sc[j] / fs;
-            float *orow = o + i * d + h * dh;
-            for (int64_t e = 0; e < dh; e++) {
-                double acc = 0;
-                for (int64_t j = 0; j < tk; j++) acc += (double)sc[j] * (double)vall[j * d + h * dh + e];
-                orow[e] = (float)acc;
-            }
-        }
+    attn_job job = {.c = c, .B = B, .q = q, .kall = kall, .vall = vall, .o = o, .T = T, .tc = tc, .pos = st->pos,
+                    .scale = (float)(1.0 / sqrt((double)c->dh)), .path = ex->path};
+    const int parts = ex->pool && c->heads > 1 ? sbl_pool_threads(ex->pool) : 1;
+    if (parts > 1)
+        sbl_pool_run(ex->pool, attn_heads, &job);
+    else
+        attn_heads(&job, 0, 1);
+    for (int i = 0; i < parts; i++)
+        if (job.rc[i]) return job.rc[i];
     if ((rc = sbl_linear_apply(&B->out, ex, o, T, t1))) return rc;
     for (int64_t i = 0; i < T * d; i++) x[i] = x[i] + t1[i];
     /* keep the last left * chunk keys and values */
-    const int64_t keep = left * chunk, n = tk < keep ? tk : keep;
+    const int64_t keep = (int64_t)c->left * c->chunk, n = tk < keep ? tk : keep;
     memcpy(st->k[bi], kall + (tk - n) * d, sizeof(float) * (size_t)(n * d));
     memcpy(st->v[bi], vall + (tk - n) * d, sizeof(float) * (size_t)(n * d));
     st->tc[bi] = (int)n;
@@ -190,16 +231,15 @@ int sbl_conf_advance(const sbl_conformer *c, sbl_conf_state *st, const sbl_exec 
     float *q = (float *)malloc(sizeof(float) * (size_t)(T * d + 1));
     float *kall = (float *)malloc(sizeof(float) * (size_t)(tk * d + 1));
     float *vall = (float *)malloc(sizeof(float) * (size_t)(tk * d + 1));
-    float *sc = (float *)malloc(sizeof(float) * (size_t)(tk + 1));
     float *y = (float *)malloc(sizeof(float) * (size_t)((c->kernel - 1 + T) * d + 1));
     int rc = 0;
-    if (!t1 || !t2 || !q || !kall || !vall || !sc || !y) rc = SUBBIT_ERR_NOMEM;
+    if (!t1 || !t2 || !q || !kall || !vall || !y) rc = SUBBIT_ERR_NOMEM;
     /* stacking [n][n_mels] -> [T][stack * n_mels] is the same memory read row-major */
     if (!rc) rc = sbl_linear_apply(&c->inp, ex, frames, T, enc);
     for (int b = 0; b < c->n_blocks && !rc; b++) {
         const sbl_cblock *B = &c->blocks[b];
         rc = ffn_half(&B->ff1, ex, enc, T, d, t1, t2);
-        if (!rc) rc = attention(c, B, st, b, ex, enc, T, t1, q, kall, vall, t2, sc);
+        if (!rc) rc = attention(c, B, st, b, ex, enc, T, t1, q, kall, vall, t2);
         if (!rc) rc = conv_module(c, B, st, b, ex, enc, T, t1, t2, y);
         if (!rc) rc = ffn_half(&B->ff2, ex, enc, T, d, t1, t2);
         if (!rc) {
@@ -213,7 +253,6 @@ int sbl_conf_advance(const sbl_conformer *c, sbl_conf_state *st, const sbl_exec 
     free(q);
     free(kall);
     free(vall);
-    free(sc);
     free(y);
     return rc;
 }
