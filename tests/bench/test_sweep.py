@@ -106,6 +106,10 @@ def test_the_cap_keeps_the_last_point_inside_l3_and_says_so() -> None:
     assert last["intended_band"] == "beyond L3" and last["band"] == "L3" and last["beyond_l3"] is False
     assert last["int8_bytes_estimate"] <= 40e6 and not last["in_intended_band"]
     assert "not beyond L3" in last["notes"][0] and "--max-weight-mb" in last["notes"][0]
+    # a cap low enough that the L3 and beyond-L3 bands meet at one width: measured once, said so
+    merged = choose_points(SweepOptions(max_weight_mb=3), caches)
+    assert [p["intended_band"] for p in merged] == ["L2", "L3"]
+    assert "beyond L3" in merged[-1]["notes"][0] and "not beyond L3" in merged[-1]["notes"][0]
 
 
 def test_ratios_come_from_the_rows() -> None:

@@ -195,7 +195,8 @@ def choose_points(opts: SweepOptions, caches: dict[str, Any]) -> list[dict[str, 
                          f"{format_bytes(nbytes)}, L2 {format_bytes(caches['L2'])}, L3 {format_bytes(caches['L3'])}")
         same = [p for p in points if p["width"] == width]
         if same:  # two bands met at one width (small caches, or the cap): measured once
-            same[0]["notes"].append(f"also the closest width for band {band or width}")
+            same[0]["notes"].append(f"also the closest width for band {band or width}"
+                                    + (f"; {'; '.join(notes)}" if notes else ""))
             continue
         points.append({"intended_band": band, "target_bytes": target, "width": width, "int8_bytes_estimate": nbytes,
                        "band": actual, "beyond_l3": actual == "beyond L3", "in_intended_band": band in (None, actual),
