@@ -185,12 +185,24 @@ def test_cli_bench_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFi
     assert rc == 0
     result = json.loads(out.read_text())
     assert {"cpu", "flags", "cores", "torch", "numpy", "onnxruntime"} <= set(result["machine"])
-    assert [r["name"] for r in result["rows"]] == ["fp32-torch", "subbit-4bit"]
+    from subbit.runtime import native
+
+    # the C runtime's rows come by default wherever the library loads, with the same row keys
+    c_rows = ["libsubbit-4bit"] if native.available() else []
+    assert [r["name"] for r in result["rows"]] == ["fp32-torch", "subbit-4bit", *c_rows]
     for r in result["rows"]:
         assert set(ROW_KEYS) <= set(r)
     assert result["rows"][1]["torch_imported"] is False  # the packed runtime runs without torch
     assert png.stat().st_size > 1000
     assert "subbit-4bit" in capsys.readouterr().out
+
+
+def test_cli_bench_no_libsubbit_drops_the_c_rows(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    rc = cli.main(["bench", "--preset", "tiny-conformer", "--quick", "--bits", "4", "--baselines", "fp32",
+                   "--seconds", "1", "--no-matvec", "--no-progress", "--no-libsubbit", "--json", str(out)])
+    assert rc == 0
+    assert [r["name"] for r in json.loads(out.read_text())["rows"]] == ["fp32-torch", "subbit-4bit"]
 
 
 def test_scheduled_decoding_does_equal_work(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from subbit.commands._options import add_json_out, verb_parser
@@ -57,8 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", default=None,
                    help="comma list of fp32, torch-int8, ort-int8 ('none' for none); default all three "
                         "(--sweep: torch-int8,ort-int8)")
-    p.add_argument("--libsubbit", action="store_true",
-                   help="also rows libsubbit-Nbit: the C runtime alone (at each --threads, greedy decoding)")
+    p.add_argument("--libsubbit", action=argparse.BooleanOptionalAction, default=None,
+                   help="rows libsubbit-Nbit: the C runtime alone (at each --threads, greedy decoding); "
+                        "default on when the library loads")
     p.add_argument("--no-matvec", action="store_true", help="skip the single large matvec per bit depth")
     p.add_argument("--vocab-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             "rounds": args.rounds,
             "vocab_size": args.vocab_size, "seed": args.seed,
             "baselines": _baselines(args.baselines, "fp32,torch-int8,ort-int8"),
-            "token_every": args.token_every, "libsubbit": args.libsubbit,
+            "token_every": args.token_every, "libsubbit": _libsubbit_rows(args.libsubbit),
             "matvec": not args.no_matvec, "workdir": args.workdir}
     if args.quick:
         opts = quick_options(preset, **over)
@@ -127,6 +129,18 @@ def run(args: argparse.Namespace) -> int:
         plot_result(result, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _libsubbit_rows(asked: bool | None) -> bool:
+    """--libsubbit / --no-libsubbit, or by default: whether the C runtime is there to measure."""
+    if asked is not None:
+        return asked
+    from subbit.runtime import native
+
+    if not native.available():
+        print("note: libsubbit not found (make libsubbit): no libsubbit-Nbit rows", file=sys.stderr)
+        return False
+    return True
 
 
 def run_sweep_cli(args: argparse.Namespace) -> int:
