@@ -137,6 +137,7 @@ def test_bifocal_wake_end_changes_the_c_result_and_reset_restores_it(bifocal_mod
     differently on this model, and reset() goes back to every frame large."""
     x = audio(2.0)
     s = StreamingSession(PackedTransducer.from_file(bifocal_model, backend="c"))
+    assert s.takes_wake_end and StreamingSession(PackedTransducer.from_file(bifocal_model, backend="numpy")).takes_wake_end
 
     def run(wake: float | None) -> list[int]:
         s.reset()
@@ -161,6 +162,7 @@ def test_bifocal_wake_end_changes_the_c_result_and_reset_restores_it(bifocal_mod
 
 def test_wake_end_is_refused_by_models_without_a_pathway_choice(char_model: Path) -> None:
     s = StreamingSession(PackedTransducer.from_file(char_model, backend="c"))
+    assert not s.takes_wake_end and not StreamingSession(PackedTransducer.from_file(char_model, backend="numpy")).takes_wake_end
     with pytest.raises(ValueError, match="pathway choice"):
         s.set_wake_end(0.5)
     with pytest.raises(native.LibsubbitError, match="UNSUPPORTED"):

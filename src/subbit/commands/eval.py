@@ -16,9 +16,12 @@ def register(subparsers: Any) -> None:
     p = verb_parser(
         subparsers, "eval", run,
         help="word error rate of a run on a corpus split",
-        description="Decode DIR/SPLIT.jsonl with the run's model and score it with jiwer.",
+        description="Decode DIR/SPLIT.jsonl with the run's model and score it with jiwer. RUN may also be an "
+                    "exported .subbit file: its utterances are then streamed through the packed runtime "
+                    "(libsubbit where it loads; greedy, 100 ms chunks, the keyword spotter's wake_end "
+                    "passed to a Bifocal model), which is what build/subbit-stream prints per file.",
     )
-    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("run", metavar="RUN", help="run directory, or an exported .subbit file (needs --data)")
     p.add_argument("--data", help="corpus directory (default: the one the run was trained on)")
     p.add_argument("--split", default="test_heldout", help=f"manifest name in DIR, e.g. {', '.join(SPLITS)}")
     add_json_out(p, "write the result JSON here")
@@ -35,10 +38,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if Path(args.run).is_file():
+        return run_packed(args)
     # local: every verb module is imported to build --help; torch loads only for the verb that runs
     from subbit.asr.checkpoint import RunPaths
     from subbit.asr.data import read_manifest
-    from subbit.asr.evaluate import evaluate, write_errors
+    from subbit.asr.evaluate import evaluate
     from subbit.runs import load_run
 
     which = args.which
@@ -73,6 +78,42 @@ def run(args: argparse.Namespace) -> int:
         frontend=loaded.frontend,
     )
     result.extra.update({"which": which, "quantized": loaded.quantized, "data": str(data)})
+    return report(args, result)
+
+
+def run_packed(args: argparse.Namespace) -> int:
+    """``subbit eval FILE.subbit --data DIR``: the served model, scored (study.stream_utterances)."""
+    from subbit.asr.data import read_manifest
+    from subbit.asr.evaluate import EvalResult, score
+    from subbit.experiments.study import STREAM_CHUNK, stream_utterances
+    from subbit.runtime import PackedTransducer
+
+    not_here = [f for f, bad in (("--method beam", args.method != "greedy"), ("--streaming", args.streaming),
+                                 ("--chunk-frames", args.chunk_frames is not None),
+                                 ("--which", args.which != "final"), ("--device", args.device != "cpu")) if bad]
+    if not_here:
+        raise SystemExit(f"subbit eval {args.run}: {', '.join(not_here)} apply to a run directory, not to a .subbit "
+                         "file (the packed runtime streams greedily on the CPU)")
+    if not args.data:
+        raise SystemExit(f"subbit eval {args.run}: a .subbit file needs --data (the corpus directory)")
+    manifest = Path(args.data) / f"{args.split}.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no manifest {manifest} (--split {args.split})")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    utts = read_manifest(manifest)[: args.limit]
+    backend = PackedTransducer.from_file(args.run).backend  # the file is checked before any audio is read
+    hyps, _, audio_s, weight_bytes = stream_utterances(Path(args.run), utts)
+    result = EvalResult(score([u.id for u in utts], [u.text for u in utts], hyps), split=args.split, run=str(args.run))
+    result.extra.update({"served": True, "backend": backend, "chunk_samples": STREAM_CHUNK, "audio_s": audio_s,
+                         "weight_bytes": weight_bytes, "data": str(args.data)})
+    return report(args, result)
+
+
+def report(args: argparse.Namespace, result: Any) -> int:
+    """Print the summary; write the JSON and the errors file where asked."""
+    from subbit.asr.evaluate import write_errors
+
     print(result.summary())
     if args.json_out:
         out = Path(args.json_out)

@@ -102,7 +102,7 @@ def stream_utterances(subbit_file: Path, utts: Sequence[Any]) -> tuple[list[str]
         audio_s += len(audio) / 16000
         session.reset()
         wake_end = getattr(utt, "wake_end", None)
-        if wake_end is not None and "small_until" in (session.enc_state if isinstance(session.enc_state, dict) else {}):
+        if wake_end is not None and session.takes_wake_end:
             session.set_wake_end(wake_end)  # a bifocal model: the keyword spotter's output, as on a device
         for start in range(0, len(audio), STREAM_CHUNK):
             t = time.perf_counter()

@@ -112,20 +112,25 @@ class StreamingSession:
         self.tokens: list[int] = []
         self.finished = False
 
+    @property
+    def takes_wake_end(self) -> bool:
+        """True when :meth:`set_wake_end` applies (a Bifocal model), on either backend."""
+        if self.native is not None:
+            return str(self.model.config.get("arch")) == "bifocal"
+        return isinstance(self.enc_state, dict) and "small_until" in self.enc_state
+
     def set_wake_end(self, seconds: float) -> None:
         """A keyword spotter's wake-word end, in seconds from the start of this utterance: a bifocal
         model runs the feature frames inside it on its small pathway (docs/models.md, section 3b).
         Call after ``reset()``; models without a pathway choice refuse it. On the C backend the
         library gets ``round(seconds * sample_rate)`` samples and maps them to frames the same way."""
         fe = self.frontend
+        if not self.takes_wake_end:
+            raise ValueError("this model has no per-frame pathway choice (only arch 'bifocal' takes a wake-word end)")
         if self.native is not None:
-            if str(self.model.config.get("arch")) != "bifocal":
-                raise ValueError("this model has no per-frame pathway choice (only arch 'bifocal' takes a wake-word end)")
             wake_frames(seconds, fe.sample_rate, fe.n_fft, fe.hop)  # the same refusals (non-finite seconds)
             self.native.set_wake_end(int(round(float(seconds) * fe.sample_rate)))
             return
-        if not isinstance(self.enc_state, dict) or "small_until" not in self.enc_state:
-            raise ValueError("this model has no per-frame pathway choice (only arch 'bifocal' takes a wake-word end)")
         self.enc_state = {**self.enc_state, "small_until": wake_frames(seconds, fe.sample_rate, fe.n_fft, fe.hop)}
 
     def accept_audio(self, samples: np.ndarray) -> str:
