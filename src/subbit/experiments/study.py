@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from subbit.experiments import stats, study_tuning
+from subbit.experiments import stats, study_locks, study_tuning
 from subbit.experiments.compare import REFERENCE, CompareConfig, init_identity, run_compare
 from subbit.experiments.recipes import Recipe
 from subbit.experiments.study_claims import bifocal_claim, evaluate_claims  # noqa: F401 (public)
@@ -205,9 +205,14 @@ def run_cells(cfg: StudyConfig, arch: str, cells: list[Cell], data: Path, corpus
         log.info("study: %s seed %d lr %g: %d cell(s) to run: %s", arch, seed, lr, len(todo),
                  ", ".join(r.name for r, _, _ in todo))
         for recipe, fp, path in todo:  # one compare call per cell: its file is written as soon as it is done
-            result = run_compare(cc, [recipe], name="results")
-            rows = {row["recipe"]: row for row in result.rows}
-            _write_cell(cfg, cc, recipe, fp, rows, data, path, base or {}, splits=tuple(cc.splits))
+            if (_read(path) or {}).get("fingerprint") == fp or not study_locks.claim(path):  # another worker's
+                log.info("study: %s: done or being run by another worker, skipped", path.name)
+                continue
+            try:
+                rows = {row["recipe"]: row for row in run_compare(cc, [recipe], name="results").rows}
+                _write_cell(cfg, cc, recipe, fp, rows, data, path, base or {}, splits=tuple(cc.splits))
+            finally:
+                study_locks.release(path)
 
 
 def _alloc_path(cfg: StudyConfig, arch: str, bits: int) -> Path:
