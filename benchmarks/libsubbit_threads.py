@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / "out" / "libsubbit-work"))  # git-ignored
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/libsubbit_threads-PRESET-BITSbit.json)")
     args = ap.parse_args(argv)
-    if not 2 <= args.threads <= 16 or not 1 <= args.bits <= 8 or args.rounds < 1:
-        ap.error("--threads must be 2..16, --bits 1..8, --rounds >= 1")
+    from subbit.runtime.native import MAX_THREADS
+
+    if not 2 <= args.threads <= MAX_THREADS or not 1 <= args.bits <= 8 or args.rounds < 1:
+        ap.error(f"--threads must be 2..{MAX_THREADS}, --bits 1..8, --rounds >= 1")
 
     from subbit.bench import build_float_model, export_gq, machine_info, quick_options
     from subbit.bench.int8_baselines import ort_available

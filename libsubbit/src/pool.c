@@ -37,10 +37,6 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-typedef struct {
-    sbl_pool *p;
-} worker_arg;
-
 /* Claim and run parts of the current job until none is left. fn and arg are written before
  * next is reset (release), and read after a claim that saw the reset (acquire). */
 static void run_parts(sbl_pool *p) {
@@ -52,9 +48,8 @@ static void run_parts(sbl_pool *p) {
     }
 }
 
-static void *worker(void *a) {
-    sbl_pool *p = ((worker_arg *)a)->p;
-    free(a);
+static void *worker(void *arg) {
+    sbl_pool *p = (sbl_pool *)arg;
     uint64_t seen = 0;
     for (;;) {
         uint64_t g;
@@ -104,12 +99,7 @@ int sbl_pool_new(int nthreads, sbl_pool **out) {
         return SUBBIT_ERR_NOMEM;
     }
     for (int i = 1; i < nthreads; i++) {
-        worker_arg *a = (worker_arg *)malloc(sizeof *a);
-        if (a) {
-            a->p = p;
-        }
-        if (!a || pthread_create(&p->th[p->started], NULL, worker, a)) {
-            free(a);
+        if (pthread_create(&p->th[p->started], NULL, worker, p)) {
             sbl_pool_free(p);
             return SUBBIT_ERR_NOMEM;
         }
