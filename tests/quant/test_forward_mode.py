@@ -1,8 +1,5 @@
 """quant_mode="forward": zero gradients on off steps under DDP, quantized evaluation (issue 12 item 4)."""
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -57,16 +54,11 @@ def test_evaluation_uses_the_quantizer_even_on_off_steps():
     assert torch.equal(model(x).detach(), floating)  # the off setting is back
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _ddp_worker(rank: int, world: int, out: str) -> None:
+    # A file store, not TCP: no free-port race and no store-server thread in rank 0, whose teardown
+    # aborted the process once in CI ("terminate called without an active exception").
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world)
     try:
         model = _model()
         ddp = nn.parallel.DistributedDataParallel(model)  # find_unused_parameters=False
@@ -80,12 +72,13 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
             sched.step()
         flat = torch.cat([p.detach().flatten() for p in model.parameters()])
         torch.save(flat, f"{out}/rank{rank}.pt")
+        dist.barrier()  # neither rank tears the group down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable")
 def test_ddp_gloo_two_processes_forward_mode_without_find_unused_parameters(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     torch.testing.assert_close(a, b)  # every gradient was all-reduced, replicas agree
