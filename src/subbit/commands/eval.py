@@ -102,10 +102,10 @@ def run_packed(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     utts = read_manifest(manifest)[: args.limit]
-    backend = PackedTransducer.from_file(args.run).backend  # the file is checked before any audio is read
-    hyps, _, audio_s, weight_bytes = stream_utterances(Path(args.run), utts)
+    model = PackedTransducer.from_file(args.run)  # the file is checked before any audio is read, and loaded once
+    hyps, _, audio_s, weight_bytes = stream_utterances(model, utts)
     result = EvalResult(score([u.id for u in utts], [u.text for u in utts], hyps), split=args.split, run=str(args.run))
-    result.extra.update({"served": True, "backend": backend, "chunk_samples": STREAM_CHUNK, "audio_s": audio_s,
+    result.extra.update({"served": True, "backend": model.backend, "chunk_samples": STREAM_CHUNK, "audio_s": audio_s,
                          "weight_bytes": weight_bytes, "data": str(args.data)})
     return report(args, result)
 

@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="write results.json/report.md from the cell files in OUT/cells; train nothing")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--replicates", metavar="DIR",
+                   help="another study of the same recipes on a second fp32 base: write OUT/replication.md and "
+                   ".json with both results per row and claim, and whether each verdict agrees")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -62,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     result = run_study(cfg)
     for c in result.claims:
         print(f"[{c['verdict']}] {c['claim']}: {c['evidence']}")
+    if args.replicates:
+        from subbit.experiments.study_replication import write
+
+        result.files.update(zip(("replication", "replication-report"), write(args.out, args.replicates)))
     for name, path in result.files.items():
         print(f"wrote {name}: {path}")
     return 0

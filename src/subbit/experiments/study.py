@@ -86,15 +86,15 @@ def ensure_fp32_base(cfg: StudyConfig, arch: str, data: Path) -> Path:
 STREAM_CHUNK = 1600
 
 
-def stream_utterances(subbit_file: Path, utts: Sequence[Any]) -> tuple[list[str], list[float], float, int]:
-    """Stream utterances through the packed runtime in 100 ms chunks: (hypotheses, ms per chunk,
-    audio seconds, resident weight bytes). Shared by the study and the demo."""
+def stream_utterances(subbit_file: Any, utts: Sequence[Any]) -> tuple[list[str], list[float], float, int]:
+    """Stream utterances through the packed runtime (a .subbit path or a loaded PackedTransducer) in 100 ms
+    chunks: (hypotheses, ms per chunk, audio seconds, resident weight bytes). Study, demo and eval share it."""
     import numpy as np
 
     from subbit.asr.data import load_audio
     from subbit.runtime import PackedTransducer, StreamingSession
 
-    model = PackedTransducer.from_file(subbit_file)
+    model = subbit_file if isinstance(subbit_file, PackedTransducer) else PackedTransducer.from_file(subbit_file)
     session = StreamingSession(model)
     hyps, chunk_ms, audio_s = [], [], 0.0
     for utt in utts:
