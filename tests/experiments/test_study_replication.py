@@ -37,8 +37,29 @@ def test_rows_and_claims_are_matched_and_disagreements_flagged(tmp_path):
     assert out["claims"][0]["agrees"] is False
     json_path, md_path = rep.write(b, a)
     text = md_path.read_text()
-    assert "| rnnt | gq4 | 3/3 | 49.60 | [-0.40, +0.90] | no | 49.00 | [-1.00, +0.20] | yes | **no** |" in text
+    assert "| rnnt | gq4 | 3/3 | 49.60 | [-0.40, +0.90] | no | 49.00 | [-1.00, +0.20] | yes | **no** | - |" in text
     assert json.loads(json_path.read_text())["rows"] == out["rows"]
+
+
+def _cells(study, name, base, errors_per_seed, ids=("u1", "u2", "u3")):
+    d = study / "cells" / "rnnt"
+    d.mkdir(parents=True, exist_ok=True)
+    for seed, errors in enumerate(errors_per_seed):
+        ev = {"utt_ids": list(ids), "utt_errors": errors, "utt_words": [10, 10, 10]}
+        (d / f"{name}-s{seed}.json").write_text(json.dumps({"base": {"sha256": base}, "eval": {"test_heldout": ev}}))
+
+
+def test_base_delta_is_paired_over_utterances_and_needs_every_cell(tmp_path):
+    a = _study(tmp_path, "a", [_row("rnnt", "fp32", (0, 0), True, seeds=(0, 1), base="A")], [])
+    b = _study(tmp_path, "b", [_row("rnnt", "fp32", (0, 0), True, seeds=(0, 1), base="B")], [])
+    _cells(a, "fp32", "A", [[3, 3, 3], [3, 3, 3]])  # 30% WER on base A
+    _cells(b, "fp32", "B", [[1, 1, 1], [1, 1, 1]])  # 10% on base B: every resample differs by +20 points
+    lo, hi = rep.compare(rep.load(a), rep.load(b), a, b)["rows"][0]["base_delta_ci"]
+    assert lo == pytest.approx(0.2) and hi == pytest.approx(0.2)
+    _cells(b, "fp32", "other-base", [[1, 1, 1], [1, 1, 1]])  # cells of another base never count
+    assert rep.compare(rep.load(a), rep.load(b), a, b)["rows"][0]["base_delta_ci"] is None
+    _cells(b, "fp32", "B", [[1, 1, 1], [1, 1, 1]], ids=("u1", "u2", "u4"))  # other utterances: no pairing
+    assert rep.compare(rep.load(a), rep.load(b), a, b)["rows"][0]["base_delta_ci"] is None
 
 
 def test_missing_or_foreign_results_are_refused(tmp_path):
