@@ -16,15 +16,7 @@ int sbl_predictor_step(subbit_session *s, int token) {
     if (P->table) {
         memcpy(x, P->table + (int64_t)token * P->dim, sizeof(float) * (size_t)P->dim);
     } else {
-        const sbl_packed *p = P->packed;
-        int64_t g = p->groups > 1 ? token : 0, kp = (p->k + 7) / 8 * 8, rb = kp / 8 * p->bits;
-        const int8_t *t = p->lut + g * SUBBIT_LUT_STRIDE(p->bits);
-        uint8_t idx[SUBBIT_BLOCK];
-        for (int64_t b = 0; b * SUBBIT_BLOCK < kp; b++) {
-            int len = kp - b * SUBBIT_BLOCK >= SUBBIT_BLOCK ? SUBBIT_BLOCK : (int)(kp - b * SUBBIT_BLOCK);
-            subbit_decode_block(p->packed + token * rb + b * 4 * p->bits, p->bits, len, idx);
-            for (int i = 0; i < len && b * SUBBIT_BLOCK + i < p->k; i++) x[b * SUBBIT_BLOCK + i] = (float)t[idx[i]] * p->scales[g];
-        }
+        sbl_packed_row(P->packed, token, x);
     }
     float *cur = x, *nxt = s->pred_tmp_b;
     for (int i = 0; i < P->n_lstm; i++) {

@@ -68,7 +68,11 @@ typedef struct {
     int8_t *lut;           /* [groups][SUBBIT_LUT_STRIDE(bits)] */
     float *scales;         /* [groups] */
     int32_t *rowsum;       /* [n] */
+    int identity;          /* 1: 8-bit indices rewritten in place as their int8 weights (see weights.c) */
 } sbl_packed;
+
+/* Row r of a packed tensor as float32 (k values): int8 table value times its group's scale. */
+void sbl_packed_row(const sbl_packed *p, int64_t r, float *out);
 
 /* y = x W^T + b, packed (kernels) or float. */
 typedef struct {

@@ -129,6 +129,7 @@ static int packed_apply(const sbl_packed *p, const float *bias, const sbl_exec *
     w.lut = p->lut;
     w.scales = p->scales;
     w.rowsum = p->rowsum;
+    w.identity = p->identity; /* 8-bit rewritten as int8 (weights.c): row_bytes == kp either way */
     /* m quantized rows + 64 bytes of slack for the vector loads, 64-byte aligned, slack zeroed */
     const size_t used = (size_t)(m * w.kp), bytes = (used + 64 + 63) / 64 * 64;
     int8_t *xq = (int8_t *)aligned_alloc(64, bytes);

@@ -55,6 +55,54 @@ static int is_affine(const sj_node *q) {
     return cb && cb->type == SJ_STRING && cb->len == 6 && !memcmp(cb->s, "affine", 6);
 }
 
+/* 8-bit indices are bytes in row order (rowblock32-planes-v1: one plane of width 8), so the int8
+ * weights fit in the same bytes. Without AVX-512's byte permutes a 256-entry table costs the AVX2
+ * kernel 16 shuffles and blends per 32 weights (4.6x int8's time in the width sweep); rewritten as
+ * int8 the tensor runs the kernels' identity path at no extra memory (the Python runtime expands
+ * 7-8 bit tensors into a copy instead). The container's data section is ours (malloc'd, its hash
+ * checked at read), and every reader of the tensor goes through sbl_packed_row or the kernels. */
+/* The kernels read int8 weights where identity is set, except in a row's short last block, which
+ * they decode through the row's table: the first table becomes the identity (subbit_row_lut gives
+ * it to every row), the scales stay. */
+static void mark_identity(sbl_packed *p) {
+    for (int j = 0; j < 256; j++) p->lut[j] = (int8_t)(uint8_t)j;
+    p->identity = 1;
+}
+
+static void expand_in_place(sbl_packed *p) {
+    uint8_t *d = (uint8_t *)p->packed;
+    const int64_t kp = (p->k + 7) / 8 * 8;
+    for (int64_t r = 0; r < p->n; r++) {
+        const int8_t *t = p->lut + (p->groups == 1 ? 0 : r) * SUBBIT_LUT_STRIDE(8);
+        for (int64_t j = 0; j < kp; j++) d[r * kp + j] = (uint8_t)t[d[r * kp + j]];
+    }
+    mark_identity(p);
+}
+
+/* An earlier load of the same bytes that rewrote them (a tensor shared by two owners). */
+static const sbl_packed *expanded_before(const subbit_model *m, const sbl_packed *p) {
+    for (int i = 0; i < m->n_packed; i++)
+        if (&m->packed_all[i] != p && m->packed_all[i].identity && m->packed_all[i].packed == p->packed)
+            return &m->packed_all[i];
+    return NULL;
+}
+
+void sbl_packed_row(const sbl_packed *p, int64_t r, float *out) {
+    const int64_t g = p->groups == 1 ? 0 : r, kp = (p->k + 7) / 8 * 8, rb = kp / 8 * p->bits;
+    if (p->identity) {
+        const int8_t *w8 = (const int8_t *)p->packed + r * kp;
+        for (int64_t j = 0; j < p->k; j++) out[j] = (float)w8[j] * p->scales[g];
+        return;
+    }
+    const int8_t *t = p->lut + g * SUBBIT_LUT_STRIDE(p->bits);
+    uint8_t idx[SUBBIT_BLOCK];
+    for (int64_t b = 0; b * SUBBIT_BLOCK < kp; b++) {
+        int len = kp - b * SUBBIT_BLOCK >= SUBBIT_BLOCK ? SUBBIT_BLOCK : (int)(kp - b * SUBBIT_BLOCK);
+        subbit_decode_block(p->packed + r * rb + b * 4 * p->bits, p->bits, len, idx);
+        for (int i = 0; i < len && b * SUBBIT_BLOCK + i < p->k; i++) out[b * SUBBIT_BLOCK + i] = (float)t[idx[i]] * p->scales[g];
+    }
+}
+
 /* The quantized tensor `name` with its kernel tables (int8 lut, scales, row sums). */
 sbl_packed *sbl_packed_load(sbl_bctx *x, const char *name) {
     subbit_model *m = x->m;
@@ -107,9 +155,15 @@ sbl_packed *sbl_packed_load(sbl_bctx *x, const char *name) {
         }
     }
     free(cb);
-    if (subbit_rowsums(p->packed, p->n, p->k, p->bits, p->lut, p->groups, p->rowsum) != 0) {
+    const sbl_packed *prev = expanded_before(m, p);
+    if (prev) { /* the same tensor loaded again (tied): its bytes already hold int8 weights */
+        mark_identity(p);
+        memcpy(p->rowsum, prev->rowsum, sizeof(int32_t) * (size_t)p->n);
+    } else if (subbit_rowsums(p->packed, p->n, p->k, p->bits, p->lut, p->groups, p->rowsum) != 0) {
         sbl_fail(x->e, SUBBIT_ERR_INTERNAL, "rowsums refused %.80s", name);
         return NULL;
+    } else if (p->bits == 8 && m->path != SUBBIT_AVX512) {
+        expand_in_place(p);
     }
     m->weight_bytes += (uint64_t)(p->n * ((p->k + 7) / 8 * p->bits)) + (uint64_t)(p->groups * stride) +
                        (uint64_t)(4 * p->groups + 4 * p->n);
@@ -130,18 +184,7 @@ float *sbl_as_float(sbl_bctx *x, const char *name, int64_t *count, int64_t shape
         *count = p->n * p->k;
         float *out = (float *)malloc(sizeof(float) * (size_t)(*count ? *count : 1));
         if (!out) { sbl_fail(x->e, SUBBIT_ERR_NOMEM, "out of memory decoding %.80s", name); return NULL; }
-        int64_t kp = (p->k + 7) / 8 * 8, rb = kp / 8 * p->bits;
-        uint8_t idx[SUBBIT_BLOCK];
-        for (int64_t r = 0; r < p->n; r++) {
-            int64_t g = p->groups == 1 ? 0 : r;
-            const int8_t *t = p->lut + g * SUBBIT_LUT_STRIDE(p->bits);
-            for (int64_t b = 0; b * SUBBIT_BLOCK < kp; b++) {
-                int len = kp - b * SUBBIT_BLOCK >= SUBBIT_BLOCK ? SUBBIT_BLOCK : (int)(kp - b * SUBBIT_BLOCK);
-                subbit_decode_block(p->packed + r * rb + b * 4 * p->bits, p->bits, len, idx);
-                for (int i = 0; i < len && b * SUBBIT_BLOCK + i < p->k; i++)
-                    out[r * p->k + b * SUBBIT_BLOCK + i] = (float)t[idx[i]] * p->scales[g];
-            }
-        }
+        for (int64_t r = 0; r < p->n; r++) sbl_packed_row(p, r, out + r * p->k);
         m->weight_bytes += 4 * (uint64_t)*count;
         return out;
     }

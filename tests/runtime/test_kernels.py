@@ -80,6 +80,28 @@ def test_many_blocks_and_rows(path: str) -> None:
         np.testing.assert_array_equal(kernels.packed_linear(x, w, path=path), kernels.reference_packed_linear(x, w))
 
 
+@pytest.mark.parametrize("path", C_PATHS or ["ref"])
+def test_one_bit_long_rows_at_the_int16_limit(path: str) -> None:
+    """The AVX2 1-bit loop sums activations in int16 over runs of 128 blocks: +-127 against
+    indices all 1 puts 128 * 254 = 32512 in every lane. Rows span three runs, leftover blocks and
+    a short tail; 67 inputs span two runs of 64 activation sums; both codebook kinds."""
+    rng = np.random.default_rng(11)
+    n, m, k = 6, 67, 3 * 4096 + 3 * 32 + 16
+    for granularity in ("tensor", "channel"):
+        g = n if granularity == "channel" else 1
+        cb = np.tile(np.array([[-1.0, 1.0]], np.float32), (g, 1))
+        for idx, x in (
+            (np.ones((n, k), np.int64), np.ones((m, k), np.float32)),
+            (np.ones((n, k), np.int64), -np.ones((m, k), np.float32)),
+            (rng.integers(0, 2, (n, k)), rng.choice([-1.0, 1.0], (m, k)).astype(np.float32)),
+        ):
+            w = PackedTensor.from_indices(idx, cb, 1, granularity=granularity)
+            ref = kernels.reference_packed_linear(x, w)
+            np.testing.assert_array_equal(kernels.packed_linear(x, w, path=path), ref, err_msg=f"{path} {granularity}")
+    exact = x.astype(np.float64) @ w.dequantize().reshape(n, k).astype(np.float64).T
+    np.testing.assert_allclose(ref, exact, rtol=1e-5)  # +-1 values are exact in int8: only float rounding
+
+
 @pytest.mark.parametrize("bits", [1, 2, 4, 5, 8])
 def test_reference_within_quantization_bound(bits: int) -> None:
     """|y - x @ W^T| <= the worst case of rounding x to sx*xq and c to s*lut (+ float slack).

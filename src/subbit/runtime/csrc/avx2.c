@@ -5,8 +5,10 @@
  * 2 * 127 * 127 = 32258, exact. Four weight rows share each activation block and each decoded
  * weight vector serves two input rows. At 1, 2 and 4 bits one 32-byte load yields 32 indices per
  * field (activations permuted to match, once per call). 7-8 bit weights come here expanded to int8
- * (subbit_int8_linear, identity table). Compiled for AVX2 via target pragmas; only called after
- * a runtime CPU check.
+ * (subbit_int8_linear, identity table). 1-bit weights skip the table: a masked sum of the
+ * activations per row (rows_b1) does the work with about half the instructions. Compiled for AVX2
+ * via target pragmas; only called after a runtime CPU check. Quantization and the read reference
+ * live in avx2_util.c.
  */
 #include <string.h>
 
@@ -151,7 +153,8 @@ AI void rows(const subbit_weight *w, const int8_t *xr, const int8_t *xp, int64_t
                 if (!(s & 1)) PREFETCH(src[r] + pf + s * 32); /* one prefetch per 64-byte line */
                 v[r] = _mm256_loadu_si256((const __m256i *)(src[r] + s * 32));
             }
-            for (int t = 0; t < F; t++) {
+#pragma GCC unroll 8
+            for (int t = 0; t < F; t++) { /* unrolled: constant shift counts (vpsrlw imm) */
                 for (int r = 0; r < R; r++)
                     wv[r] = _mm256_shuffle_epi8(table16(lut[r]),
                                                 _mm256_and_si256(t ? _mm256_srli_epi16(v[r], t * bits) : v[r], mask));
@@ -193,6 +196,73 @@ AI void rows(const subbit_weight *w, const int8_t *xr, const int8_t *xp, int64_t
         for (int i = 0; i < MT; i++) out[r][i] = hsum(acc[r][i]);
 }
 
+/* 1 bit: w = t0 + (t1 - t0) * b with b in {0, 1}, so x . w = t0 * sum(x) + (t1 - t0) * sum(x where
+ * b = 1). The masked sum is one maddubs(b, x) per 32 weights (unsigned 0/1 times signed, pairs
+ * <= 254, no saturation) accumulated in int16 for up to 128 blocks (|sum| <= 32512) before one
+ * widening madd: 4 vector ops per 32 weights and input instead of the table path's 7. Exact
+ * int64 combination, so acc is the same int32 as every other path's. Super-blocks only (S = 8
+ * blocks per 32-byte load); the remaining blocks and the tail go through the table path. */
+#ifndef B1_FLUSH
+#define B1_FLUSH 16 /* super-blocks per int16 run: 16 * 8 = 128 blocks (tests may lower it, never raise it) */
+#endif
+AI void rows_b1(const subbit_weight *w, const int8_t *xp, const int32_t *xsum, int64_t ldx, int64_t r0,
+                const int R, const int MT, int32_t out[4][4]) {
+    const uint8_t *src[4];
+    __m256i acc[4][2];
+    for (int r = 0; r < R; r++) {
+        src[r] = w->packed + (r0 + r) * w->row_bytes;
+        for (int i = 0; i < MT; i++) acc[r][i] = _mm256_setzero_si256();
+    }
+    const int64_t nsup = w->nfull / 8, grp = R * w->row_bytes;
+    const int64_t pf = (SUBBIT_PREFETCH_BYTES + grp - 1) / grp * grp;
+    const __m256i one8 = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1);
+    for (int64_t s0 = 0; s0 < nsup; s0 += B1_FLUSH) {
+        const int64_t s1 = s0 + B1_FLUSH < nsup ? s0 + B1_FLUSH : nsup;
+        __m256i a16[4][2];
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < MT; i++) a16[r][i] = _mm256_setzero_si256();
+        for (int64_t s = s0; s < s1; s++) {
+            __m256i v[4];
+            for (int r = 0; r < R; r++) {
+                if (!(s & 1)) PREFETCH(src[r] + pf + s * 32);
+                v[r] = _mm256_loadu_si256((const __m256i *)(src[r] + s * 32));
+            }
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) {
+                __m256i x[2];
+                for (int i = 0; i < MT; i++) x[i] = _mm256_loadu_si256((const __m256i *)(xp + i * ldx + (s * 8 + t) * 32));
+                for (int r = 0; r < R; r++) {
+                    const __m256i b = _mm256_and_si256(t ? _mm256_srli_epi16(v[r], t) : v[r], one8);
+                    for (int i = 0; i < MT; i++) a16[r][i] = _mm256_add_epi16(a16[r][i], _mm256_maddubs_epi16(b, x[i]));
+                }
+            }
+        }
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < MT; i++) acc[r][i] = _mm256_add_epi32(acc[r][i], _mm256_madd_epi16(a16[r][i], one16));
+    }
+    for (int r = 0; r < R; r++) {
+        const int8_t *lut = subbit_row_lut(w, r0 + r);
+        for (int i = 0; i < MT; i++)
+            out[r][i] = (int32_t)((int64_t)lut[0] * xsum[i] + (int64_t)(lut[1] - lut[0]) * hsum(acc[r][i]));
+    }
+}
+
+/* The 1-bit rows: super-blocks by rows_b1, the rest (remaining blocks, tail) by the table path on
+ * a view of the weight that starts after the super-blocks. */
+AI void rows_1bit(const subbit_weight *w, const int8_t *xr, const int8_t *xp, const int32_t *xsum, int64_t ldx,
+                  int64_t r0, const int R, const int MT, int32_t out[4][4]) {
+    rows_b1(w, xp, xsum, ldx, r0, R, MT, out);
+    const int64_t done = w->nfull / 8 * 8; /* blocks handled above */
+    if (done == w->nfull && !w->tail) return;
+    subbit_weight rest = *w;
+    rest.packed = w->packed + done * 4; /* 1 bit: 4 bytes per block */
+    rest.nfull = w->nfull - done;
+    int32_t more[4][4];
+    rows(&rest, xr + done * SUBBIT_BLOCK, xp, ldx, r0, R, MT, 1, 0, more);
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < MT; i++) out[r][i] += more[r][i];
+}
+
 #define ROWS_AND_STORE(R, MT, B, ID)                                                                       \
     do {                                                                                                   \
         rows(w, xq + i * w->kp, xp + i * w->kp, w->kp, r, R, MT, B, ID, acc);                              \
@@ -224,7 +294,41 @@ AI void rows(const subbit_weight *w, const int8_t *xr, const int8_t *xp, int64_t
         }                                                                                                  \
     }
 
-DEFINE_BITS(linear_b1, 1, 0)
+/* 1 bit: the masked-sum loop (rows_1bit), inputs in runs of 64 so their sums fit on the stack. */
+static void linear_b1(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
+                      const float *bias, float *y) {
+    int32_t acc[4][4], xs[64];
+    int8_t *xp = w->scratch;
+    const int64_t nsup = w->nfull / 8, span = nsup * 8 * SUBBIT_BLOCK;
+    for (int64_t i = 0; i < m; i++)
+        subbit_permute_x((const uint8_t *)(xq + i * w->kp), nsup, 1, 32, (uint8_t *)(xp + i * w->kp));
+    for (int64_t i0 = 0; i0 < m; i0 += 64) {
+        const int64_t m1 = i0 + 64 < m ? i0 + 64 : m;
+        for (int64_t i = i0; i < m1; i++) {
+            int32_t t = 0;
+            for (int64_t j = 0; j < span; j++) t += xq[i * w->kp + j];
+            xs[i - i0] = t;
+        }
+#define STORE_B1(R, MT)                                                                                    \
+    do {                                                                                                   \
+        rows_1bit(w, xq + i * w->kp, xp + i * w->kp, xs + (i - i0), w->kp, r, R, MT, acc);                 \
+        for (int a = 0; a < (R); a++)                                                                      \
+            for (int c = 0; c < (MT); c++)                                                                 \
+                y[(i + c) * w->n + r + a] = subbit_epilogue(acc[a][c], sx[i + c],                          \
+                                                            w->scales[w->groups == 1 ? 0 : r + a], bias, r + a); \
+    } while (0)
+        int64_t r = 0, i;
+        for (; r + 4 <= w->n; r += 4) {
+            for (i = i0; i + 2 <= m1; i += 2) STORE_B1(4, 2);
+            for (; i < m1; i++) STORE_B1(4, 1);
+        }
+        for (; r < w->n; r++) {
+            for (i = i0; i + 2 <= m1; i += 2) STORE_B1(1, 2);
+            for (; i < m1; i++) STORE_B1(1, 1);
+        }
+#undef STORE_B1
+    }
+}
 DEFINE_BITS(linear_b2, 2, 0)
 DEFINE_BITS(linear_b3, 3, 0)
 DEFINE_BITS(linear_b4, 4, 0)
@@ -252,89 +356,10 @@ void subbit_linear_avx2(const subbit_weight *w, const int8_t *xq, const float *s
     }
 }
 
-float subbit_quantize_row_avx2(const float *x, int64_t k, int64_t kp, int8_t *xq) {
-    const __m256 signmask = _mm256_set1_ps(-0.0f);
-    __m256 vmax = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 8 <= k; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(signmask, _mm256_loadu_ps(x + i)));
-    float lanes[8];
-    _mm256_storeu_ps(lanes, vmax);
-    float amax = 0.0f;
-    for (int j = 0; j < 8; j++)
-        if (lanes[j] > amax) amax = lanes[j];
-    for (; i < k; i++) {
-        float a = x[i] < 0 ? -x[i] : x[i];
-        if (a > amax) amax = a;
-    }
-    memset(xq, 0, (size_t)kp);
-    if (!(amax > 0.0f)) return 0.0f;
-    const float inv = 127.0f / amax;
-    const __m256 vinv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
-    for (i = 0; i + 32 <= k; i += 32) {
-        __m256i q[4];
-        for (int j = 0; j < 4; j++) {
-            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), vinv);
-            v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-            q[j] = _mm256_cvtps_epi32(v);
-        }
-        /* pack 4x8 int32 -> 32 int8; packs interleave 128-bit lanes, permute restores order */
-        __m256i a = _mm256_packs_epi32(q[0], q[1]);
-        __m256i b = _mm256_packs_epi32(q[2], q[3]);
-        __m256i c = _mm256_packs_epi16(a, b);
-        c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)(xq + i), c);
-    }
-    for (; i < k; i++) {
-        float v = x[i] * inv;
-        float r = (float)_mm_cvtss_f32(_mm_round_ss(_mm_setzero_ps(), _mm_set_ss(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        if (r > 127.0f) r = 127.0f;
-        if (r < -127.0f) r = -127.0f;
-        xq[i] = (int8_t)r;
-    }
-    return amax / 127.0f;
-}
-
-uint64_t subbit_read_sum_avx2(const uint8_t *buf, int64_t nbytes) {
-    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
-    int64_t i = 0;
-    for (; i + 128 <= nbytes; i += 128) {
-        s0 = _mm256_add_epi64(s0, _mm256_loadu_si256((const __m256i *)(buf + i)));
-        s1 = _mm256_add_epi64(s1, _mm256_loadu_si256((const __m256i *)(buf + i + 32)));
-        s2 = _mm256_add_epi64(s2, _mm256_loadu_si256((const __m256i *)(buf + i + 64)));
-        s3 = _mm256_add_epi64(s3, _mm256_loadu_si256((const __m256i *)(buf + i + 96)));
-    }
-    s0 = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
-    uint64_t lanes[4];
-    _mm256_storeu_si256((__m256i *)lanes, s0);
-    uint64_t s = lanes[0] + lanes[1] + lanes[2] + lanes[3];
-    for (; i + 8 <= nbytes; i += 8) {
-        uint64_t v;
-        memcpy(&v, buf + i, 8);
-        s += v;
-    }
-    for (; i < nbytes; i++) s += buf[i];
-    return s;
-}
-
 #pragma GCC pop_options
 #else
 void subbit_linear_avx2(const subbit_weight *w, const int8_t *xq, const float *sx, int64_t m,
                         const float *bias, float *y) {
     subbit_linear_portable(w, xq, sx, m, bias, y);
-}
-float subbit_quantize_row_avx2(const float *x, int64_t k, int64_t kp, int8_t *xq) {
-    return subbit_quantize_row(x, k, kp, xq);
-}
-uint64_t subbit_read_sum_avx2(const uint8_t *buf, int64_t nbytes) {
-    uint64_t s = 0;
-    int64_t i = 0;
-    for (; i + 8 <= nbytes; i += 8) {
-        uint64_t v;
-        memcpy(&v, buf + i, 8);
-        s += v;
-    }
-    for (; i < nbytes; i++) s += buf[i];
-    return s;
 }
 #endif
