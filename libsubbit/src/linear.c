@@ -61,7 +61,7 @@ static int packed_rows(const packed_job *j, int64_t r0, int64_t r1) {
     w.packed = W->packed + r0 * W->row_bytes;
     if (W->groups != 1) {
         w.groups = n;
-        w.lut = W->lut + r0 * SUBBIT_LUT_STRIDE(W->bits);
+        if (!W->identity) w.lut = W->lut + r0 * SUBBIT_LUT_STRIDE(W->bits); /* identity: one table for all rows */
         w.scales = W->scales + r0;
     }
     if (W->rowsum) w.rowsum = W->rowsum + r0;

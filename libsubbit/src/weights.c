@@ -63,10 +63,14 @@ static int is_affine(const sj_node *q) {
  * checked at read), and every reader of the tensor goes through sbl_packed_row or the kernels. */
 /* The kernels read int8 weights where identity is set, except in a row's short last block, which
  * they decode through the row's table: the first table becomes the identity (subbit_row_lut gives
- * it to every row), the scales stay. */
+ * it to every row, and a row slice must not offset it: linear.c), the scales stay. */
 static void mark_identity(sbl_packed *p) {
     for (int j = 0; j < 256; j++) p->lut[j] = (int8_t)(uint8_t)j;
     p->identity = 1;
+    if (p->groups > 1) { /* the per-row tables are dead now: keep the one identity table */
+        int8_t *one = (int8_t *)realloc(p->lut, 256);
+        if (one) p->lut = one; /* a failed shrink keeps the larger block, which stays valid */
+    }
 }
 
 static void expand_in_place(sbl_packed *p) {
@@ -165,7 +169,7 @@ sbl_packed *sbl_packed_load(sbl_bctx *x, const char *name) {
     } else if (p->bits == 8 && m->path != SUBBIT_AVX512) {
         expand_in_place(p);
     }
-    m->weight_bytes += (uint64_t)(p->n * ((p->k + 7) / 8 * p->bits)) + (uint64_t)(p->groups * stride) +
+    m->weight_bytes += (uint64_t)(p->n * ((p->k + 7) / 8 * p->bits)) + (uint64_t)(p->identity ? 256 : p->groups * stride) +
                        (uint64_t)(4 * p->groups + 4 * p->n);
     return p;
 }

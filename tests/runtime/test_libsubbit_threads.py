@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from subbit.export.loading import load_packed
-from subbit.runtime import native
+from subbit.runtime import kernels, native
 from subbit.runtime.models import PackedTransducer
 from subbit.runtime.session import StreamingSession
 from subbit.testing.dummies import dummy_subbit_file
@@ -117,3 +117,40 @@ def test_subbit_stream_takes_threads(wide_model: Path, tmp_path: Path) -> None:
     assert one.stdout == two.stdout and one.stdout.strip()
     bad = subprocess.run([exe, "--threads", "0", str(wide_model), str(wav)], capture_output=True, text=True)
     assert bad.returncode == 2 and "--threads" in bad.stderr
+
+
+PER_ROW_8BIT = {"LSTM": {"bits": 8, "granularity": "channel"}, "Linear": {"bits": 8, "granularity": "channel"}}
+
+
+@pytest.mark.parametrize("kernel", ["portable", "avx2", "avx512"])
+def test_8bit_per_row_model_rewritten_as_int8_is_bit_identical_across_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str
+) -> None:
+    """Off AVX-512 the loader rewrites 8-bit indices as int8 weights and keeps one identity table
+    for every row (weights.c). A row slice of a threaded matmul once offset that table by its
+    first row and decoded the rows' short last blocks through another row's codebook: logits
+    moved by 3e-2 at 2 threads (k = 250 leaves a 26-wide last block)."""
+    if kernel != "portable" and kernel not in kernels.available_paths():
+        pytest.skip(f"this CPU has no {kernel} path")
+    monkeypatch.setenv("SUBBIT_KERNEL", kernel)
+    path = dummy_subbit_file(tmp_path, "rnnt", bits=8, rules=PER_ROW_8BIT, blank_bias=0.2, **WIDE["rnnt"])
+    x = audio(1.5)
+    with native.NativeModel(path) as m:
+        assert m.info.kernel_path == kernel
+        tok1, log1, _ = stream(m, 1, x)
+        tok2, log2, _ = stream(m, 2, x)
+    assert len(tok1) > 3 and tok2 == tok1
+    assert len(log2) == len(log1) and all(np.array_equal(a, b) for a, b in zip(log2, log1))
+
+
+def test_rewritten_8bit_rows_hold_one_table_not_one_per_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-row 8-bit codebooks cost 256 table bytes per row until the int8 rewrite; after it the
+    model holds only 4 bytes of scale per row more than the same model with one codebook."""
+    monkeypatch.setenv("SUBBIT_KERNEL", "portable")  # the rewrite happens on every path but AVX-512
+    per_tensor = dummy_subbit_file(tmp_path / "t", "rnnt", bits=8, blank_bias=0.2, **WIDE["rnnt"])
+    per_row = dummy_subbit_file(tmp_path / "r", "rnnt", bits=8, rules=PER_ROW_8BIT, blank_bias=0.2, **WIDE["rnnt"])
+    rows = sum(int(t.shape[0]) for t in load_packed(per_row).packed.values() if int(t.groups) > 1)
+    assert rows > 1000
+    with native.NativeModel(per_tensor) as a, native.NativeModel(per_row) as b:
+        extra = b.info.weight_bytes - a.info.weight_bytes
+    assert 0 <= extra <= 4 * rows, (extra, rows)
