@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import logging
 import pstats
 import tempfile
 from pathlib import Path
 
+from train_throughput import QUANTS, benchmark_config  # the same recipe (this folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
-QUANTS = {"fp32": None, "gq4": {"default": {"bits": 4}}, "gq8": {"default": {"bits": 8}}}
 #: (label, file name, function name): the entries whose cumulative time is reported
 WATCH = [("train_step", "loop.py", "train_step"), ("quantizer forward", "gq.py", "forward"),
          ("window backward", "soft_window.py", "backward"), ("table backward", "soft_table.py", "backward"),
@@ -28,17 +28,11 @@ WATCH = [("train_step", "loop.py", "train_step"), ("quantizer forward", "gq.py",
 
 def profile(arch: str, quant: str, threads: int, steps: int, data: str, preset: str) -> dict:
     """Train ``steps`` steps under cProfile; the watched functions and the 40 largest by cumulative time."""
-    from subbit.asr.train import TrainConfig, train
+    from subbit.asr.train import train
 
     logging.disable(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
-        qpath = None
-        if QUANTS[quant] is not None:
-            qpath = Path(tmp) / "quant.json"
-            qpath.write_text(json.dumps(QUANTS[quant]))
-        cfg = TrainConfig(data=data, out=str(Path(tmp) / "run"), model=arch, preset=preset, steps=steps,
-                          quant=str(qpath) if qpath else None, threads=threads, tokenizer="char", batch_size=8,
-                          augment=False, progress=False, ckpt_every=0, eval_every=0, warmup_steps=1)
+        cfg = benchmark_config(tmp, arch, quant, threads, data, steps, preset)
         prof = cProfile.Profile()
         prof.enable()
         res = train(cfg)

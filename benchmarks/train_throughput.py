@@ -20,24 +20,33 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-QUANTS = {"fp32": None, "gq4": {"default": {"bits": 4}}}
+QUANTS = {"fp32": None, "gq4": {"default": {"bits": 4}}, "gq8": {"default": {"bits": 8}}}
+
+
+def benchmark_config(tmp: str, arch: str, quant: str, threads: int, data: str, steps: int, preset: str):
+    """The study's training recipe (char tokens, batch 8, no augmentation, no checkpoints) for
+    ``steps`` steps in the folder ``tmp``, with the ``quant`` rules written there; shared with
+    train_profile.py so both benchmarks time the same loop."""
+    from subbit.asr.train import TrainConfig
+
+    qpath = None
+    if QUANTS[quant] is not None:
+        qpath = Path(tmp) / "quant.json"
+        qpath.write_text(json.dumps(QUANTS[quant]))
+    return TrainConfig(data=data, out=str(Path(tmp) / "run"), model=arch, preset=preset, steps=steps,
+                       quant=str(qpath) if qpath else None, threads=threads, tokenizer="char", batch_size=8,
+                       augment=False, progress=False, ckpt_every=0, eval_every=0, warmup_steps=1)
 
 
 def worker(arch: str, quant: str, threads: int, data: str, steps: int, preset: str) -> dict:
     """One configuration in this process: train ``steps`` steps, return the loop's figures."""
     import logging
 
-    from subbit.asr.train import TrainConfig, train
+    from subbit.asr.train import train
 
     logging.disable(logging.INFO)
     with tempfile.TemporaryDirectory() as tmp:
-        qpath = None
-        if QUANTS[quant] is not None:
-            qpath = Path(tmp) / "quant.json"
-            qpath.write_text(json.dumps(QUANTS[quant]))
-        res = train(TrainConfig(data=data, out=str(Path(tmp) / "run"), model=arch, preset=preset, steps=steps,
-                                quant=str(qpath) if qpath else None, threads=threads, tokenizer="char", batch_size=8,
-                                augment=False, progress=False, ckpt_every=0, eval_every=0, warmup_steps=1))
+        res = train(benchmark_config(tmp, arch, quant, threads, data, steps, preset))
     return {"arch": arch, "quant": quant, "threads": threads, "steps": res.steps, "seconds": res.elapsed,
             "audio_s_per_s": res.audio_sec_per_sec}
 
