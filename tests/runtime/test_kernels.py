@@ -63,11 +63,12 @@ def test_int8_expanded_and_lut_paths_agree(bits: int, monkeypatch: pytest.Monkey
             y = np.empty_like(ref)
             assert kernels._int8_linear(lib, path, x, p, bias.ctypes.data, y) == 0
             np.testing.assert_array_equal(y, ref, err_msg=f"int8 {path}")
-            monkeypatch.setattr(kernels, "EXPAND_BITS", 9)  # table lookups everywhere
-            np.testing.assert_array_equal(kernels.packed_linear(x, w, bias, path=path), ref, err_msg=f"lut {path}")
-            monkeypatch.setattr(kernels, "EXPAND_BITS", 1)  # expanded int8 everywhere it applies
-            np.testing.assert_array_equal(kernels.packed_linear(x, w, bias, path=path), ref, err_msg=f"exp {path}")
-            monkeypatch.undo()
+            for expand, route in ((9, "lut"), (1, "exp")):  # table lookups everywhere / int8 where it applies
+                monkeypatch.setattr(kernels, "EXPAND_BITS", expand)
+                fresh = PackedTensor.from_indices(w.indices(), w.codebook, bits, granularity=granularity)
+                assert kernels.prepare(fresh).identity == (expand == 1 and kernels.default_path() != "avx512")
+                np.testing.assert_array_equal(kernels.packed_linear(x, fresh, bias, path=path), ref, err_msg=f"{route} {path}")
+                monkeypatch.undo()
 
 
 @pytest.mark.parametrize("path", C_PATHS or ["ref"])
@@ -146,14 +147,49 @@ def test_zero_input_gives_bias() -> None:
 
 
 def test_rowsums_match_decoded_weights() -> None:
+    """Row sums are over the padded row (padding reads index 0), from the file's own indices."""
     rng = np.random.default_rng(5)
-    for bits in (2, 5, 7):
+    for bits in (2, 5, 7, 8):
         w = make_weight(rng, bits, 6, 45, "channel")
         prep = kernels.prepare(w)
-        kp = 48
-        idx = unpack_rows(prep.packed, bits, kp).astype(np.int64)
-        expect = np.take_along_axis(prep.lut.astype(np.int64), idx, axis=1).sum(1)
+        lut8, _ = int8_codebook(w)
+        idx = unpack_rows(np.asarray(w.packed).reshape(6, -1), bits, 48).astype(np.int64)
+        expect = np.take_along_axis(lut8.astype(np.int64), idx, axis=1).sum(1)
         np.testing.assert_array_equal(prep.rowsum, expect)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_8bit_weights_stored_as_int8_hold_one_table_and_give_the_same_products(granularity: str) -> None:
+    """Where the default path has no byte permutes, prepare() keeps 7-8 bit weights as int8
+    values only: no per-row tables, no index copy, and every path's product is unchanged
+    (compared with the same weight prepared the table way: integer math, so exactly equal)."""
+    if kernels.default_path() == "avx512":
+        pytest.skip("the AVX-512 path reads 8-bit indices through its tables")
+    rng = np.random.default_rng(11)
+    for bits in (7, 8):
+        w = make_weight(rng, bits, 300, 200, granularity)
+        table_way = kernels.PreparedWeight(bits, 300, 200, w.groups, np.asarray(w.packed).reshape(300, -1),
+                                           *_tables(w, bits))
+        p = kernels.prepare(w)
+        assert p.identity and p.lut.shape == (1, 256)
+        assert p.nbytes == 300 * 200 + 256 + 4 * w.groups + 4 * 300  # int8 weights, one table, scales, row sums
+        np.testing.assert_array_equal(p.rowsum, table_way.rowsum)
+        np.testing.assert_array_equal(kernels.dequantized_weight(p), kernels.dequantized_weight(table_way))
+        x = rng.normal(size=(3, 200)).astype(np.float32)
+        bias = rng.normal(size=300).astype(np.float32)
+        want = kernels.reference_packed_linear(x, table_way, bias)
+        for path in kernels.available_paths():
+            np.testing.assert_array_equal(kernels.packed_linear(x, p, bias, path=path), want, err_msg=path)
+
+
+def _tables(w: PackedTensor, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lut8, scales = int8_codebook(w)
+    lut = np.zeros((w.groups, kernels.lut_stride(bits)), dtype=np.int8)
+    lut[:, : lut8.shape[1]] = lut8
+    idx = unpack_rows(np.asarray(w.packed).reshape(w.shape[0], -1), bits, 200)  # K = 200: no padding
+    g = np.zeros(w.shape[0], dtype=np.int64) if w.groups == 1 else np.arange(w.shape[0])
+    rowsum = lut[g[:, None], idx.astype(np.int64)].astype(np.int64).sum(1).astype(np.int32)
+    return lut, scales, rowsum
 
 
 def test_prepare_is_cached_and_deployed_weight() -> None:

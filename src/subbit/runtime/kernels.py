@@ -13,10 +13,10 @@ sum is exact and the float epilogue is the same three float32 operations).
 
 Paths: ``ref`` (NumPy), ``c`` (portable C), ``avx2``, ``avx512`` (VNNI + VBMI). The default is
 the best one the CPU has; ``SUBBIT_KERNEL=ref|portable|avx2|avx512`` (``c`` = ``portable``) or
-``path=`` forces one. If the
-compiled library is missing the NumPy reference is used and a warning is logged once.
-At 7-8 bits the ``c`` and ``avx2`` paths (no byte permutes) expand the weight to int8 once, on
-first use (N * Kp extra bytes); ``avx512`` always reads the packed indices.
+``path=`` forces one. Without the compiled library the NumPy reference runs (one warning).
+At 7-8 bits the ``c`` and ``avx2`` paths (no byte permutes) multiply int8 weights: where one of
+them is the default path :func:`prepare` stores the weight that way (in place of the indices and
+the per-row tables); otherwise a path asked for explicitly expands a copy on first use.
 
 Streaming speed: weights are read once per frame from L3/DRAM, so :func:`prepare` moves packed
 weights of at least ``HUGEPAGE_MIN_BYTES`` into huge-page memory (fewer TLB misses, no prefetch
@@ -29,8 +29,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,14 @@ import numpy as np
 
 from subbit.clib import Signatures, library_file, open_library
 from subbit.export.bitpack import PackedTensor, int8_codebook, padded_length, unpack_rows
+from subbit.runtime.arena import HUGEPAGE_MIN_BYTES, HugePageArena, whole_buffer
 
 log = logging.getLogger(__name__)
 
 PATHS = ("ref", "c", "avx2", "avx512")
 #: other names accepted for a path (``SUBBIT_KERNEL=portable`` is the portable C path)
 PATH_ALIASES = {"portable": "c"}
-#: from this depth on, paths without byte permutes (c, avx2) use weights expanded to int8 at first use
+#: from this depth on, paths without byte permutes (c, avx2) multiply int8 weights (see prepare)
 EXPAND_BITS = 7
 _C_PATH_IDS = {"c": 1, "avx2": 2, "avx512": 3}
 _ERRORS = {-1: "bad argument", -2: "path not supported by this CPU", -3: "out of memory"}
@@ -139,22 +138,33 @@ def lut_stride(bits: int) -> int:
 # -- prepared weights --------------------------------------------------------------------------
 @dataclass
 class PreparedWeight:
-    """Everything the kernels read for one weight, built once per tensor (:func:`prepare`)."""
+    """Everything the kernels read for one weight, built once per tensor (:func:`prepare`).
+
+    ``identity``: stored as int8 values (7-8 bits, default path without byte permutes): ``packed``
+    holds ``int8 [N, Kp]`` bytes, ``lut`` one identity table; indices and per-row tables are gone.
+    """
 
     bits: int
     n: int
     k: int
     groups: int
-    packed: np.ndarray  # uint8 [N, row_bytes], C-contiguous
-    lut: np.ndarray  # int8 [G, lut_stride(bits)], zero padded
+    packed: np.ndarray  # uint8 [N, row_bytes], C-contiguous (identity: int8 weights [N, Kp] as uint8)
+    lut: np.ndarray  # int8 [G, lut_stride(bits)], zero padded (identity: [1, 256])
     scales: np.ndarray  # float32 [G]
     rowsum: np.ndarray  # int32 [N]: sum of the padded row's int8 weights (VNNI offset correction)
+    identity: bool = False
 
     def __post_init__(self) -> None:
         # raw addresses, taken once: reading .ctypes.data costs about a microsecond per call
         self._ptrs = (self.packed.ctypes.data, self.lut.ctypes.data, self.scales.ctypes.data, self.rowsum.ctypes.data)
         self._int8: tuple[np.ndarray, np.ndarray] | None = None
         self._bias: tuple[np.ndarray, int] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Resident bytes: indices (or int8 weights), tables, scales, row sums, any int8 copy."""
+        extra = 0 if self._int8 is None or self.identity else self._int8[0].nbytes + self._int8[1].nbytes
+        return int(self.packed.nbytes + self.lut.nbytes + self.scales.nbytes + self.rowsum.nbytes + extra)
 
     def bias_pointer(self, bias: np.ndarray) -> int:
         """Address of ``bias`` (float32, contiguous), remembered for the last bias object seen:
@@ -168,65 +178,49 @@ class PreparedWeight:
         return ptr
 
     def int8_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(w8 int8 [N, Kp], row sums)``: the weights expanded once, for 7-8 bits on paths
-        without byte permutes (AVX2, portable C). Costs N * Kp bytes; built on first use."""
+        """``(w8 int8 [N, Kp], row sums)``: for an identity weight its own bytes; otherwise the
+        weights expanded once (N * Kp extra bytes, built on first use)."""
+        if self.identity:
+            return self.packed.view(np.int8), self.rowsum
         if self._int8 is None:
-            kp = padded_length(self.k)
-            idx = unpack_rows(self.packed, self.bits, kp).astype(np.int64)
-            g = np.zeros(self.n, dtype=np.int64) if self.groups == 1 else np.arange(self.n)
-            w8 = np.ascontiguousarray(self.lut[g[:, None], idx], dtype=np.int8)
+            w8 = _lookup(self.packed, self.bits, padded_length(self.k), self.lut, self.groups)
             self._int8 = (w8, w8.astype(np.int64).sum(axis=1).astype(np.int32))
         return self._int8
 
+    def int8_matrix(self) -> np.ndarray:
+        """The deployed int8 weight ``[N, K]`` (no padding): what every path multiplies by."""
+        if self.identity:
+            return self.packed.view(np.int8)[:, : self.k]
+        return _lookup(self.packed, self.bits, self.k, self.lut, self.groups)
 
-# -- weight placement -------------------------------------------------------------------------
-#: packed weights at least this large are moved into 2 MiB-aligned, huge-page-advised memory
-HUGEPAGE_MIN_BYTES = 256 << 10
-_HUGE = 2 << 20
-_ARENA_BYTES = 32 << 20
-
-
-class _HugePageArena:
-    """Bump allocator over 2 MiB-aligned chunks that NumPy allocates with ``MADV_HUGEPAGE``.
-
-    Why: in streaming inference every weight is read once per frame from L3/DRAM; with 4 KiB
-    pages a 2 MiB weight costs 512 TLB misses per call and the hardware prefetcher stops at each
-    page boundary (measured: about 15% of a cold 4096x1024 4-bit matvec). Weights are packed back
-    to back, so the waste is at most the unused part of one chunk's last huge page. A chunk is
-    held weakly: it lives exactly as long as some weight placed in it.
-    """
-
-    def __init__(self) -> None:
-        self._chunk: weakref.ref[np.ndarray] | None = None
-        self._off = 0
-        self._end = 0
-        self._lock = threading.Lock()
-
-    def place(self, a: np.ndarray) -> np.ndarray:
-        """A copy of the uint8 array ``a`` (same shape) inside the arena."""
-        nbytes = int(a.nbytes)
-        with self._lock:
-            raw = self._chunk() if self._chunk is not None else None
-            if raw is None or self._off + nbytes > self._end:
-                size = max(_ARENA_BYTES, -(-nbytes // _HUGE) * _HUGE)
-                raw = np.empty(size + _HUGE, dtype=np.uint8)  # >= 4 MiB: NumPy advises huge pages
-                start = (-raw.ctypes.data) % _HUGE
-                self._chunk, self._off, self._end = weakref.ref(raw), start, start + size
-            view = raw[self._off : self._off + nbytes]
-            self._off = -(-(self._off + nbytes) // 64) * 64
-        view[...] = a.reshape(-1)
-        return view.reshape(a.shape)
+    def group_index(self) -> np.ndarray:
+        """Row -> codebook group (scales), int64 [N]."""
+        return np.zeros(self.n, dtype=np.int64) if self.groups == 1 else np.arange(self.n)
 
 
-_arena = _HugePageArena()
+def _lookup(packed: np.ndarray, bits: int, count: int, lut: np.ndarray, groups: int) -> np.ndarray:
+    """``lut[row's group, index]`` of the first ``count`` indices per row, int8 (1024 rows at a time)."""
+    out = np.empty((packed.shape[0], count), dtype=np.int8)
+    for a in range(0, packed.shape[0], 1024):
+        idx = unpack_rows(packed[a : a + 1024], bits, count)
+        out[a : a + 1024] = lut[0][idx] if groups == 1 else np.take_along_axis(lut[a : a + 1024], idx.astype(np.intp), axis=1)
+    return out
 
 
-def _whole_buffer(a: np.ndarray) -> bool:
-    """True when ``a`` spans all of the memory it lives in (owner or a full reshape of it)."""
-    owner = a
-    while not owner.flags.owndata and isinstance(owner.base, np.ndarray):
-        owner = owner.base
-    return bool(owner.flags.owndata) and owner.nbytes == a.nbytes
+IDENTITY_LUT = np.arange(256, dtype=np.uint8).view(np.int8).reshape(1, 256)
+
+
+def rewrites_as_int8(bits: int) -> bool:
+    """Whether :func:`prepare` stores a ``bits``-deep weight as int8 values (the default path's
+    choice; under a bad ``SUBBIT_KERNEL`` the table layout, and the first product says why)."""
+    try:
+        return bits >= EXPAND_BITS and default_path() in ("ref", "c", "avx2")
+    except ValueError:
+        return False
+
+
+_HugePageArena = HugePageArena
+_arena = HugePageArena()  # weight placement: subbit.runtime.arena
 
 
 def prepare(w: PackedTensor | PreparedWeight) -> PreparedWeight:
@@ -234,6 +228,8 @@ def prepare(w: PackedTensor | PreparedWeight) -> PreparedWeight:
 
     A packed weight of at least ``HUGEPAGE_MIN_BYTES`` is copied into the huge-page arena and
     ``w.packed`` is re-pointed at that copy (same shape and bytes), so memory does not double.
+    At 7-8 bits on a default path without byte permutes the weight is stored as int8 values
+    instead (``identity``); ``w`` itself is left as it was.
     """
     if isinstance(w, PreparedWeight):
         return w
@@ -248,8 +244,10 @@ def prepare(w: PackedTensor | PreparedWeight) -> PreparedWeight:
     lut8, scales = int8_codebook(w)
     lut = np.zeros((w.groups, lut_stride(w.bits)), dtype=np.int8)
     lut[:, : lut8.shape[1]] = lut8
+    if rewrites_as_int8(w.bits):
+        return _prepare_int8(w, n, k, lut, scales)
     packed = np.ascontiguousarray(w.packed, dtype=np.uint8).reshape(n, -1)
-    if packed.nbytes >= HUGEPAGE_MIN_BYTES and _whole_buffer(np.asarray(w.packed)):
+    if packed.nbytes >= HUGEPAGE_MIN_BYTES and whole_buffer(np.asarray(w.packed)):
         # the same bytes, moved to huge pages; the tensor points at the new copy, so the old
         # buffer is released and resident memory does not grow (a view into a larger buffer,
         # e.g. a row slice for threads, stays where it is: moving it would keep both copies)
@@ -262,6 +260,19 @@ def prepare(w: PackedTensor | PreparedWeight) -> PreparedWeight:
     return prep
 
 
+def _prepare_int8(w: PackedTensor, n: int, k: int, lut: np.ndarray, scales: np.ndarray) -> PreparedWeight:
+    """The weight as int8 values ``[N, Kp]`` with one identity table (see PreparedWeight)."""
+    rows = np.ascontiguousarray(w.packed, dtype=np.uint8).reshape(n, -1)
+    w8 = _lookup(rows, w.bits, padded_length(k), lut, w.groups)  # padding reads index 0, as the kernels do
+    data = w8.view(np.uint8)
+    if data.nbytes >= HUGEPAGE_MIN_BYTES:
+        data = _arena.place(data)
+    rowsum = w8.astype(np.int64).sum(axis=1).astype(np.int32)
+    prep = PreparedWeight(8, n, k, w.groups, data, IDENTITY_LUT, scales, rowsum, identity=True)
+    w.runtime_cache["prepared"] = prep
+    return prep
+
+
 def _rowsums(packed: np.ndarray, n: int, k: int, bits: int, lut: np.ndarray, groups: int) -> np.ndarray:
     out = np.zeros(n, dtype=np.int32)
     lib = _load()
@@ -270,9 +281,8 @@ def _rowsums(packed: np.ndarray, n: int, k: int, bits: int, lut: np.ndarray, gro
         if rc != 0:
             raise ValueError(f"rowsums failed: {_ERRORS.get(rc, rc)}")
         return out
-    idx = unpack_rows(packed, bits, padded_length(k)).astype(np.int64)  # padding index 0 counts
-    g = np.zeros(n, dtype=np.int64) if groups == 1 else np.arange(n)
-    return lut[g[:, None], idx].astype(np.int64).sum(axis=1).astype(np.int32)
+    w8 = _lookup(packed, bits, padded_length(k), lut, groups)  # padding index 0 counts
+    return w8.astype(np.int64).sum(axis=1).astype(np.int32)
 
 
 # -- the reference -----------------------------------------------------------------------------
@@ -294,9 +304,8 @@ def reference_packed_linear(x: np.ndarray, w: PackedTensor | PreparedWeight, bia
     x = _check_x(x, p.k)
     bias = _check_bias(bias, p.n)
     xq, sx = quantize_activations(x)
-    idx = unpack_rows(p.packed, p.bits, p.k).astype(np.int64)
-    g = np.zeros(p.n, dtype=np.int64) if p.groups == 1 else np.arange(p.n)
-    w8 = p.lut[g[:, None], idx].astype(np.int64)  # [N, K]
+    g = p.group_index()
+    w8 = p.int8_matrix().astype(np.int64)  # [N, K]
     acc = (xq.astype(np.int64) @ w8.T).astype(np.int32)
     scale = sx[:, None] * p.scales[g][None, :]  # float32
     y = acc.astype(np.float32) * scale
@@ -308,9 +317,7 @@ def reference_packed_linear(x: np.ndarray, w: PackedTensor | PreparedWeight, bia
 def dequantized_weight(w: PackedTensor | PreparedWeight) -> np.ndarray:
     """The deployed float32 weight ``[N, K]``: ``s_g * lut[idx]`` (what the kernels multiply by)."""
     p = prepare(w)
-    idx = unpack_rows(p.packed, p.bits, p.k).astype(np.int64)
-    g = np.zeros(p.n, dtype=np.int64) if p.groups == 1 else np.arange(p.n)
-    return (p.lut[g[:, None], idx].astype(np.float32) * p.scales[g][:, None]).astype(np.float32)
+    return (p.int8_matrix().astype(np.float32) * p.scales[p.group_index()][:, None]).astype(np.float32)
 
 
 # -- the entry point ---------------------------------------------------------------------------
@@ -355,7 +362,7 @@ def packed_linear(
     lib = _load()
     assert lib is not None  # _check_path guarantees it
     bptr = None if b is None else p.bias_pointer(b)
-    if p.bits >= EXPAND_BITS and path in ("c", "avx2"):
+    if p.identity or (p.bits >= EXPAND_BITS and path in ("c", "avx2")):
         rc = _int8_linear(lib, path, xc, p, bptr, y)
     else:
         packed, lut, scales, rowsum = p._ptrs

@@ -24,7 +24,6 @@ from subbit.runtime.weights import (  # noqa: F401 (Linear, the store and the si
     decode_packed,
     f32,
     kernels_lut,
-    packed_nbytes,
 )
 
 
@@ -191,15 +190,15 @@ class Embedding:
 
     def __init__(self, store: WeightStore, name: str) -> None:
         self.name = name
-        if store.is_packed(name):
-            store.used.add(name)
-            self.packed = store.packed[name]
+        self.bits = 0
+        if name in store.packed:  # the table stays packed: one row decoded per call
+            pt = store.take(name, lambda p: np.asarray(p.packed).nbytes + int(p.groups) * ((1 << int(p.bits)) + 4))
             self.table = None
-            shape = tuple(int(s) for s in self.packed.shape)
-            self.lut, self.scales = kernels_lut(self.packed)
-            self.rows = np.asarray(self.packed.packed).reshape(shape[0], -1)
+            shape = tuple(int(s) for s in pt.shape)
+            self.bits = int(pt.bits)
+            self.lut, self.scales = kernels_lut(pt)
+            self.rows = np.asarray(pt.packed).reshape(shape[0], -1)
         else:
-            self.packed = None
             self.table = store.float(name)
             shape = self.table.shape
         if len(shape) != 2:
@@ -211,7 +210,7 @@ class Embedding:
             raise ValueError(f"token id {token} outside the embedding table of {self.num} rows")
         if self.table is not None:
             return self.table[token]
-        idx = unpack_rows(self.rows[token : token + 1], int(self.packed.bits), self.dim)[0].astype(np.int64)
+        idx = unpack_rows(self.rows[token : token + 1], self.bits, self.dim)[0].astype(np.int64)
         g = token if self.lut.shape[0] > 1 else 0
         return f32(self.lut[g, idx].astype(np.float32) * self.scales[g])
 
@@ -219,7 +218,7 @@ class Embedding:
     def nbytes(self) -> int:
         if self.table is not None:
             return self.table.nbytes
-        return packed_nbytes(self.packed)
+        return int(self.rows.nbytes + self.lut.nbytes + self.scales.nbytes)
 
 
 # -- Conformer pieces ------------------------------------------------------------------------

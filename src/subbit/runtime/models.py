@@ -29,7 +29,7 @@ from subbit.runtime.arch import ARCH_LIMITS, bad_arch, cfg_int, check_dims  # no
 from subbit.runtime.bifocal import BifocalEncoder, BifocalLayer, wake_frames  # noqa: F401 (re-exported)
 from subbit.runtime.encoders import ConformerEncoder, LSTMEncoder, State, StackedEncoder  # noqa: F401 (re-exported)
 from subbit.runtime import native
-from subbit.runtime.layers import Array, Embedding, PackedLSTM, WeightStore, packed_nbytes
+from subbit.runtime.layers import Array, Embedding, PackedLSTM, WeightStore
 
 log = logging.getLogger(__name__)
 #: the model's ``backend`` choices (see the module docstring)
@@ -179,8 +179,7 @@ class PackedTransducer:
 def weight_bytes(store: WeightStore) -> int:
     """Resident bytes of every weight in ``store``: packed tensors with their kernel tables,
     decoded ones, float tensors."""
-    total = sum(packed_nbytes(p) for p in store.packed.values()) + store.decoded_bytes
-    return total + sum(int(a.nbytes) for a in store.floats.values())
+    return store.resident_bytes()
 
 
 def _load_native(backend: str, arch: str, source: Source | None, threads: int) -> native.NativeModel | None:

@@ -36,22 +36,27 @@ class WeightStore:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         self.threads = threads
-        self.packed = dict(packed)
+        self.packed = dict(packed)  # not handed to a layer yet
         self.floats = {k: f32(v) for k, v in floats.items()}
         self.used: set[str] = set()
         self.decoded_bytes = 0
+        # handed out: the store lets go of the PackedTensor (its float codebook is dead once the
+        # kernels' int8 tables exist) and keeps only what the layer holds
+        self._linears: dict[str, PackedLinear] = {}
+        self._decoded: dict[str, Array] = {}
+        self._taken: dict[str, int] = {}  # name -> resident bytes, for tensors a layer took whole
 
     def has(self, name: str) -> bool:
-        return name in self.packed or name in self.floats
+        return self.is_packed(name) or name in self.floats
 
     def is_packed(self, name: str) -> bool:
-        return name in self.packed
+        return any(name in d for d in (self.packed, self._linears, self._decoded, self._taken))
 
     def float(self, name: str) -> Array:
         if name in self.floats:
             self.used.add(name)
             return self.floats[name]
-        if name in self.packed:
+        if self.is_packed(name):
             return self.dense(name)
         raise ValueError(f"model file has no tensor {name!r} (needed by the runtime)")
 
@@ -60,23 +65,56 @@ class WeightStore:
 
     def dense(self, name: str) -> Array:
         """Decode a packed tensor to float32 with the deployed (int8-rounded) codebook."""
-        if name not in self.packed:
+        if name in self._decoded:
+            return self._decoded[name]
+        if name in self._linears:
+            arr = self._linears[name].deployed_weight()
+        elif name in self.packed:
+            pt = self.packed.pop(name)
+            arr = decode_packed(pt)
+        elif name in self._taken:
+            raise ValueError(f"tensor {name!r} was taken whole by a layer and cannot also be decoded")
+        else:
             return self.float(name)
         self.used.add(name)
-        arr = decode_packed(self.packed[name])
+        self._decoded[name] = arr
         self.decoded_bytes += arr.nbytes  # held in float by the layer: counted as resident weights
         return arr
+
+    def take(self, name: str, nbytes: Any) -> Any:
+        """Hand the PackedTensor ``name`` to a layer that keeps what it needs of it;
+        ``nbytes(pt)`` says how many bytes that is (counted by :meth:`resident_bytes`)."""
+        if name not in self.packed:
+            raise ValueError(f"packed tensor {name!r} is not in the file or was already handed out")
+        self.used.add(name)
+        pt = self.packed.pop(name)
+        self._taken[name] = int(nbytes(pt))
+        return pt
 
     def linear(self, prefix: str, bias: bool = True) -> "Linear":
         """``prefix.weight`` (+ ``prefix.bias``) as a packed or float Linear."""
         return self.matrix(f"{prefix}.weight", self.maybe_float(f"{prefix}.bias") if bias else None)
 
     def matrix(self, name: str, bias: Array | None = None) -> "Linear":
-        """The 2-D tensor ``name`` as a packed or float Linear with the given ``bias``."""
+        """The 2-D tensor ``name`` as a packed or float Linear with the given ``bias`` (a tensor
+        used twice shares one prepared weight)."""
+        if name in self._linears:
+            return self._linears[name].with_bias(bias)
         if name in self.packed:
             self.used.add(name)
-            return PackedLinear(self.packed[name], bias, self.threads)
+            lin = PackedLinear(self.packed.pop(name), bias, self.threads)
+            self._linears[name] = lin
+            return lin
+        if name in self._decoded:
+            return FloatLinear(self._decoded[name], bias)
         return FloatLinear(self.float(name), bias)
+
+    def resident_bytes(self) -> int:
+        """Bytes of every weight held: prepared packed weights, decoded ones, floats, and the
+        packed tensors no layer has taken yet."""
+        total = sum(packed_nbytes(p) for p in self.packed.values()) + self.decoded_bytes
+        total += sum(lin.weight_nbytes for lin in self._linears.values()) + sum(self._taken.values())
+        return total + sum(int(a.nbytes) for a in self.floats.values())
 
     def unused(self) -> list[str]:
         return sorted((set(self.packed) | set(self.floats)) - self.used)
@@ -95,8 +133,8 @@ def kernels_lut(pt: Any) -> tuple[Array, Array]:
 
 
 def packed_nbytes(pt: Any) -> int:
-    """Resident bytes of one packed tensor: indices, float codebook, and the kernels' tables
-    (int8 LUT, scales, per-row sums) built once at load."""
+    """Resident bytes of one packed tensor no layer has taken yet: indices, float codebook, and
+    the kernels' tables (int8 LUT, scales, per-row sums) it will need."""
     groups, rows = int(pt.groups), int(pt.shape[0]) if len(pt.shape) > 1 else 1
     tables = groups * kernels.lut_stride(int(pt.bits)) + 4 * groups + 4 * rows  # int8 LUT, scales, row sums
     return int(np.asarray(pt.packed).nbytes + np.asarray(pt.codebook).nbytes + tables)
@@ -151,26 +189,46 @@ class PackedLinear(Linear):
         shape = tuple(int(s) for s in packed.shape)
         if len(shape) != 2:
             raise ValueError(f"packed Linear weight must be 2-D, got shape {shape}")
-        self.packed = packed
         self.bias = None if bias is None else f32(bias)
         self.out_features, self.in_features = shape
         parts = max(1, min(int(threads), shape[0] // self.MIN_ROWS_PER_THREAD))
-        self.slices = _row_slices(packed, self.bias, parts) if parts > 1 else []
+        # prepared now, so the PackedTensor (float codebook included) can be let go
+        self.weight = kernels.prepare(packed) if parts == 1 else None
+        self.slices = [] if parts == 1 else [(kernels.prepare(pt), b) for pt, b in _row_slices(packed, self.bias, parts)]
+
+    def with_bias(self, bias: Array | None) -> "PackedLinear":
+        """The same prepared weight with another bias (a tensor used by two layers)."""
+        twin = object.__new__(PackedLinear)
+        twin.__dict__.update(self.__dict__)
+        twin.bias = None if bias is None else f32(bias)
+        if self.slices:
+            bounds = np.cumsum([0] + [p.n for p, _ in self.slices])
+            twin.slices = [(p, None if twin.bias is None else twin.bias[a:b])
+                           for (p, _), a, b in zip(self.slices, bounds[:-1], bounds[1:])]
+        return twin
 
     def __call__(self, x: Array) -> Array:
         x = f32(x)
         if not self.slices:
-            return kernels.packed_linear(x, self.packed, self.bias)
+            return kernels.packed_linear(x, self.weight, self.bias)
         pool = _pool(len(self.slices))
         futures = [pool.submit(kernels.packed_linear, x, pt, b) for pt, b in self.slices[1:]]
         first = kernels.packed_linear(x, *self.slices[0])
         return np.concatenate([first] + [f.result() for f in futures], axis=1)
 
+    def deployed_weight(self) -> Array:
+        """float32 ``[N, K]`` as the kernels multiply it."""
+        parts = [self.weight] if self.weight is not None else [p for p, _ in self.slices]
+        return f32(np.concatenate([kernels.dequantized_weight(p) for p in parts], axis=0))
+
+    @property
+    def weight_nbytes(self) -> int:
+        """Resident bytes of the prepared weight (indices or int8 values, tables, row sums)."""
+        return self.weight.nbytes if self.weight is not None else sum(p.nbytes for p, _ in self.slices)
+
     @property
     def nbytes(self) -> int:
-        if self.slices:  # the slices are views of the packed rows; their tables are rebuilt
-            return sum(packed_nbytes(pt) for pt, _ in self.slices) + (0 if self.bias is None else self.bias.nbytes)
-        return packed_nbytes(self.packed) + (0 if self.bias is None else self.bias.nbytes)
+        return self.weight_nbytes + (0 if self.bias is None else self.bias.nbytes)
 
 
 def _row_slices(pt: Any, bias: Array | None, parts: int) -> list[tuple[Any, Array | None]]:
