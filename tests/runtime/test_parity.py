@@ -113,6 +113,31 @@ def test_weight_bytes_shrink_with_bits(tmp_path: Path) -> None:
     assert sizes[2] < sizes[8]
 
 
+def test_8bit_per_channel_model_holds_about_its_file_and_matches_the_reference(tmp_path: Path) -> None:
+    """8-bit per-row codebooks are 2**8 float32 entries per row in the file's model; the runtime
+    keeps only the int8 weights it multiplies (or indices and int8 tables on AVX-512), not the
+    float codebooks (6.1x the file before they were let go, RESULTS E.5)."""
+    import subbit.quant as sq
+    from subbit.asr.models import build_model
+    from subbit.export import export_model
+
+    torch.manual_seed(0)
+    model = build_model("rnnt", "tiny", vocab_size=12, enc_hidden=256).eval()
+    sq.prepare(model, sq.QuantConfig.from_dict({"default": {"method": "uniform", "bits": 8, "granularity": "channel"}}))
+    sq.convert(model)
+    path = tmp_path / "qat8.subbit"
+    export_model(model, path, arch=model.config)
+    pt = PackedTransducer.from_file(path, backend="numpy")
+    x = feats()
+    y = runtime_encode(pt, x)
+    limit = 1.1 if kernels.default_path() != "avx512" else 1.6  # AVX-512 keeps a 256 B int8 table per row
+    assert pt.weight_bytes <= limit * path.stat().st_size
+    assert not pt.store.packed  # every packed tensor was handed to a layer: no float codebook is held
+    with torch.no_grad():
+        y_ref, _ = reference(path).encoder(torch.from_numpy(x)[None], torch.tensor([x.shape[0]]))
+    assert rel(y, y_ref[0].numpy()) <= REL_TOL
+
+
 def test_unknown_arch_is_refused(exported: Path) -> None:
     from subbit.export.container import load_packed
 
