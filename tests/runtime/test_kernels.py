@@ -186,10 +186,8 @@ def _tables(w: PackedTensor, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     lut8, scales = int8_codebook(w)
     lut = np.zeros((w.groups, kernels.lut_stride(bits)), dtype=np.int8)
     lut[:, : lut8.shape[1]] = lut8
-    idx = unpack_rows(np.asarray(w.packed).reshape(w.shape[0], -1), bits, 200)  # K = 200: no padding
-    g = np.zeros(w.shape[0], dtype=np.int64) if w.groups == 1 else np.arange(w.shape[0])
-    rowsum = lut[g[:, None], idx.astype(np.int64)].astype(np.int64).sum(1).astype(np.int32)
-    return lut, scales, rowsum
+    rows = np.asarray(w.packed).reshape(w.shape[0], -1)
+    return lut, scales, kernels._rowsums(rows, w.shape[0], w.shape[1], bits, lut, w.groups)
 
 
 def test_prepare_is_cached_and_deployed_weight() -> None:

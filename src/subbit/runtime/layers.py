@@ -192,7 +192,7 @@ class Embedding:
         self.name = name
         self.bits = 0
         if name in store.packed:  # the table stays packed: one row decoded per call
-            pt = store.take(name, lambda p: np.asarray(p.packed).nbytes + int(p.groups) * ((1 << int(p.bits)) + 4))
+            pt = store.take(name, self)
             self.table = None
             shape = tuple(int(s) for s in pt.shape)
             self.bits = int(pt.bits)

@@ -44,7 +44,7 @@ class WeightStore:
         # kernels' int8 tables exist) and keeps only what the layer holds
         self._linears: dict[str, PackedLinear] = {}
         self._decoded: dict[str, Array] = {}
-        self._taken: dict[str, int] = {}  # name -> resident bytes, for tensors a layer took whole
+        self._taken: dict[str, Any] = {}  # name -> the layer that took the tensor whole
 
     def has(self, name: str) -> bool:
         return self.is_packed(name) or name in self.floats
@@ -81,15 +81,14 @@ class WeightStore:
         self.decoded_bytes += arr.nbytes  # held in float by the layer: counted as resident weights
         return arr
 
-    def take(self, name: str, nbytes: Any) -> Any:
-        """Hand the PackedTensor ``name`` to a layer that keeps what it needs of it;
-        ``nbytes(pt)`` says how many bytes that is (counted by :meth:`resident_bytes`)."""
+    def take(self, name: str, holder: Any) -> Any:
+        """Hand the PackedTensor ``name`` to ``holder``, a layer that keeps what it needs of it;
+        its ``nbytes`` is what :meth:`resident_bytes` counts for the tensor."""
         if name not in self.packed:
             raise ValueError(f"packed tensor {name!r} is not in the file or was already handed out")
         self.used.add(name)
-        pt = self.packed.pop(name)
-        self._taken[name] = int(nbytes(pt))
-        return pt
+        self._taken[name] = holder
+        return self.packed.pop(name)
 
     def linear(self, prefix: str, bias: bool = True) -> "Linear":
         """``prefix.weight`` (+ ``prefix.bias``) as a packed or float Linear."""
@@ -113,7 +112,8 @@ class WeightStore:
         """Bytes of every weight held: prepared packed weights, decoded ones, floats, and the
         packed tensors no layer has taken yet."""
         total = sum(packed_nbytes(p) for p in self.packed.values()) + self.decoded_bytes
-        total += sum(lin.weight_nbytes for lin in self._linears.values()) + sum(self._taken.values())
+        total += sum(lin.weight_nbytes for lin in self._linears.values())
+        total += sum(int(h.nbytes) for h in self._taken.values())
         return total + sum(int(a.nbytes) for a in self.floats.values())
 
     def unused(self) -> list[str]:
