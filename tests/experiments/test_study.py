@@ -20,8 +20,12 @@ def test_plan_covers_every_section_and_puts_seeds_on_claim_cells() -> None:
         by = {c.recipe.name: c for c in cells}
         covered = {s for c in cells for s in c.sections}
         assert covered >= {"baselines", "bit-allocation", "quant-frequency", "centroids"}
-        for name in ("fp32", "qat8", "gq5", "gq4", "gq3"):
+        # gq4-fixed: the learned-vs-fixed-centroids claim rests on it, so it gets every seed too
+        for name in ("fp32", "qat8", "gq5", "gq4", "gq3", "gq4-fixed"):
             assert by[name].seeds == (0, 1, 2), name
+        # a one-seed ablation stays one seed unless it is a named follow-up of that architecture
+        assert by["gq4-mu25"].seeds == ((0, 1, 2) if arch == "conformer" else (0,)), arch
+        assert by["gq4-mu100"].seeds == (0,)
         # gq2 is a one-seed baseline, except on the RNN-T where the split-clip pair needs 3 seeds
         assert by["gq2"].seeds == ((0, 1, 2) if arch == "rnnt" else (0,)), arch
         assert "gq4-fixed" in by and by["gq4-fixed"].recipe.quant["default"]["options"]["learn_centroids"] is False
