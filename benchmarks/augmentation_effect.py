@@ -145,7 +145,7 @@ def plot(table: dict, path: Path) -> None:
                     fmt="o", color="C3" if rows[a]["significant"] else "C0", capsize=4)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("held-out WER change vs clean training (points, 95% paired bootstrap)")
+    ax.set_xlabel("held-out WER change vs clean training, points (95% paired CI)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
