@@ -282,10 +282,16 @@ def test_evaluate_uses_the_wake_word_and_reports_the_pathway_share(tmp_path, str
     # utterance a: wake_frames(0.5) = 48 feature frames -> 12 of its 24 encoder frames; b: none
     assert pw["frames_small"] == wake_frames(0.5) // 4 == 12 and pw["frames_large"] == 12 + 19
     assert 0 < pw["macs_saved"] < pw["share_small"] and "small pathway" in res.summary()
+    # the wake-word utterances alone: a's 12 small of 24 frames, so more is saved than split-wide
+    alone = evaluate(model, tok, utts[:1], streaming=streaming).extra["pathway"]
+    assert pw["utts_wake"] == 1 and "on the 1 wake-word utterances" in res.summary()
+    assert pw["macs_saved_wake_utts"] == pytest.approx(alone["macs_saved"])
+    assert pw["macs_saved_wake_utts"] > pw["macs_saved"]
     # the same model without the wake words: all large, nothing saved
     for u in utts:
         u.wake_end = None
-    assert evaluate(model, tok, utts, streaming=streaming).extra["pathway"]["macs_saved"] == 0
+    none = evaluate(model, tok, utts, streaming=streaming).extra["pathway"]
+    assert none["macs_saved"] == 0 and none["utts_wake"] == 0 and "macs_saved_wake_utts" not in none
 
 
 @pytest.mark.slow

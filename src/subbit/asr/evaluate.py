@@ -96,7 +96,9 @@ class EvalResult:
             + (f"; {len(skipped)} utterances skipped (bad or too short audio, listed in the JSON), e.g. "
                f"{skipped[0]['id']}: {skipped[0]['reason']}" if skipped else "")
             + (f"; bifocal: {100 * pw['share_small']:.1f}% of encoder frames on the small pathway, encoder "
-               f"MACs {100 * pw['macs_saved']:.1f}% below all-large" if (pw := self.extra.get("pathway")) else "")
+               f"MACs {100 * pw['macs_saved']:.1f}% below all-large"
+               + (f" ({100 * pw['macs_saved_wake_utts']:.1f}% on the {pw['utts_wake']} wake-word utterances)"
+                  if "macs_saved_wake_utts" in pw else "") if (pw := self.extra.get("pathway")) else "")
         )
 
 
@@ -170,9 +172,7 @@ def transcribe(model: torch.nn.Module, tokenizer: Any, utts: Sequence[Any], *, m
         mask = batch.get("pathway_mask") if getattr(model.encoder, "accepts_pathway_mask", False) else None
         if getattr(model.encoder, "accepts_pathway_mask", False) and pathway_stats is not None:
             m = mask if mask is not None else torch.zeros(feats.shape[:2], dtype=torch.bool)
-            for k, v in model.encoder.pathway_cost(m.cpu(), lens.cpu()).items():
-                if isinstance(v, int):
-                    pathway_stats[k] = pathway_stats.get(k, 0) + v
+            _add_pathway_cost(pathway_stats, model.encoder, m.cpu(), lens.cpu())
         if mask is not None:
             mask = mask.to(device)
         if streaming:
@@ -196,6 +196,18 @@ def transcribe(model: torch.nn.Module, tokenizer: Any, utts: Sequence[Any], *, m
     if missing:
         raise RuntimeError(f"{len(missing)} utterances were not decoded, e.g. {missing[:3]}")
     return ids, [out[i][0] for i in ids], [out[i][1] for i in ids]
+
+
+def _add_pathway_cost(stats: dict[str, int], encoder: Any, mask: torch.Tensor, lens: torch.Tensor) -> None:
+    """Sum the batch's frame and MAC counts into ``stats``; the ``*_wake`` keys count only the
+    utterances with a wake word, what a device that starts every request with one would see."""
+    wake = mask.any(dim=1)
+    parts = [("", mask, lens)] + ([("_wake", mask[wake], lens[wake])] if bool(wake.any()) else [])
+    for suffix, m, n in parts:
+        for k, v in encoder.pathway_cost(m, n).items():
+            if isinstance(v, int):
+                stats[k + suffix] = stats.get(k + suffix, 0) + v
+    stats["utts_wake"] = stats.get("utts_wake", 0) + int(wake.sum())
 
 
 def evaluate(
@@ -244,6 +256,8 @@ def evaluate(
         n = pathway["frames_small"] + pathway["frames_large"]
         extra["pathway"] = {**pathway, "share_small": pathway["frames_small"] / n if n else 0.0,
                             "macs_saved": 1 - pathway["macs"] / pathway["macs_all_large"]}
+        if pathway.get("macs_all_large_wake"):
+            extra["pathway"]["macs_saved_wake_utts"] = 1 - pathway["macs_wake"] / pathway["macs_all_large_wake"]
     if method == "beam":
         extra["beam"] = int(beam)
     return EvalResult(score(ids, refs, hyps), method=method, split=split, run=run, extra=extra)
