@@ -45,13 +45,15 @@ def _speed(run: Path) -> dict[str, float | int | None]:
             "wall_s": float(rows[-1]["wall_time"])}
 
 
-def bench_arch(arch: str, data: Path, out: Path, minutes: float, threads: int, steps: int | None = None) -> dict:
+def bench_arch(arch: str, data: Path, out: Path, minutes: float, threads: int, steps: int | None = None,
+               seed: int = 0) -> dict:
     run = out / arch
     if not (run / "final.pt").is_file():
         budget = ["--minutes", str(minutes)] if steps is None else ["--steps", str(steps)]
+        resume = ["--resume"] if (run / "checkpoints").is_dir() else []
         _run(["subbit", "train", "--model", arch, "--preset", "small", "--data", str(data), *budget,
-              "--out", str(run), "--threads", str(threads), "--no-progress"] + (["--resume"] if (run / "checkpoints").is_dir() else []))
-    result: dict = {"arch": arch, "run": str(run), **_speed(run), "wer": {}, "pathway": {}}
+              "--out", str(run), "--threads", str(threads), "--seed", str(seed), "--no-progress", *resume])
+    result: dict = {"arch": arch, "run": str(run), "seed": seed, **_speed(run), "wer": {}, "pathway": {}}
     for split in SPLITS:
         if not (data / f"{split}.jsonl").is_file():
             continue
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a step budget instead of --minutes (the same run on a loaded machine)")
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="training seed of every run")
     args = ap.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
               "cannot teach; build it with --open-split to score the seen-voice target as the issue defines it",
               file=sys.stderr)
     t0 = time.time()
-    results = [bench_arch(a, data, out, args.minutes, args.threads, args.steps) for a in args.archs.split(",")]
+    results = [bench_arch(a, data, out, args.minutes, args.threads, args.steps, args.seed)
+               for a in args.archs.split(",")]
     by = {r["arch"]: r for r in results}
     checks = {}
     if "rnnt" in by and "conformer" in by:  # the literature's ordering: Conformer at or below the LSTM
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     doc = {"command": " ".join([sys.executable, *sys.argv]), "commit": commit, "machine": cpu,
-           "minutes": args.minutes if args.steps is None else None, "steps": args.steps, "threads": args.threads,
+           "minutes": args.minutes if args.steps is None else None, "steps": args.steps,
+           "threads": args.threads, "seed": args.seed,
            "data": str(data), "results": results, "checks": checks,
            "wall_minutes": (time.time() - t0) / 60}
     (out / "asr_baselines.json").write_text(json.dumps(doc, indent=1))
