@@ -59,7 +59,8 @@ def bench_arch(arch: str, data: Path, out: Path, minutes: float, threads: int, s
             continue
         js = run / f"eval-{split}.json"
         if not js.is_file():
-            _run(["subbit", "eval", str(run), "--data", str(data), "--split", split, "--json", str(js), "--no-progress"])
+            _run(["subbit", "eval", str(run), "--data", str(data), "--split", split, "--json", str(js),
+                  "--errors", str(run / f"errors-{split}.jsonl"), "--no-progress"])
         ev = json.loads(js.read_text())
         result["wer"][split] = ev["wer"]
         if ev.get("pathway"):  # eval's extra fields sit at the top level of its JSON
