@@ -82,6 +82,8 @@ def build_arm_corpus(base: Path, out: Path, effect: str, share: float) -> Path:
 
 
 def train_and_score(arm: str, data: Path, base: Path, out: Path, seed: int, steps: int, threads: int) -> dict:
+    from subbit.experiments.arms import run_scores
+
     run = out / f"run-{arm}-s{seed}"
     log = out / f"run-{arm}-s{seed}.log"
     if not (run / "final.pt").is_file():
@@ -95,38 +97,15 @@ def train_and_score(arm: str, data: Path, base: Path, out: Path, seed: int, step
         if not errors.is_file():
             _run(["subbit", "eval", str(run), "--data", str(base), "--split", split, "--errors", str(errors),
                   "--json", str(run / f"eval-{split}.json"), "--no-progress"], log)
-        rows = sorted((json.loads(ln) for ln in errors.read_text().splitlines() if ln.strip()), key=lambda r: r["id"])
-        scores[split] = {"ids": [r["id"] for r in rows], "errors": [r["errors"] for r in rows],
-                         "words": [r["ref_words"] for r in rows]}
+        scores[split] = run_scores(run, split)
     return {"arm": arm, "seed": seed, "run": str(run), "scores": scores}
 
 
 def summarise(results: list[dict], reference: str = "none") -> dict:
     """WER per arm and the paired interval of its difference from the clean arm, per split."""
-    from subbit.experiments.stats import Scored, delta_ci, significantly_different, wer_ci
+    from subbit.experiments.arms import paired_table
 
-    arms: dict[str, list[dict]] = {}
-    for r in results:
-        arms.setdefault(r["arm"], []).append(r)
-    table: dict = {}
-    for split in SPLITS:
-        def scored(rs: list[dict]) -> Scored:
-            ids = rs[0]["scores"][split]["ids"]
-            if any(r["scores"][split]["ids"] != ids for r in rs):
-                raise ValueError(f"{split}: seeds were scored on different utterances")
-            return Scored.from_seeds([r["scores"][split]["errors"] for r in rs], rs[0]["scores"][split]["words"])
-
-        ref = scored(arms[reference])
-        rows = {}
-        for arm, rs in arms.items():
-            s = scored(rs)
-            row = {"seeds": sorted(r["seed"] for r in rs), "wer": s.wer, "wer_ci": wer_ci(s)}
-            if arm != reference:
-                d = delta_ci(s, ref)
-                row.update(delta=s.wer - ref.wer, delta_ci=d, significant=significantly_different(d))
-            rows[arm] = row
-        table[split] = rows
-    return table
+    return paired_table(results, SPLITS, reference)
 
 
 def plot(table: dict, path: Path) -> None:
