@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from subbit.bench.record import provenance, write_record
 
 ARCHS = ("rnnt", "conformer", "bifocal")
 SPLITS = ("test_seen", "test_heldout", "test_open")
@@ -99,21 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     if "rnnt" in by and "bifocal" in by:
         w_r, w_b = by["rnnt"]["wer"].get("test_heldout"), by["bifocal"]["wer"].get("test_heldout")
         checks["bifocal_within_5pct_rel"] = None if w_r is None or w_b is None else w_b <= 1.05 * w_r
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    doc = {"command": " ".join([sys.executable, *sys.argv]), "commit": commit, "machine": cpu,
+    doc = {**provenance(__file__),
            "minutes": args.minutes if args.steps is None else None, "steps": args.steps,
            "threads": args.threads, "seed": args.seed,
            "data": str(data), "results": results, "checks": checks,
            "wall_minutes": (time.time() - t0) / 60}
-    (out / "asr_baselines.json").write_text(json.dumps(doc, indent=1))
     for r in results:
         wers = ", ".join(f"{s} {100 * w:.2f}%" for s, w in r["wer"].items())
         speed = r.get("audio_sec_per_sec")
         print(f"{r['arch']}: {r['steps']} steps, {speed and round(speed, 1)} audio s/s; {wers}; targets {r['targets']}")
     print("checks:", checks)
-    print("wrote", out / "asr_baselines.json")
+    write_record(out / "asr_baselines.json", doc)
     return 0
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from subbit.bench.record import provenance, write_record
 from subbit.experiments.arms import paired_table, run_scores
 
 SPLITS = ("test_seen", "test_heldout", "test_open")
@@ -67,12 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                          + ("  (finding)" if row["significant"] else "  (no finding)"))
             print(line)
     if args.json:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        doc = {"command": " ".join([sys.executable, *sys.argv]), "commit": commit, "reference": args.reference,
-               "runs": [{k: r[k] for k in ("arm", "seed", "run")} for r in results], "table": table}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=1))
-        print("wrote", args.json)
+        write_record(args.json, {**provenance(__file__), "reference": args.reference,
+                                 "runs": [{k: r[k] for k in ("arm", "seed", "run")} for r in results], "table": table})
     return 0
 
 

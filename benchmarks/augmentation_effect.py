@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -163,15 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         results = list(pool.map(lambda j: train_and_score(j[0], corpora[j[0]], base, out, j[1], args.steps,
                                                           args.threads), jobs))
     table = summarise(results)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    doc = {"command": " ".join([sys.executable, *sys.argv]), "commit": commit, "machine": cpu, "base": str(base),
+    from subbit.bench.record import provenance, write_record
+
+    doc = {**provenance(__file__), "base": str(base),
            "share": args.share, "steps": args.steps, "seeds": args.seeds, "threads": args.threads,
            "wall_minutes": round((time.time() - t0) / 60, 1), "table": table}
     for path in filter(None, [out / "augmentation_effect.json", args.json and Path(args.json)]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc, indent=1))
+        write_record(path, doc)
     plot(table, out / "augmentation_effect.png")
     for split, rows in table.items():
         print(f"{split}:")
