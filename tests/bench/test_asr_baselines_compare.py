@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "asr_baselines_compare.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("asr_baselines_compare", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _run(root: Path, name: str, seed: int, errors: list[int], splits=("test_seen", "test_heldout")) -> Path:
@@ -28,8 +19,8 @@ def _run(root: Path, name: str, seed: int, errors: list[int], splits=("test_seen
     return run
 
 
-def test_an_arm_with_fewer_errors_everywhere_is_a_finding(tmp_path, capsys):
-    mod = _module()
+def test_an_arm_with_fewer_errors_everywhere_is_a_finding(tmp_path, capsys, benchmark_script):
+    mod = benchmark_script("asr_baselines_compare")
     a0, a1 = _run(tmp_path, "a0", 0, [5] * 40), _run(tmp_path, "a1", 1, [3] * 40)
     b0 = _run(tmp_path, "b0", 0, [2] * 40, splits=("test_seen", "test_heldout", "test_open"))
     out = tmp_path / "cmp.json"
@@ -43,8 +34,8 @@ def test_an_arm_with_fewer_errors_everywhere_is_a_finding(tmp_path, capsys):
     assert "(finding)" in capsys.readouterr().out
 
 
-def test_bad_arm_specs_and_missing_runs_are_refused(tmp_path):
-    mod = _module()
+def test_bad_arm_specs_and_missing_runs_are_refused(tmp_path, benchmark_script):
+    mod = benchmark_script("asr_baselines_compare")
     with pytest.raises(SystemExit, match="NAME=RUN"):
         mod.main(["--reference", "x", "--arm", "no-equals-sign"])
     with pytest.raises(SystemExit, match="not a run directory"):

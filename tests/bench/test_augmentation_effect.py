@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "augmentation_effect.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("augmentation_effect", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _result(arm: str, seed: int, errors: list[int], words: list[int]) -> dict:
@@ -24,8 +12,8 @@ def _result(arm: str, seed: int, errors: list[int], words: list[int]) -> dict:
     return {"arm": arm, "seed": seed, "run": "", "scores": {"test_heldout": one, "test_seen": one}}
 
 
-def test_a_uniformly_better_arm_is_a_significant_negative_delta():
-    mod = _module()
+def test_a_uniformly_better_arm_is_a_significant_negative_delta(benchmark_script):
+    mod = benchmark_script("augmentation_effect")
     rng = np.random.default_rng(0)
     words = rng.integers(5, 15, size=200).tolist()
     clean = [int(w * 0.5) for w in words]
@@ -39,8 +27,8 @@ def test_a_uniformly_better_arm_is_a_significant_negative_delta():
     assert "delta" not in table["test_heldout"]["none"]
 
 
-def test_an_identical_arm_is_no_finding_and_seeds_are_pooled():
-    mod = _module()
+def test_an_identical_arm_is_no_finding_and_seeds_are_pooled(benchmark_script):
+    mod = benchmark_script("augmentation_effect")
     words = [10] * 50
     a, b = [3] * 50, [5] * 50
     results = [_result("none", 0, a, words), _result("noise", 0, a, words), _result("noise", 1, b, words)]
@@ -50,8 +38,8 @@ def test_an_identical_arm_is_no_finding_and_seeds_are_pooled():
     assert row["delta"] == pytest.approx(0.1)
 
 
-def test_seeds_scored_on_different_utterances_are_refused():
-    mod = _module()
+def test_seeds_scored_on_different_utterances_are_refused(benchmark_script):
+    mod = benchmark_script("augmentation_effect")
     r1 = _result("none", 0, [1, 2], [5, 5])
     r2 = _result("none", 1, [1, 2], [5, 5])
     r2["scores"]["test_heldout"] = {**r2["scores"]["test_heldout"], "ids": ["x", "y"]}
@@ -59,8 +47,8 @@ def test_seeds_scored_on_different_utterances_are_refused():
         mod.summarise([r1, r2])
 
 
-def test_an_unknown_effect_or_an_augmented_base_is_refused(tmp_path):
-    mod = _module()
+def test_an_unknown_effect_or_an_augmented_base_is_refused(tmp_path, benchmark_script):
+    mod = benchmark_script("augmentation_effect")
     (tmp_path / "corpus.json").write_text('{"options": {"augment_share": 0.3}}')
     with pytest.raises(SystemExit):
         mod.main(["--base", str(tmp_path), "--effects", "pitch"])
